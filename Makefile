@@ -1,0 +1,47 @@
+# bansshee — fleet-wide IP bans for Amazon EC2.
+GO      ?= go
+BIN     ?= bin
+PKGS    ?= ./...
+FUZZTIME ?= 10s
+
+.PHONY: all build test fuzz demo bench faults lint lambda clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## test: unit, kernel (network namespaces, needs root) and emulator tests, then a short fuzz run.
+test:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) test -timeout 9m $(PKGS)
+	$(MAKE) fuzz
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./proto
+
+## demo: the whole story on the embedded AWS emulator and network namespaces (needs root).
+demo:
+	$(GO) run ./cmd/bansshee-demo
+
+## bench: every benchmark suite, as a table (add ARGS=--json for JSON lines).
+bench:
+	$(GO) run ./cmd/bansshee-bench all $(ARGS)
+
+faults:
+	$(GO) test -timeout 9m -run 'Fault' ./...
+
+lint:
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet $(PKGS)
+	@if command -v staticcheck >/dev/null; then staticcheck $(PKGS); else echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"; fi
+
+## lambda: bootstrap for the provided.al2023 runtime, zipped.
+lambda:
+	mkdir -p $(BIN)/lambda
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -tags lambda.norpc -o $(BIN)/lambda/bootstrap ./cmd/bansshee-lambda
+	cd $(BIN)/lambda && rm -f bansshee-lambda.zip && zip -q bansshee-lambda.zip bootstrap && echo "$(BIN)/lambda/bansshee-lambda.zip"
+
+clean:
+	rm -rf $(BIN)

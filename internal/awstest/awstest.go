@@ -1,0 +1,218 @@
+// Package awstest runs the embedded AWS emulator (kumo, in-process) behind a front server that
+// bansshee's tests, demo and benchmarks talk to with the real aws-sdk-go-v2 clients. The front
+// server serves the EC2 calls itself (see ec2.go for why) and can be stopped and started again on
+// the same address, to simulate an outage. It is linked only into tests, the demo and the bench.
+package awstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/sivchari/kumo"
+)
+
+// Region is the region every client of the harness uses.
+const Region = "us-east-1"
+
+// Env is a running emulator.
+type Env struct {
+	kumo    *kumo.Server
+	proxy   *httputil.ReverseProxy
+	EC2     *ec2Server
+	handler http.Handler
+
+	mu        sync.Mutex
+	listeners map[string]*frontListener // by address
+	requests  map[string]int            // by service
+}
+
+type frontListener struct {
+	addr string
+	srv  *http.Server
+	down bool
+	bind func(addr string) (net.Listener, error)
+}
+
+// Start starts the emulator and a front server on 127.0.0.1 (a free port).
+func Start() (*Env, error) {
+	k := kumo.NewServer()
+	target, err := url.Parse(k.URL)
+	if err != nil {
+		k.Close()
+		return nil, err
+	}
+	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
+		listeners: map[string]*frontListener{}, requests: map[string]int{}}
+	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
+	e.handler = http.HandlerFunc(e.serve)
+	if _, err := e.Listen("127.0.0.1:0", TCP); err != nil {
+		k.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+var scopeRe = regexp.MustCompile(`Credential=[^/]+/[0-9]+/[^/]+/([^/]+)/aws4_request`)
+
+func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
+	service := "unknown"
+	if m := scopeRe.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
+		service = m[1]
+	}
+	e.mu.Lock()
+	e.requests[service]++
+	e.mu.Unlock()
+	if service == "ec2" {
+		e.EC2.ServeHTTP(w, r)
+		return
+	}
+	e.proxy.ServeHTTP(w, r)
+}
+
+// Requests returns how many requests the front server has seen for an AWS signing name ("sqs").
+func (e *Env) Requests(service string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.requests[service]
+}
+
+// TCP binds a plain TCP listener in the caller's network namespace.
+func TCP(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+// Listen adds a front listener on addr made by bind (for example inside a network namespace) and
+// returns its URL. Resume calls bind again with the address the first bind got.
+func (e *Env) Listen(addr string, bind func(addr string) (net.Listener, error)) (string, error) {
+	ln, err := bind(addr)
+	if err != nil {
+		return "", err
+	}
+	fl := &frontListener{addr: ln.Addr().String(), bind: bind}
+	fl.serve(ln, e.handler)
+	e.mu.Lock()
+	e.listeners[fl.addr] = fl
+	e.mu.Unlock()
+	return "http://" + fl.addr, nil
+}
+
+func (fl *frontListener) serve(ln net.Listener, h http.Handler) {
+	fl.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = fl.srv.Serve(ln) }()
+}
+
+// URL is the endpoint of the first (loopback) front listener.
+func (e *Env) URL() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, fl := range e.listeners {
+		if ip := net.ParseIP(hostOf(fl.addr)); ip != nil && ip.IsLoopback() {
+			return "http://" + fl.addr
+		}
+	}
+	return ""
+}
+
+func hostOf(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+
+// Stop closes every front listener and its connections: clients get "connection refused" until
+// Resume. The emulator's state is kept.
+func (e *Env) Stop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, fl := range e.listeners {
+		if !fl.down {
+			_ = fl.srv.Close()
+			fl.down = true
+		}
+	}
+}
+
+// Resume reopens the front listeners on the same addresses.
+func (e *Env) Resume() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var errs []error
+	for addr, fl := range e.listeners {
+		if !fl.down {
+			continue
+		}
+		var ln net.Listener
+		var err error
+		// The old socket may linger for a moment; retry the bind briefly.
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			if ln, err = fl.rebind(addr); err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fl.serve(ln, e.handler)
+		fl.down = false
+	}
+	return errors.Join(errs...)
+}
+
+func (fl *frontListener) rebind(addr string) (net.Listener, error) {
+	ln, err := fl.bind(addr)
+	if err != nil {
+		return nil, fmt.Errorf("rebind %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// Close stops everything.
+func (e *Env) Close() {
+	e.Stop()
+	e.kumo.Close()
+}
+
+// Config returns an aws.Config for endpoint (default: the loopback front listener) with static
+// test credentials and quick retries.
+func (e *Env) Config(endpoint string) aws.Config {
+	if endpoint == "" {
+		endpoint = e.URL()
+	}
+	return Config(endpoint)
+}
+
+// Config returns an aws.Config pointed at an emulator endpoint.
+func Config(endpoint string) aws.Config {
+	return aws.Config{
+		Region:       Region,
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIDBANSSHEETEST", "secret", ""),
+		BaseEndpoint: aws.String(endpoint),
+		HTTPClient:   &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}},
+	}
+}
+
+// Clients bundles the SDK clients bansshee uses.
+type Clients struct {
+	SQS      *sqs.Client
+	EC2      *ec2.Client
+	DynamoDB *dynamodb.Client
+}
+
+// NewClients makes SDK clients from cfg.
+func NewClients(cfg aws.Config) Clients {
+	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg)}
+}
+
+// Launch runs one instance with tags through the real EC2 client, and returns its id.
+func Launch(ctx context.Context, c *ec2.Client, tags map[string]string) (string, error) {
+	return launch(ctx, c, tags)
+}

@@ -1,0 +1,195 @@
+package awstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+)
+
+func TestSQSFIFOSmoke(t *testing.T) {
+	_, c := New(t)
+	ctx := t.Context()
+	q, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("bansshee-i-1.fifo"),
+		Attributes: map[string]string{"FifoQueue": "true", "VisibilityTimeout": "30"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		_, err := c.SQS.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: aws.String(fmt.Sprint("m", i)),
+			MessageGroupId: aws.String("bans"), MessageDeduplicationId: aws.String(fmt.Sprint("d", i)),
+			MessageAttributes: map[string]sqstypes.MessageAttributeValue{"bansshee-v": {DataType: aws.String("String"), StringValue: aws.String("1")}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A duplicate deduplication id is dropped by FIFO.
+	_, _ = c.SQS.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: aws.String("dup"), MessageGroupId: aws.String("bans"), MessageDeduplicationId: aws.String("d0")})
+	var got []string
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 3 && time.Now().Before(deadline); {
+		out, err := c.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, WaitTimeSeconds: 1, MaxNumberOfMessages: 10, MessageAttributeNames: []string{"All"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range out.Messages {
+			got = append(got, aws.ToString(m.Body))
+			if v := m.MessageAttributes["bansshee-v"]; aws.ToString(v.StringValue) != "1" {
+				t.Errorf("attribute lost: %+v", m.MessageAttributes)
+			}
+			if _, err := c.SQS.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: q.QueueUrl, ReceiptHandle: m.ReceiptHandle}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if fmt.Sprint(got) != "[m0 m1 m2]" {
+		t.Fatalf("received %v, want [m0 m1 m2] in order", got)
+	}
+	out, err := c.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, WaitTimeSeconds: 1})
+	if err != nil || len(out.Messages) != 0 {
+		t.Fatalf("queue not empty after deletes: %d messages, %v", len(out.Messages), err)
+	}
+}
+
+func TestSQSRedriveToDLQ(t *testing.T) {
+	_, c := New(t)
+	ctx := t.Context()
+	dlq, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("bansshee-dlq.fifo"), Attributes: map[string]string{"FifoQueue": "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, err := c.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: dlq.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{"QueueArn"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("bansshee-i-2.fifo"), Attributes: map[string]string{
+		"FifoQueue": "true", "VisibilityTimeout": "0",
+		"RedrivePolicy": fmt.Sprintf(`{"deadLetterTargetArn":"%s","maxReceiveCount":"2"}`, attrs.Attributes["QueueArn"])}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.SQS.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: aws.String("poison"), MessageGroupId: aws.String("bans"), MessageDeduplicationId: aws.String("p")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		_, _ = c.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, WaitTimeSeconds: 0})
+		out, err := c.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: dlq.QueueUrl, WaitTimeSeconds: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Messages) == 1 && aws.ToString(out.Messages[0].Body) == "poison" {
+			return
+		}
+	}
+	t.Fatal("message never reached the DLQ")
+}
+
+func TestEC2TagsFiltersPagination(t *testing.T) {
+	_, c := New(t)
+	ctx := t.Context()
+	var ids []string
+	for i := 0; i < 12; i++ {
+		role := "mail"
+		if i%3 == 0 {
+			role = "web"
+		}
+		id, err := Launch(ctx, c.EC2, map[string]string{"Role": role, "bansshee:managed": "true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if _, err := c.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: ids[:2], Tags: []ec2types.Tag{{Key: aws.String("Env"), Value: aws.String("dev")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: ids[1:2]}); err != nil {
+		t.Fatal(err)
+	}
+	p := ec2.NewDescribeInstancesPaginator(c.EC2, &ec2.DescribeInstancesInput{MaxResults: aws.Int32(5), Filters: []ec2types.Filter{
+		{Name: aws.String("tag:Role"), Values: []string{"mail"}},
+		{Name: aws.String("instance-state-name"), Values: []string{"running"}},
+	}})
+	var found, pages, devTagged int
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, r := range out.Reservations {
+			for _, in := range r.Instances {
+				found++
+				for _, tag := range in.Tags {
+					if aws.ToString(tag.Key) == "Env" {
+						devTagged++
+					}
+				}
+			}
+		}
+	}
+	// 8 mail instances, one of them (ids[1], Env=dev) terminated.
+	if found != 7 || pages != 2 || devTagged != 0 {
+		t.Fatalf("found %d running mail instances on %d pages (%d dev-tagged), want 7 on 2 pages", found, pages, devTagged)
+	}
+	vpcs, err := c.EC2.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{})
+	if err != nil || len(vpcs.Vpcs) != 1 || aws.ToString(vpcs.Vpcs[0].CidrBlockAssociationSet[0].CidrBlock) != "172.31.0.0/16" {
+		t.Fatalf("DescribeVpcs: %+v %v", vpcs, err)
+	}
+	_, err = c.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{{Name: aws.String("bogus"), Values: []string{"x"}}}})
+	if err == nil {
+		t.Fatal("unknown filter accepted")
+	}
+}
+
+func TestDynamoDBConditionalWrite(t *testing.T) {
+	_, c := New(t)
+	ctx := t.Context()
+	_, err := c.DynamoDB.CreateTable(ctx, &dynamodb.CreateTableInput{TableName: aws.String("bansshee"), BillingMode: ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("pk"), AttributeType: ddbtypes.ScalarAttributeTypeS}, {AttributeName: aws.String("sk"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
+		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("pk"), KeyType: ddbtypes.KeyTypeHash}, {AttributeName: aws.String("sk"), KeyType: ddbtypes.KeyTypeRange}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	item := map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: "ban"}, "sk": &ddbtypes.AttributeValueMemberS{Value: "x"}}
+	put := func() error {
+		_, err := c.DynamoDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String("bansshee"), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)")})
+		return err
+	}
+	if err := put(); err != nil {
+		t.Fatal(err)
+	}
+	var ccf *ddbtypes.ConditionalCheckFailedException
+	if err := put(); !errors.As(err, &ccf) {
+		t.Fatalf("second conditional put: %v, want ConditionalCheckFailedException", err)
+	}
+}
+
+func TestStopResume(t *testing.T) {
+	e, c := New(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := c.SQS.ListQueues(ctx, &sqs.ListQueuesInput{}); err != nil {
+		t.Fatal(err)
+	}
+	e.Stop()
+	short, cancel2 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel2()
+	if _, err := c.SQS.ListQueues(short, &sqs.ListQueuesInput{}); err == nil {
+		t.Fatal("request succeeded while stopped")
+	}
+	if err := e.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SQS.ListQueues(ctx, &sqs.ListQueuesInput{}); err != nil {
+		t.Fatalf("after resume: %v", err)
+	}
+}

@@ -1,0 +1,125 @@
+// Package proto is bansshee's wire format v1: the messages the controller sends to agents over SQS,
+// their strict decoding, validation and Ed25519 signatures. It knows nothing of SQS or the kernel.
+package proto
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Version is the wire format version carried in the bansshee-v message attribute.
+const Version = "1"
+
+// Message attribute names.
+const (
+	AttrVersion   = "bansshee-v"
+	AttrKeyID     = "bansshee-kid"
+	AttrSignature = "bansshee-sig"
+)
+
+// MaxBodyBytes is the largest body SQS takes, and so the largest we accept.
+const MaxBodyBytes = 256 * 1024
+
+// Kind says what a message asks an agent to do.
+type Kind string
+
+const (
+	KindBan     Kind = "ban"
+	KindUnban   Kind = "unban"
+	KindLimit   Kind = "limit"
+	KindUnlimit Kind = "unlimit"
+	KindSync    Kind = "sync"
+)
+
+// Message is one command to an agent. Which slices may be set depends on Kind.
+type Message struct {
+	ID       string    `json:"id"`
+	Kind     Kind      `json:"kind"`
+	IssuedAt time.Time `json:"issued_at"`
+	Rev      int64     `json:"rev"`
+
+	Bans     []Ban       `json:"bans,omitempty"`     // ban, sync
+	Unbans   []Tombstone `json:"unbans,omitempty"`   // unban
+	Limits   []Limit     `json:"limits,omitempty"`   // limit, sync
+	Unlimits []Tombstone `json:"unlimits,omitempty"` // unlimit
+	Part     *Part       `json:"part,omitempty"`     // sync split over several messages
+}
+
+// Ban drops all traffic from CIDR until ExpiresAt (zero: no expiry).
+type Ban struct {
+	ID        string    `json:"id"`
+	CIDR      string    `json:"cidr"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Reason    string    `json:"reason,omitempty"`
+	Source    string    `json:"source,omitempty"`
+	Rev       int64     `json:"rev"`
+}
+
+// Prefix returns the ban's CIDR, which Validate has canonicalised.
+func (b Ban) Prefix() netip.Prefix { p, _ := netip.ParsePrefix(b.CIDR); return p }
+
+// Tombstone removes an entry (ban or limit) created at an older revision. Agents keep it until
+// ExpiresAt so that a late copy of the original cannot resurrect the entry.
+type Tombstone struct {
+	ID        string    `json:"id"`
+	Rev       int64     `json:"rev"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// Limit is a rate-limit policy: each source may open Hits new connections per Seconds to Ports.
+type Limit struct {
+	ID       string `json:"id"`
+	Proto    string `json:"proto"`
+	Ports    []int  `json:"ports"`
+	Hits     int    `json:"hits"`
+	Seconds  int    `json:"seconds"`
+	Action   string `json:"action"`
+	Escalate bool   `json:"escalate,omitempty"`
+	Rev      int64  `json:"rev"`
+}
+
+// Part numbers one message of a sync that did not fit in one body. Set names the whole sync.
+type Part struct {
+	Set   string `json:"set"`
+	Index int    `json:"index"` // 1-based
+	Count int    `json:"count"`
+}
+
+// BanID is the canonical id of a ban on prefix p: "b-174.132.223.252_32".
+func BanID(p netip.Prefix) string {
+	return "b-" + p.Addr().String() + "_" + fmt.Sprint(p.Bits())
+}
+
+// ParseCIDR parses an address or CIDR and returns it canonicalised (host bits cleared). A bare
+// address is a /32 or /128. IPv4-mapped IPv6 addresses are unmapped.
+func ParseCIDR(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return netip.Prefix{}, fmt.Errorf("empty address")
+	}
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a valid CIDR", s)
+	}
+	if p.Addr().Is4In6() {
+		bits := p.Bits() - 96
+		if bits < 0 {
+			return netip.Prefix{}, fmt.Errorf("%q: IPv4-mapped prefix shorter than ::ffff:0:0/96", s)
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), bits)
+	}
+	return p.Masked(), nil
+}

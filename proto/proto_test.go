@@ -1,0 +1,189 @@
+package proto
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+var now = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+func testSigner(t testing.TB, kid string) Signer {
+	t.Helper()
+	s, err := GenerateKey(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func banMsg(cidr string, exp time.Time) *Message {
+	return &Message{ID: "01JDZ8K3V7", Kind: KindBan, IssuedAt: now, Rev: 1042,
+		Bans: []Ban{{CIDR: cidr, ExpiresAt: exp, Reason: "pop3 brute force", Source: "lambda:jail/pop3"}}}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good := testSigner(t, "k1")
+	other := testSigner(t, "k1") // same id, different key
+	unknown := testSigner(t, "k9")
+	ver := &Verifier{Now: func() time.Time { return now }}
+	ver.Keys = map[string]ed25519PublicKey{}
+	ver.Keys["k1"] = pub(good)
+
+	later := now.Add(time.Hour)
+	sign := func(s Signer, m *Message) ([]byte, map[string]string) {
+		b, _ := json.Marshal(m)
+		return b, s.Sign(b)
+	}
+	raw := func(s Signer, body string) ([]byte, map[string]string) { return []byte(body), s.Sign([]byte(body)) }
+	big := strings.Repeat(" ", 300*1024)
+
+	cases := []struct {
+		name  string
+		body  func() ([]byte, map[string]string)
+		want  error
+		field string // substring the error must contain
+	}{
+		{"all of v4", func() ([]byte, map[string]string) { return sign(good, banMsg("0.0.0.0/0", later)) }, ErrInvalid, "bans[0].cidr: 0.0.0.0/0 would match every address"},
+		{"all of v6", func() ([]byte, map[string]string) { return sign(good, banMsg("::/0", later)) }, ErrInvalid, "bans[0].cidr: ::/0 would match every address"},
+		{"too broad", func() ([]byte, map[string]string) { return sign(good, banMsg("10.0.0.0/4", later)) }, ErrInvalid, "prefix /4 of 0.0.0.0/4 is broader than the minimum /8"},
+		{"bad address", func() ([]byte, map[string]string) { return sign(good, banMsg("300.1.1.1", later)) }, ErrInvalid, `bans[0].cidr: "300.1.1.1" is not an IP address`},
+		{"expired", func() ([]byte, map[string]string) { return sign(good, banMsg("1.2.3.4", now.Add(-time.Minute))) }, ErrInvalid, "bans[0].expires_at: 2026-11-24T11:59:00Z is in the past"},
+		{"unknown field", func() ([]byte, map[string]string) {
+			return raw(good, `{"id":"x1","kind":"ban","issued_at":"2026-11-24T12:00:00Z","rev":1,"bans":[{"cidr":"1.2.3.4","rev":1}],"evil":true}`)
+		}, ErrMalformed, `unknown field "evil"`},
+		{"unknown kind", func() ([]byte, map[string]string) {
+			m := banMsg("1.2.3.4", later)
+			m.Kind = "nuke"
+			return sign(good, m)
+		}, ErrInvalid, `kind: unknown kind "nuke"`},
+		{"wrong signature", func() ([]byte, map[string]string) { return sign(other, banMsg("1.2.3.4", later)) }, ErrBadSignature, `key id "k1"`},
+		{"unknown key id", func() ([]byte, map[string]string) { return sign(unknown, banMsg("1.2.3.4", later)) }, ErrUnknownKey, `key id "k9"`},
+		{"replay", func() ([]byte, map[string]string) {
+			m := banMsg("1.2.3.4", later)
+			m.IssuedAt = now.Add(-16 * time.Minute)
+			return sign(good, m)
+		}, ErrStale, "window is 15m0s"},
+		{"300 KiB body", func() ([]byte, map[string]string) { return raw(good, big) }, ErrTooLarge, "limit 262144"},
+		{"unsigned", func() ([]byte, map[string]string) {
+			b, _ := json.Marshal(banMsg("1.2.3.4", later))
+			return b, map[string]string{AttrVersion: "1"}
+		}, ErrUnsigned, "required"},
+		{"version 2", func() ([]byte, map[string]string) {
+			b, a := sign(good, banMsg("1.2.3.4", later))
+			a[AttrVersion] = "2"
+			return b, a
+		}, ErrBadVersion, `"2"`},
+		{"trailing data", func() ([]byte, map[string]string) {
+			b, _ := json.Marshal(banMsg("1.2.3.4", later))
+			return raw(good, string(b)+"{}")
+		}, ErrMalformed, "after the JSON object"},
+		{"bad port", func() ([]byte, map[string]string) {
+			return sign(good, &Message{ID: "x", Kind: KindLimit, IssuedAt: now, Rev: 3, Limits: []Limit{{ID: "l-pop3", Proto: "tcp", Ports: []int{70000}, Hits: 10, Seconds: 60}}})
+		}, ErrInvalid, "limits[0].ports[0]: 70000 is not in 1-65535"},
+		{"v6 too broad", func() ([]byte, map[string]string) { return sign(good, banMsg("2001:db8::/16", later)) }, ErrInvalid, "broader than the minimum /32"},
+		{"ttl too long", func() ([]byte, map[string]string) { return sign(good, banMsg("1.2.3.4", now.Add(400*24*time.Hour))) }, ErrInvalid, "maximum TTL"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			body, attrs := tc.body()
+			m, err := ver.Decode(body, attrs)
+			if err == nil {
+				t.Fatalf("accepted: %+v", m)
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error %q does not wrap %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error %q does not mention %q", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestRoundTripCanonicalises(t *testing.T) {
+	s := testSigner(t, "k1")
+	s2 := testSigner(t, "k2")
+	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s), "k2": pub(s2)}, Now: func() time.Time { return now }}
+	for _, signer := range []Signer{s, s2} { // both keys of a rotation are accepted
+		m := banMsg("174.132.223.252", now.Add(2*time.Hour))
+		m.Bans = append(m.Bans, Ban{CIDR: "2001:db8:1:2::5/64"}, Ban{CIDR: "::ffff:10.1.2.3/120"})
+		body, attrs, err := signer.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ver.Decode(body, attrs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []struct{ id, cidr string }{{"b-174.132.223.252_32", "174.132.223.252/32"}, {"b-2001:db8:1:2::_64", "2001:db8:1:2::/64"}, {"b-10.1.2.0_24", "10.1.2.0/24"}}
+		for i, w := range want {
+			if got.Bans[i].ID != w.id || got.Bans[i].CIDR != w.cidr || got.Bans[i].Rev != 1042 {
+				t.Errorf("ban %d = %+v, want id %s cidr %s rev 1042", i, got.Bans[i], w.id, w.cidr)
+			}
+		}
+	}
+}
+
+func TestSplitSync(t *testing.T) {
+	s := testSigner(t, "k1")
+	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }}
+	m := Message{ID: "sync1", Kind: KindSync, IssuedAt: now, Rev: 9, Limits: []Limit{{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 10, Seconds: 60, Rev: 2}}}
+	for i := 0; i < 6000; i++ {
+		m.Bans = append(m.Bans, Ban{ID: "b-x", CIDR: "10.0.0.1/32", Reason: strings.Repeat("r", 40), Rev: 5})
+	}
+	parts, err := SplitSync(m, MaxBodyBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parts) < 2 {
+		t.Fatalf("want several parts, got %d", len(parts))
+	}
+	total := 0
+	for i, p := range parts {
+		body, attrs, err := s.Encode(&p)
+		if err != nil {
+			t.Fatalf("part %d: %v", i, err)
+		}
+		got, err := ver.Decode(body, attrs)
+		if err != nil {
+			t.Fatalf("part %d: %v", i, err)
+		}
+		if got.Part.Index != i+1 || got.Part.Count != len(parts) || got.Part.Set != "sync1" {
+			t.Fatalf("part %d numbered %+v", i, got.Part)
+		}
+		total += len(got.Bans)
+	}
+	if total != 6000 {
+		t.Fatalf("parts carry %d bans, want 6000", total)
+	}
+	if len(parts[0].Limits) != 1 {
+		t.Fatal("limits must travel in the first part")
+	}
+}
+
+func TestKeyFiles(t *testing.T) {
+	s := testSigner(t, "2026-11")
+	back, err := ParsePrivate(s.MarshalPrivate())
+	if err != nil || !back.Key.Equal(s.Key) || back.KeyID != "2026-11" {
+		t.Fatalf("private round trip: %v", err)
+	}
+	keys, err := ParsePublicKeys("# comment\n" + s.MarshalPublic())
+	if err != nil || !keys["2026-11"].Equal(pub(s)) {
+		t.Fatalf("public round trip: %v", err)
+	}
+	if _, err := ParsePublicKeys("k1 notbase64"); err == nil {
+		t.Fatal("bad public key accepted")
+	}
+}
+
+func TestReason(t *testing.T) {
+	if r := Reason(&FieldError{Field: "x", Msg: "y"}); r != "invalid" {
+		t.Fatal(r)
+	}
+	if r := Reason(errors.New("x")); r != "other" {
+		t.Fatal(r)
+	}
+}
