@@ -1,0 +1,523 @@
+package firewall
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Ensure creates what the firewall owns if it is missing: sets, chains, chain rules (with the
+// limits last applied) and the jump at the top of INPUT, for IPv4 and IPv6. It reports what it had
+// to recreate.
+func (f *Firewall) Ensure(ctx context.Context) (repairs []string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ensure(ctx, f.limits)
+}
+
+func (f *Firewall) ensure(ctx context.Context, limits []proto.Limit) ([]string, error) {
+	var repairs []string
+	existing, err := f.listSets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var create bytes.Buffer
+	for _, fam := range f.fams {
+		for _, s := range []struct{ name, spec string }{
+			{fam.allowSet, fmt.Sprintf("hash:net family %s maxelem 65536", fam.inet)},
+			{fam.banSet, fmt.Sprintf("hash:net family %s hashsize 4096 maxelem %d timeout 0", fam.inet, f.cfg.MaxSet)},
+			{fam.tripSet, fmt.Sprintf("hash:ip family %s maxelem 65536 timeout 3600", fam.inet)},
+		} {
+			if !existing[s.name] {
+				fmt.Fprintf(&create, "create %s %s\n", s.name, s.spec)
+				repairs = append(repairs, "set:"+s.name)
+			}
+		}
+	}
+	if create.Len() > 0 {
+		if _, err := run(ctx, create.Bytes(), "ipset", "restore", "-exist"); err != nil {
+			return nil, fmt.Errorf("create sets: %w", err)
+		}
+	}
+	for _, fam := range f.fams {
+		r, err := f.syncRules(ctx, fam, limits)
+		if err != nil {
+			return nil, err
+		}
+		repairs = append(repairs, r...)
+		ok, err := fam.ipt.Exists("filter", "INPUT", "-j", fam.chain)
+		if err != nil {
+			return nil, fmt.Errorf("check jump to %s: %w", fam.chain, err)
+		}
+		if !ok {
+			if err := fam.ipt.Insert("filter", "INPUT", 1, "-j", fam.chain); err != nil {
+				return nil, fmt.Errorf("insert jump to %s at the top of INPUT: %w", fam.chain, err)
+			}
+			repairs = append(repairs, "jump"+fam.n())
+		}
+	}
+	return repairs, nil
+}
+
+func (fam *family) n() string {
+	if fam.v6 {
+		return "6"
+	}
+	return "4"
+}
+
+// rules returns the chains' desired rules. Each carries a comment with a hash of its position
+// and text, so drift (a rule removed, added or changed by hand) is found by comparing comments.
+func (fam *family) rules(limits []proto.Limit) (main, trip []string) {
+	main = []string{
+		fmt.Sprintf("-m set --match-set %s src -j RETURN", fam.allowSet),
+		fmt.Sprintf("-m set --match-set %s src -j DROP", fam.banSet),
+	}
+	sorted := slices.Clone(limits)
+	slices.SortFunc(sorted, func(a, b proto.Limit) int { return strings.Compare(a.ID, b.ID) })
+	for _, l := range sorted {
+		main = append(main, fam.limitRule(l))
+	}
+	trip = []string{
+		fmt.Sprintf("-j SET --add-set %s src --exist", fam.tripSet),
+		"-j DROP",
+	}
+	tag := func(rs []string, chain string) []string {
+		for i, r := range rs {
+			sum := sha256.Sum256([]byte(fmt.Sprint(chain, i, r)))
+			rs[i] = fmt.Sprintf("%s -m comment --comment bansshee:%s", r, hex.EncodeToString(sum[:5]))
+		}
+		return rs
+	}
+	return tag(main, fam.chain), tag(trip, fam.tripChain)
+}
+
+// limitRule is one hashlimit rule: each source may open Hits new connections per Seconds; the
+// rest are dropped (or rejected, or sent to the TRIP chain when the policy escalates).
+func (fam *family) limitRule(l proto.Limit) string {
+	ports := make([]string, len(l.Ports))
+	for i, p := range l.Ports {
+		ports[i] = strconv.Itoa(p)
+	}
+	sum := sha256.Sum256([]byte(l.ID))
+	name := "bsh" + fam.n() + "-" + hex.EncodeToString(sum[:4]) // hashlimit names are at most 15 bytes
+	target := "DROP"
+	switch {
+	case l.Escalate:
+		target = fam.tripChain
+	case l.Action == "reject" && l.Proto == "tcp":
+		target = "REJECT --reject-with tcp-reset"
+	case l.Action == "reject":
+		target = "REJECT"
+	}
+	return fmt.Sprintf("-p %s -m multiport --dports %s -m conntrack --ctstate NEW -m hashlimit --hashlimit-above %s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name %s --hashlimit-htable-expire %d -j %s",
+		l.Proto, strings.Join(ports, ","), rate(l.Hits, l.Seconds), l.Hits, name, l.Seconds*1000+1000, target)
+}
+
+// rate expresses hits per seconds in the smallest hashlimit unit that keeps it exact.
+func rate(hits, seconds int) string {
+	for _, u := range []struct {
+		name string
+		secs int
+	}{{"second", 1}, {"minute", 60}, {"hour", 3600}, {"day", 86400}} {
+		if hits*u.secs%seconds == 0 {
+			return fmt.Sprintf("%d/%s", hits*u.secs/seconds, u.name)
+		}
+	}
+	// Not exact in any unit: round the hourly rate up (a little more lenient, never stricter).
+	return fmt.Sprintf("%d/hour", int(math.Ceil(float64(hits)*3600/float64(seconds))))
+}
+
+// syncRules rewrites our chains in one iptables-restore --noflush call when they differ from the
+// desired rules. Declaring a chain in restore input flushes only that chain.
+func (f *Firewall) syncRules(ctx context.Context, fam *family, limits []proto.Limit) ([]string, error) {
+	main, trip := fam.rules(limits)
+	var repairs []string
+	for _, c := range []struct {
+		chain string
+		want  []string
+	}{{fam.tripChain, trip}, {fam.chain, main}} {
+		have, err := fam.ipt.List("filter", c.chain)
+		if err == nil && sameRules(have, c.want) {
+			continue
+		}
+		if err == nil {
+			repairs = append(repairs, "rules:"+c.chain+fam.n())
+		} else {
+			repairs = append(repairs, "chain:"+c.chain+fam.n())
+		}
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n", fam.tripChain, fam.chain)
+		for _, r := range trip {
+			fmt.Fprintf(&b, "-A %s %s\n", fam.tripChain, r)
+		}
+		for _, r := range main {
+			fmt.Fprintf(&b, "-A %s %s\n", fam.chain, r)
+		}
+		b.WriteString("COMMIT\n")
+		if _, err := run(ctx, b.Bytes(), fam.restore, "-w", "10", "--noflush"); err != nil {
+			return nil, fmt.Errorf("write chain %s: %w", fam.chain, err)
+		}
+		break // both chains were written
+	}
+	return repairs, nil
+}
+
+// sameRules compares `iptables -S CHAIN` output with the desired rules by their comments.
+func sameRules(have []string, want []string) bool {
+	var rules []string
+	for _, h := range have {
+		if strings.HasPrefix(h, "-A ") {
+			rules = append(rules, h)
+		}
+	}
+	if len(rules) != len(want) {
+		return false
+	}
+	for i, w := range want {
+		tag := w[strings.LastIndex(w, "bansshee:"):]
+		if !strings.Contains(rules[i], tag) {
+			return false
+		}
+	}
+	return true
+}
+
+// Apply makes the kernel hold exactly s: it ensures everything exists, rewrites the chains if
+// they drifted, and brings the sets to s with one ipset batch of the differences. Bans past their
+// expiry are left out. Bans are not checked against the allowlist here (use CheckBans first); the
+// allow set is matched before the ban set, so an allowlisted address is never dropped.
+func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var res Result
+	repairs, err := f.ensure(ctx, s.Limits)
+	if err != nil {
+		return res, err
+	}
+	res.Repairs = repairs
+	f.limits = slices.Clone(s.Limits)
+	f.allow = slices.Clone(s.Allow)
+
+	now := f.cfg.Now()
+	var batch bytes.Buffer
+	for _, fam := range f.fams {
+		cur, err := f.readSet(ctx, fam.banSet)
+		if err != nil {
+			return res, err
+		}
+		want := map[netip.Prefix]int{}
+		for _, b := range s.Bans {
+			if f.famOf(b.Prefix) != fam {
+				continue
+			}
+			t, ok := timeout(b.Expires, now)
+			if !ok {
+				continue
+			}
+			if old, dup := want[b.Prefix]; dup && (old == 0 || (t != 0 && t < old)) {
+				continue // keep the longest of duplicate bans
+			}
+			want[b.Prefix] = t
+		}
+		for p, t := range want {
+			c, ok := cur[p]
+			switch {
+			case !ok:
+				res.Added++
+			case needsRefresh(c, t):
+				res.Refreshed++
+			default:
+				continue
+			}
+			writeAdd(&batch, fam.banSet, p, t)
+		}
+		for p := range cur {
+			if _, ok := want[p]; !ok {
+				fmt.Fprintf(&batch, "del %s %s\n", fam.banSet, p)
+				res.Removed++
+			}
+		}
+		curAllow, err := f.readSet(ctx, fam.allowSet)
+		if err != nil {
+			return res, err
+		}
+		wantAllow := map[netip.Prefix]bool{}
+		for _, a := range s.Allow {
+			if f.famOf(a) == fam {
+				wantAllow[a.Masked()] = true
+			}
+		}
+		for a := range wantAllow {
+			if _, ok := curAllow[a]; !ok {
+				fmt.Fprintf(&batch, "add %s %s\n", fam.allowSet, a)
+			}
+		}
+		for a := range curAllow {
+			if !wantAllow[a] {
+				fmt.Fprintf(&batch, "del %s %s\n", fam.allowSet, a)
+			}
+		}
+	}
+	if batch.Len() > 0 {
+		if _, err := run(ctx, batch.Bytes(), "ipset", "restore", "-exist"); err != nil {
+			return res, fmt.Errorf("update sets: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// timeout is the ipset timeout for a ban expiring at exp: 0 for never, capped at MaxTimeout;
+// ok is false when the ban has already expired.
+func timeout(exp, now time.Time) (int, bool) {
+	if exp.IsZero() {
+		return 0, true
+	}
+	left := exp.Sub(now)
+	if left <= 0 {
+		return 0, false
+	}
+	return min(int(math.Ceil(left.Seconds())), MaxTimeout), true
+}
+
+// needsRefresh reports whether a kernel entry with timeout have should be re-added for want.
+func needsRefresh(have, want int) bool {
+	if (have == 0) != (want == 0) {
+		return true
+	}
+	if want == MaxTimeout {
+		return want-have > 86400 // a capped ban is topped up once a day
+	}
+	d := have - want
+	return d > 5 || d < -5
+}
+
+func writeAdd(b *bytes.Buffer, set string, p netip.Prefix, t int) {
+	if t == 0 {
+		fmt.Fprintf(b, "add %s %s\n", set, p)
+		return
+	}
+	fmt.Fprintf(b, "add %s %s timeout %d\n", set, p, t)
+}
+
+// Ban adds bans at once (one ipset process), after checking them against the allowlist. It does
+// not touch chains; Apply does.
+func (f *Firewall) Ban(ctx context.Context, bans []Ban) error {
+	if err := f.CheckBans(bans); err != nil {
+		return err
+	}
+	now := f.cfg.Now()
+	var b bytes.Buffer
+	for _, ban := range bans {
+		if t, ok := timeout(ban.Expires, now); ok {
+			writeAdd(&b, f.famOf(ban.Prefix).banSet, ban.Prefix, t)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if _, err := run(ctx, b.Bytes(), "ipset", "restore", "-exist"); err != nil {
+		return fmt.Errorf("add %d bans: %w", len(bans), err)
+	}
+	return nil
+}
+
+// Unban removes prefixes from the ban sets at once; prefixes not banned are ignored.
+func (f *Firewall) Unban(ctx context.Context, prefixes []netip.Prefix) error {
+	var b bytes.Buffer
+	for _, p := range prefixes {
+		fmt.Fprintf(&b, "del %s %s\n", f.famOf(p).banSet, p)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if _, err := run(ctx, b.Bytes(), "ipset", "restore", "-exist"); err != nil {
+		return fmt.Errorf("remove %d bans: %w", len(prefixes), err)
+	}
+	return nil
+}
+
+// SetLimits replaces the rate-limit policies (rewrites our chains in one call per family).
+func (f *Firewall) SetLimits(ctx context.Context, limits []proto.Limit) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.ensure(ctx, limits); err != nil {
+		return err
+	}
+	f.limits = slices.Clone(limits)
+	return nil
+}
+
+// Snapshot is what the kernel holds now.
+type Snapshot struct {
+	Bans  []Ban
+	Allow []netip.Prefix
+	Rules map[string][]string // chain+family ("BANSSHEE4") -> iptables -S lines
+}
+
+// Snapshot reads the sets and chains back from the kernel.
+func (f *Firewall) Snapshot(ctx context.Context) (Snapshot, error) {
+	snap := Snapshot{Rules: map[string][]string{}}
+	now := f.cfg.Now()
+	for _, fam := range f.fams {
+		bans, err := f.readSet(ctx, fam.banSet)
+		if err != nil {
+			return snap, err
+		}
+		for p, t := range bans {
+			b := Ban{Prefix: p}
+			if t > 0 {
+				b.Expires = now.Add(time.Duration(t) * time.Second)
+			}
+			snap.Bans = append(snap.Bans, b)
+		}
+		allow, err := f.readSet(ctx, fam.allowSet)
+		if err != nil {
+			return snap, err
+		}
+		for p := range allow {
+			snap.Allow = append(snap.Allow, p)
+		}
+		for _, c := range []string{fam.chain, fam.tripChain} {
+			rules, err := fam.ipt.List("filter", c)
+			if err == nil {
+				snap.Rules[c+fam.n()] = rules
+			}
+		}
+	}
+	slices.SortFunc(snap.Bans, func(a, b Ban) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	return snap, nil
+}
+
+// Tripped returns the sources that tripped an escalating rate limit (and are still in the sets).
+func (f *Firewall) Tripped(ctx context.Context) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, fam := range f.fams {
+		m, err := f.readSet(ctx, fam.tripSet)
+		if err != nil {
+			return nil, err
+		}
+		for p := range m {
+			out = append(out, p.Addr())
+		}
+	}
+	return out, nil
+}
+
+// ClearTripped removes addresses from the tripped sets once they have been reported.
+func (f *Firewall) ClearTripped(ctx context.Context, addrs []netip.Addr) error {
+	var b bytes.Buffer
+	for _, a := range addrs {
+		fam := f.fams[0]
+		if a.Is6() {
+			fam = f.fams[1]
+		}
+		fmt.Fprintf(&b, "del %s %s\n", fam.tripSet, a)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	_, err := run(ctx, b.Bytes(), "ipset", "restore", "-exist")
+	return err
+}
+
+// Uninstall removes the jumps, chains and sets, and nothing else.
+func (f *Firewall) Uninstall(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fam := range f.fams {
+		for {
+			ok, err := fam.ipt.Exists("filter", "INPUT", "-j", fam.chain)
+			if err != nil || !ok {
+				break
+			}
+			if err := fam.ipt.Delete("filter", "INPUT", "-j", fam.chain); err != nil {
+				return fmt.Errorf("remove jump to %s: %w", fam.chain, err)
+			}
+		}
+		for _, c := range []string{fam.chain, fam.tripChain} {
+			if ok, _ := fam.ipt.ChainExists("filter", c); ok {
+				if err := fam.ipt.ClearChain("filter", c); err != nil {
+					return err
+				}
+			}
+		}
+		for _, c := range []string{fam.chain, fam.tripChain} {
+			if ok, _ := fam.ipt.ChainExists("filter", c); ok {
+				if err := fam.ipt.DeleteChain("filter", c); err != nil {
+					return fmt.Errorf("delete chain %s: %w", c, err)
+				}
+			}
+		}
+	}
+	existing, err := f.listSets(ctx)
+	if err != nil {
+		return err
+	}
+	for _, fam := range f.fams {
+		for _, s := range []string{fam.banSet, fam.allowSet, fam.tripSet} {
+			if existing[s] {
+				if _, err := run(ctx, nil, "ipset", "destroy", s); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	f.allow, f.limits = nil, nil
+	return nil
+}
+
+func (f *Firewall) listSets(ctx context.Context) (map[string]bool, error) {
+	out, err := run(ctx, nil, "ipset", "list", "-n")
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	sets := map[string]bool{}
+	for _, l := range strings.Fields(string(out)) {
+		sets[l] = true
+	}
+	return sets, nil
+}
+
+// readSet returns a set's members and their remaining timeouts (0: none). A missing set is empty.
+func (f *Firewall) readSet(ctx context.Context, name string) (map[netip.Prefix]int, error) {
+	out, err := run(ctx, nil, "ipset", "save", name)
+	if err != nil {
+		if strings.Contains(err.Error(), "does not exist") {
+			return map[netip.Prefix]int{}, nil
+		}
+		return nil, fmt.Errorf("read set %s: %w", name, err)
+	}
+	m := make(map[netip.Prefix]int, bytes.Count(out, []byte("\nadd ")))
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 || fields[0] != "add" {
+			continue
+		}
+		p, err := proto.ParseCIDR(fields[2])
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", name, err)
+		}
+		t := 0
+		for i := 3; i+1 < len(fields); i++ {
+			if fields[i] == "timeout" {
+				t, _ = strconv.Atoi(fields[i+1])
+			}
+		}
+		m[p] = t
+	}
+	return m, sc.Err()
+}

@@ -1,0 +1,356 @@
+package firewall
+
+import (
+	"errors"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bansshee/bansshee/internal/netns"
+	"github.com/bansshee/bansshee/proto"
+)
+
+type lab struct {
+	*netns.Pair
+	fw   *Firewall
+	srv  *netns.Server
+	src1 netip.Addr // attacker sources in 10.97.200.0/24
+	src2 netip.Addr
+	oth  netip.Addr // a second attacker, 10.97.201.2
+}
+
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	p := netns.NewPair(t)
+	l := &lab{Pair: p, src1: netip.MustParseAddr("10.97.200.2"), src2: netip.MustParseAddr("10.97.200.3"), oth: netip.MustParseAddr("10.97.201.2")}
+	for _, a := range []netip.Addr{l.src1, l.src2, l.oth} {
+		if err := p.Lab.AddAddr(p.Attacker, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := netns.Serve(&p.Victim.NS, 110)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	l.srv = srv
+	l.do(t, func() error {
+		var err error
+		l.fw, err = New(Config{})
+		return err
+	})
+	return l
+}
+
+// do runs fn inside the victim namespace, where the firewall lives.
+func (l *lab) do(t *testing.T, fn func() error) {
+	t.Helper()
+	if err := l.Victim.Do(fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (l *lab) apply(t *testing.T, s State) Result {
+	t.Helper()
+	var res Result
+	l.do(t, func() error {
+		var err error
+		res, err = l.fw.Apply(t.Context(), s)
+		return err
+	})
+	return res
+}
+
+// reach reports whether src in the attacker namespace gets the banner from dst:110.
+func (l *lab) reach(src, dst netip.Addr) bool {
+	return netns.Connect(&l.Attacker.NS, src, netip.AddrPortFrom(dst, 110), 400*time.Millisecond) == nil
+}
+
+func (l *lab) mustReach(t *testing.T, src, dst netip.Addr, want bool) {
+	t.Helper()
+	if got := l.reach(src, dst); got != want {
+		t.Fatalf("%s -> %s reachable = %v, want %v", src, dst, got, want)
+	}
+}
+
+func ban(s string, ttl time.Duration) Ban {
+	b := Ban{Prefix: netip.MustParsePrefix(s)}
+	if ttl > 0 {
+		b.Expires = time.Now().Add(ttl)
+	}
+	return b
+}
+
+func TestBanUnban(t *testing.T) {
+	l := newLab(t)
+	cases := []struct {
+		name      string
+		ban       string
+		src       netip.Addr
+		dst       netip.Addr
+		untouched netip.Addr // a source the ban must not cover
+	}{
+		{"v4 host", l.src1.String() + "/32", l.src1, l.Victim.IP4, l.src2},
+		{"v4 /24", "10.97.200.0/24", l.src2, l.Victim.IP4, l.oth},
+		{"v6 host", l.Attacker.IP6.String() + "/128", l.Attacker.IP6, l.Victim.IP6, netip.Addr{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l.mustReach(t, tc.src, tc.dst, true)
+			l.apply(t, State{Bans: []Ban{ban(tc.ban, time.Hour)}})
+			l.mustReach(t, tc.src, tc.dst, false)
+			if tc.untouched.IsValid() {
+				l.mustReach(t, tc.untouched, tc.dst, true)
+			}
+			res := l.apply(t, State{})
+			if res.Removed != 1 {
+				t.Fatalf("unban removed %d entries, want 1", res.Removed)
+			}
+			l.mustReach(t, tc.src, tc.dst, true)
+		})
+	}
+}
+
+func TestBanBatchAndSnapshot(t *testing.T) {
+	l := newLab(t)
+	l.do(t, func() error {
+		ctx := t.Context()
+		if _, err := l.fw.Ensure(ctx); err != nil {
+			return err
+		}
+		if err := l.fw.Ban(ctx, []Ban{ban("10.97.200.2/32", time.Hour), ban("fd97::1:2/128", 0)}); err != nil {
+			return err
+		}
+		snap, err := l.fw.Snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		if len(snap.Bans) != 2 {
+			t.Errorf("snapshot %+v", snap.Bans)
+		}
+		for _, b := range snap.Bans {
+			if b.Prefix.Addr().Is4() && b.Expires.Sub(time.Now()) < 59*time.Minute {
+				t.Errorf("v4 ban expires %v, want about an hour", b.Expires)
+			}
+			if b.Prefix.Addr().Is6() && !b.Expires.IsZero() {
+				t.Errorf("permanent v6 ban has expiry %v", b.Expires)
+			}
+		}
+		return l.fw.Unban(ctx, []netip.Prefix{netip.MustParsePrefix("10.97.200.2/32")})
+	})
+	l.mustReach(t, l.src1, l.Victim.IP4, true)
+	l.mustReach(t, l.Attacker.IP6, l.Victim.IP6, false)
+}
+
+func TestKernelTTL(t *testing.T) {
+	l := newLab(t)
+	l.apply(t, State{Bans: []Ban{ban(l.src1.String()+"/32", 2*time.Second)}})
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+	// No agent action from here on: the kernel drops the entry by itself.
+	deadline := time.Now().Add(6 * time.Second)
+	for !l.reach(l.src1, l.Victim.IP4) {
+		if time.Now().After(deadline) {
+			t.Fatal("ban with a 2 s TTL still matches after 6 s")
+		}
+	}
+}
+
+func pop3Limit(seconds int) proto.Limit {
+	return proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 10, Seconds: seconds, Action: "drop", Rev: 1}
+}
+
+func TestRateLimitSeedScenario(t *testing.T) {
+	l := newLab(t)
+	l.apply(t, State{Limits: []proto.Limit{pop3Limit(60)}})
+	for i := 1; i <= 10; i++ {
+		if !l.reach(l.src1, l.Victim.IP4) {
+			t.Fatalf("connection %d of 10 was dropped", i)
+		}
+	}
+	l.mustReach(t, l.src1, l.Victim.IP4, false) // the 11th
+	l.mustReach(t, l.oth, l.Victim.IP4, true)   // a second source has its own budget
+}
+
+func TestRateLimitWindowPasses(t *testing.T) {
+	l := newLab(t)
+	l.apply(t, State{Limits: []proto.Limit{pop3Limit(3)}})
+	for i := 1; i <= 10; i++ {
+		l.mustReach(t, l.src1, l.Victim.IP4, true)
+	}
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+	deadline := time.Now().Add(8 * time.Second)
+	for !l.reach(l.src1, l.Victim.IP4) {
+		if time.Now().After(deadline) {
+			t.Fatal("source still limited well after its 3 s window")
+		}
+	}
+}
+
+func TestEscalatingLimitFillsTrippedSet(t *testing.T) {
+	l := newLab(t)
+	lim := pop3Limit(60)
+	lim.Hits, lim.Escalate = 2, true
+	l.apply(t, State{Limits: []proto.Limit{lim}})
+	l.mustReach(t, l.src1, l.Victim.IP4, true)
+	l.mustReach(t, l.src1, l.Victim.IP4, true)
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+	l.do(t, func() error {
+		got, err := l.fw.Tripped(t.Context())
+		if err != nil {
+			return err
+		}
+		if len(got) != 1 || got[0] != l.src1 {
+			t.Errorf("tripped = %v, want [%s]", got, l.src1)
+		}
+		return nil
+	})
+}
+
+func TestAllowlistWins(t *testing.T) {
+	l := newLab(t)
+	allow := []netip.Prefix{netip.PrefixFrom(l.src2, 32)}
+	l.apply(t, State{Bans: []Ban{ban("10.97.200.0/24", time.Hour)}, Allow: allow})
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+	l.mustReach(t, l.src2, l.Victim.IP4, true) // allowlisted inside the banned /24
+	err := l.fw.CheckBans([]Ban{ban("10.97.200.0/24", time.Hour), ban("10.97.201.0/24", time.Hour)})
+	if !errors.Is(err, ErrAllowlisted) || !strings.Contains(err.Error(), "ban 10.97.200.0/24: ban covers an allowlisted address 10.97.200.3/32") {
+		t.Fatalf("CheckBans = %v", err)
+	}
+	if strings.Contains(err.Error(), "10.97.201.0/24") {
+		t.Fatalf("CheckBans named a ban that covers nothing: %v", err)
+	}
+	l.do(t, func() error {
+		if err := l.fw.Ban(t.Context(), []Ban{ban("10.97.200.0/25", time.Hour)}); !errors.Is(err, ErrAllowlisted) {
+			t.Errorf("Ban over the allowlist: %v", err)
+		}
+		return nil
+	})
+}
+
+func TestDriftRepair(t *testing.T) {
+	l := newLab(t)
+	foreign := []string{"-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"}
+	if _, err := l.Victim.Run("iptables", append([]string{"-A"}, foreign[1:]...)...); err != nil {
+		t.Fatal(err)
+	}
+	want := State{Bans: []Ban{ban(l.src1.String()+"/32", time.Hour)}, Limits: []proto.Limit{pop3Limit(60)}}
+	l.apply(t, want)
+	drifts := []struct {
+		name   string
+		cmds   [][]string
+		repair string
+	}{
+		{"chain deleted", [][]string{{"iptables", "-D", "INPUT", "-j", "BANSSHEE"}, {"iptables", "-F", "BANSSHEE"}, {"iptables", "-X", "BANSSHEE"}}, "chain:BANSSHEE4"},
+		{"jump removed", [][]string{{"iptables", "-D", "INPUT", "-j", "BANSSHEE"}}, "jump4"},
+		{"set flushed", [][]string{{"ipset", "flush", "bansshee-ban4"}}, ""},
+		{"foreign rule in our chain", [][]string{{"iptables", "-I", "BANSSHEE", "1", "-s", l.src1.String(), "-j", "ACCEPT"}}, "rules:BANSSHEE4"},
+	}
+	for _, d := range drifts {
+		t.Run(d.name, func(t *testing.T) {
+			for _, c := range d.cmds {
+				if _, err := l.Victim.Run(c[0], c[1:]...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l.mustReach(t, l.src1, l.Victim.IP4, true)
+			res := l.apply(t, want)
+			if d.repair != "" && !contains(res.Repairs, d.repair) {
+				t.Errorf("repairs %v, want %s", res.Repairs, d.repair)
+			}
+			if d.name == "set flushed" && res.Added != 1 {
+				t.Errorf("added %d, want the flushed ban back", res.Added)
+			}
+			l.mustReach(t, l.src1, l.Victim.IP4, false)
+			out, err := l.Victim.Run("iptables", "-S", "INPUT")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out, "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT") {
+				t.Fatalf("foreign INPUT rule lost:\n%s", out)
+			}
+			if strings.Count(out, "-j BANSSHEE") != 1 {
+				t.Fatalf("want exactly one jump:\n%s", out)
+			}
+		})
+	}
+	res := l.apply(t, want)
+	if len(res.Repairs) != 0 || res.Added+res.Removed+res.Refreshed != 0 {
+		t.Fatalf("apply of an unchanged state changed something: %+v", res)
+	}
+}
+
+var generated = regexp.MustCompile(`(?m)^#.*\n`)
+
+func kernelDump(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	var b strings.Builder
+	for _, c := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"ipset", "list"}} {
+		out, err := ns.Run(c[0], c[1:]...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(generated.ReplaceAllString(out, ""))
+	}
+	return b.String()
+}
+
+func TestUninstallRestoresExactly(t *testing.T) {
+	l := newLab(t)
+	for _, c := range [][]string{
+		{"iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
+		{"ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
+		{"ipset", "create", "foreign", "hash:ip"},
+	} {
+		if _, err := l.Victim.Run(c[0], c[1:]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := kernelDump(t, &l.Victim.NS)
+	lim := pop3Limit(60)
+	lim.Escalate = true
+	l.apply(t, State{Bans: []Ban{ban("10.97.200.0/24", time.Hour), ban("fd97::/64", 0)}, Limits: []proto.Limit{lim}, Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	if kernelDump(t, &l.Victim.NS) == before {
+		t.Fatal("apply changed nothing")
+	}
+	l.do(t, func() error { return l.fw.Uninstall(t.Context()) })
+	if after := kernelDump(t, &l.Victim.NS); after != before {
+		t.Fatalf("uninstall left a trace:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}
+
+func TestRate(t *testing.T) {
+	for _, c := range []struct {
+		hits, secs int
+		want       string
+	}{{10, 60, "10/minute"}, {10, 3, "200/minute"}, {5, 1, "5/second"}, {1, 86400, "1/day"}, {7, 7000, "4/hour"}, {10, 7, "5143/hour"}} {
+		got := rate(c.hits, c.secs)
+		if got != c.want {
+			t.Errorf("rate(%d, %d) = %s, want %s", c.hits, c.secs, got, c.want)
+		}
+	}
+}
+
+func TestDetectMode(t *testing.T) {
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("iptables not installed")
+	}
+	if _, err := detectMode("bogus"); err == nil {
+		t.Fatal("bogus mode accepted")
+	}
+	m, err := detectMode("")
+	if err != nil || (m != "nft" && m != "legacy") {
+		t.Fatalf("detectMode = %q, %v", m, err)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
