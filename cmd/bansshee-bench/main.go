@@ -1,0 +1,120 @@
+// Command bansshee-bench runs bansshee's benchmark suites and prints a table, or with --json one
+// JSON object per line: {"suite":..,"case":..,"metric":..,"value":..,"unit":..}.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Row is one measured figure.
+type Row struct {
+	Suite  string  `json:"suite"`
+	Case   string  `json:"case"`
+	Metric string  `json:"metric"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+}
+
+type suite struct {
+	name string
+	help string
+	run  func(ctx context.Context, emit func(Row)) error
+}
+
+var suites = []suite{
+	{"firewall", "apply 1k/10k/100k bans vs one iptables process per IP; connection rate with 10k bans, set vs linear chain (root)", runFirewall},
+	{"fanout", "one ban to 1000 queues; 1000 bans to 50 queues (embedded emulator)", runFanout},
+	{"e2e", "N agents in namespaces: latency from ban to the attacker dropped everywhere (root)", runE2E},
+	{"agent", "RSS and CPU of an idle agent holding 0 / 100000 bans (root)", runAgent},
+}
+
+func main() {
+	fs := flag.NewFlagSet("bansshee-bench", flag.ExitOnError)
+	jsonOut := fs.Bool("json", false, "print one JSON object per line instead of a table")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "usage: bansshee-bench [--json] SUITE...|all\n\nsuites:\n")
+		for _, s := range suites {
+			fmt.Fprintf(os.Stderr, "  %-9s %s\n", s.name, s.help)
+		}
+		fmt.Fprintln(os.Stderr, "\nflags:")
+		fs.PrintDefaults()
+	}
+	// Flags may come before or after the suite names.
+	var names []string
+	args := os.Args[1:]
+	for len(args) > 0 {
+		_ = fs.Parse(args)
+		args = fs.Args()
+		if len(args) > 0 {
+			names = append(names, args[0])
+			args = args[1:]
+		}
+	}
+	if len(names) == 0 {
+		fs.Usage()
+		os.Exit(2)
+	}
+	var run []suite
+	for _, n := range names {
+		found := false
+		for _, s := range suites {
+			if n == s.name || n == "all" {
+				run = append(run, s)
+				found = true
+			}
+		}
+		if !found {
+			fmt.Fprintf(os.Stderr, "bansshee-bench: unknown suite %q\n", n)
+			fs.Usage()
+			os.Exit(2)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	var rows []Row
+	emit := func(r Row) {
+		rows = append(rows, r)
+		if *jsonOut {
+			b, _ := json.Marshal(r)
+			fmt.Println(string(b))
+		} else {
+			fmt.Fprintf(os.Stderr, "  %s %s %s = %.6g %s\n", r.Suite, r.Case, r.Metric, r.Value, r.Unit)
+		}
+	}
+	failed := false
+	for _, s := range run {
+		fmt.Fprintf(os.Stderr, "== %s: %s\n", s.name, s.help)
+		start := time.Now()
+		if err := s.run(ctx, emit); err != nil {
+			fmt.Fprintf(os.Stderr, "bansshee-bench: %s: %v\n", s.name, err)
+			failed = true
+		}
+		fmt.Fprintf(os.Stderr, "   (%s in %s)\n", s.name, time.Since(start).Round(time.Millisecond))
+	}
+	if !*jsonOut {
+		printTable(rows)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func printTable(rows []Row) {
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Suite < rows[j].Suite })
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "suite\tcase\tmetric\tvalue\tunit\t")
+	fmt.Fprintln(w, strings.Repeat("-", 8)+"\t"+strings.Repeat("-", 8)+"\t"+strings.Repeat("-", 8)+"\t"+strings.Repeat("-", 8)+"\t"+strings.Repeat("-", 4)+"\t")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.4g\t%s\t\n", r.Suite, r.Case, r.Metric, r.Value, r.Unit)
+	}
+	w.Flush()
+}
