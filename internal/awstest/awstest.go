@@ -37,6 +37,7 @@ type Env struct {
 	mu        sync.Mutex
 	listeners map[string]*frontListener // by address
 	requests  map[string]int            // by service
+	held      map[string]chan struct{}  // X-Amz-Target -> closed on release
 }
 
 type frontListener struct {
@@ -55,7 +56,7 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
-		listeners: map[string]*frontListener{}, requests: map[string]int{}}
+		listeners: map[string]*frontListener{}, requests: map[string]int{}, held: map[string]chan struct{}{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	e.handler = http.HandlerFunc(e.serve)
 	if _, err := e.Listen("127.0.0.1:0", TCP); err != nil {
@@ -74,12 +75,41 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	e.mu.Lock()
 	e.requests[service]++
+	hold := e.held[r.Header.Get("X-Amz-Target")]
 	e.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+		}
+		// The held call never reaches the emulator: as if the network lost it.
+		http.Error(w, "held by the test harness", http.StatusServiceUnavailable)
+		return
+	}
 	if service == "ec2" {
 		e.EC2.ServeHTTP(w, r)
 		return
 	}
 	e.proxy.ServeHTTP(w, r)
+}
+
+// Hold makes requests for a JSON-protocol operation (X-Amz-Target, e.g. "AmazonSQS.DeleteMessage")
+// hang until the returned release is called, and then fail with 503 without reaching the
+// emulator: a way to stop a client between two calls.
+func (e *Env) Hold(target string) (release func()) {
+	ch := make(chan struct{})
+	e.mu.Lock()
+	e.held[target] = ch
+	e.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.mu.Lock()
+			delete(e.held, target)
+			e.mu.Unlock()
+			close(ch)
+		})
+	}
 }
 
 // Requests returns how many requests the front server has seen for an AWS signing name ("sqs").

@@ -1,0 +1,456 @@
+// Package agent is the per-instance daemon: it long-polls its SQS queue, verifies and applies
+// commands to the kernel through the firewall, keeps its desired state on disk, repairs drift and
+// reports status. It deletes a message only after applying it.
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/bansshee/bansshee/agent/firewall"
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Firewall is what the agent needs of the kernel side.
+type Firewall interface {
+	Apply(ctx context.Context, s firewall.State) (firewall.Result, error)
+	Ban(ctx context.Context, bans []firewall.Ban) error
+	Unban(ctx context.Context, prefixes []netip.Prefix) error
+	Tripped(ctx context.Context) ([]netip.Addr, error)
+	ClearTripped(ctx context.Context, addrs []netip.Addr) error
+}
+
+// Config is everything the agent needs; cmd/bansshee-agent fills it from flags, env and file.
+type Config struct {
+	InstanceID        string
+	QueuePrefix       string // default bansshee
+	QueueURL          string // overrides the lookup by name
+	Keys              map[string]ed25519.PublicKey
+	AdminCIDRs        []netip.Prefix
+	StateDir          string
+	Table             string // ledger table for the heartbeat; empty: no heartbeat
+	ReconcileInterval time.Duration
+	WaitSeconds       int32 // long poll (default 20)
+	Window            time.Duration
+	Limits            proto.Limits
+	Version           string
+	Log               *slog.Logger
+}
+
+// Agent is one running daemon.
+type Agent struct {
+	cfg      Config
+	sqs      *sqs.Client
+	ddb      *dynamodb.Client
+	fw       Firewall
+	verifier *proto.Verifier
+	Metrics  *Metrics
+	log      *slog.Logger
+
+	mu          sync.Mutex // guards state, the kernel and the state file
+	state       *State
+	allow       []netip.Prefix
+	queueURL    string
+	lastErr     string
+	escalations []proto.Escalation
+	healthy     time.Time // last successful receive
+}
+
+// New builds an agent. It touches neither AWS nor the kernel.
+func New(cfg Config, sqsc *sqs.Client, ddb *dynamodb.Client, fw Firewall) (*Agent, error) {
+	if cfg.InstanceID == "" {
+		return nil, errors.New("instance id is required")
+	}
+	if len(cfg.Keys) == 0 {
+		return nil, errors.New("at least one public key is required (--public-key)")
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/var/lib/bansshee"
+	}
+	if cfg.QueuePrefix == "" {
+		cfg.QueuePrefix = "bansshee"
+	}
+	if cfg.ReconcileInterval == 0 {
+		cfg.ReconcileInterval = 30 * time.Second
+	}
+	if cfg.WaitSeconds == 0 {
+		cfg.WaitSeconds = 20
+	}
+	if cfg.Limits == (proto.Limits{}) {
+		cfg.Limits = proto.DefaultLimits()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	a := &Agent{cfg: cfg, sqs: sqsc, ddb: ddb, fw: fw, Metrics: NewMetrics(), log: cfg.Log.With("instance", cfg.InstanceID),
+		verifier: &proto.Verifier{Keys: cfg.Keys, Limits: cfg.Limits, Window: cfg.Window}}
+	return a, nil
+}
+
+func (a *Agent) statePath() string { return filepath.Join(a.cfg.StateDir, "state.json") }
+
+// Allowlist is what no ban may cover on this instance: its own addresses, loopback, link-local
+// (IMDS) and the admin ranges.
+func Allowlist(admin []netip.Prefix) []netip.Prefix {
+	allow := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"),
+		netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fe80::/10")}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ad := range addrs {
+			if ipn, ok := ad.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+					ip = ip.Unmap()
+					allow = append(allow, netip.PrefixFrom(ip, ip.BitLen()))
+				}
+			}
+		}
+	}
+	return append(allow, admin...)
+}
+
+// Restore loads the state file and applies it to the kernel: the first thing Run does, before
+// any poll, so a reboot brings the bans back without AWS.
+func (a *Agent) Restore(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st, err := Load(a.statePath())
+	if err != nil {
+		return err
+	}
+	st.Prune(time.Now())
+	a.state = st
+	a.allow = Allowlist(a.cfg.AdminCIDRs)
+	res, err := a.fw.Apply(ctx, st.Firewall(a.allow))
+	if err != nil {
+		return fmt.Errorf("restore kernel state: %w", err)
+	}
+	a.setGauges()
+	a.log.Info("restored state", "bans", len(st.Bans), "limits", len(st.Limits), "rev", st.AppliedRev, "added", res.Added, "removed", res.Removed)
+	return nil
+}
+
+func (a *Agent) setGauges() {
+	a.Metrics.BansActive.Set(float64(len(a.state.Bans)))
+	a.Metrics.AppliedRev.Set(float64(a.state.AppliedRev))
+}
+
+// Run restores, then polls and reconciles until ctx ends. Rules stay in the kernel when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Restore(ctx); err != nil {
+		return err
+	}
+	if err := a.resolveQueue(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.reconcileLoop(ctx)
+	}()
+	a.pollLoop(ctx)
+	wg.Wait()
+	return nil
+}
+
+// resolveQueue finds the queue by name, waiting (with backoff) for the reconciler to create it.
+func (a *Agent) resolveQueue(ctx context.Context) error {
+	if a.cfg.QueueURL != "" {
+		a.queueURL = a.cfg.QueueURL
+		return nil
+	}
+	name := a.cfg.QueuePrefix + "-" + a.cfg.InstanceID + ".fifo"
+	var b backoff
+	for {
+		out, err := a.sqs.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(name)})
+		if err == nil {
+			a.queueURL = aws.ToString(out.QueueUrl)
+			a.log.Info("polling queue", "queue", a.queueURL)
+			return nil
+		}
+		a.Metrics.AWSErrors.WithLabelValues("GetQueueUrl").Inc()
+		a.log.Warn("queue not found yet; waiting for the reconciler to create it", "queue", name, "err", err)
+		if !b.wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
+
+// backoff is capped exponential backoff with jitter, 0.5 s to 30 s.
+type backoff struct{ n int }
+
+func (b *backoff) wait(ctx context.Context) bool {
+	d := time.Duration(float64(500*time.Millisecond) * float64(uint(1)<<min(b.n, 6)))
+	d = min(d, 30*time.Second)
+	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	b.n++
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (b *backoff) reset() { b.n = 0 }
+
+func (a *Agent) pollLoop(ctx context.Context) {
+	var b backoff
+	for ctx.Err() == nil {
+		out, err := a.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+			QueueUrl: aws.String(a.queueURL), WaitTimeSeconds: a.cfg.WaitSeconds, MaxNumberOfMessages: 10,
+			MessageAttributeNames: []string{"All"},
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.Metrics.AWSErrors.WithLabelValues("ReceiveMessage").Inc()
+			a.log.Warn("receive failed; backing off", "err", err)
+			b.wait(ctx)
+			continue
+		}
+		b.reset()
+		a.mu.Lock()
+		a.healthy = time.Now()
+		a.mu.Unlock()
+		for _, m := range out.Messages {
+			// A message in hand is finished even if we are asked to stop.
+			if !a.handle(context.WithoutCancel(ctx), m) {
+				break // keep FIFO order: the rest come back after their visibility timeout
+			}
+		}
+		if len(out.Messages) > 0 {
+			a.heartbeat(context.WithoutCancel(ctx)) // so `bansshee ban --wait` sees the new revision now
+		}
+	}
+}
+
+// handle verifies and applies one message and deletes it. It returns false when the message
+// could not be applied for a passing reason (it stays in the queue and comes back).
+func (a *Agent) handle(ctx context.Context, sm sqstypes.Message) bool {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	attrs := map[string]string{}
+	for k, v := range sm.MessageAttributes {
+		attrs[k] = aws.ToString(v.StringValue)
+	}
+	body := []byte(aws.ToString(sm.Body))
+	m, err := a.verifier.Decode(body, attrs)
+	if err == nil && m.Kind == proto.KindBan {
+		err = a.checkAllow(m.Bans)
+	}
+	if err != nil {
+		reason := proto.Reason(err)
+		if errors.Is(err, firewall.ErrAllowlisted) {
+			reason = "allowlist"
+		}
+		a.Metrics.Rejected.WithLabelValues(reason).Inc()
+		a.log.Error("rejected message; it will go to the DLQ", "reason", reason, "err", err, "sqs_id", aws.ToString(sm.MessageId))
+		a.poison(ctx, sm)
+		return true
+	}
+	start := time.Now()
+	if err := a.apply(ctx, m); err != nil {
+		a.mu.Lock()
+		a.lastErr = err.Error()
+		a.mu.Unlock()
+		a.log.Error("apply failed; the message stays in the queue", "id", m.ID, "kind", m.Kind, "err", err)
+		return false
+	}
+	a.Metrics.ApplySeconds.Observe(time.Since(start).Seconds())
+	a.Metrics.LagSeconds.Observe(time.Since(m.IssuedAt).Seconds())
+	a.Metrics.Applied.WithLabelValues(string(m.Kind)).Inc()
+	if _, err := a.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(a.queueURL), ReceiptHandle: sm.ReceiptHandle}); err != nil {
+		// Applied but not deleted: it comes back and the revision rule makes it a no-op.
+		a.Metrics.AWSErrors.WithLabelValues("DeleteMessage").Inc()
+		a.log.Warn("delete failed after apply; a redelivery will be a no-op", "id", m.ID, "err", err)
+	}
+	a.log.Info("applied", "id", m.ID, "kind", m.Kind, "rev", m.Rev, "bans", len(m.Bans), "unbans", len(m.Unbans), "limits", len(m.Limits))
+	return true
+}
+
+func (a *Agent) checkAllow(bans []proto.Ban) error {
+	fb := make([]firewall.Ban, len(bans))
+	for i, b := range bans {
+		fb[i] = firewall.Ban{Prefix: b.Prefix()}
+	}
+	a.mu.Lock()
+	allow := a.allow
+	a.mu.Unlock()
+	return firewall.CheckAllow(fb, allow)
+}
+
+// poison makes a message that can never apply visible again at once, so that it reaches the DLQ
+// after maxReceiveCount quick receives instead of blocking the FIFO group for minutes.
+func (a *Agent) poison(ctx context.Context, sm sqstypes.Message) {
+	_, err := a.sqs.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{QueueUrl: aws.String(a.queueURL), ReceiptHandle: sm.ReceiptHandle, VisibilityTimeout: 0})
+	if err != nil {
+		a.Metrics.AWSErrors.WithLabelValues("ChangeMessageVisibility").Inc()
+	}
+}
+
+// apply changes the desired state, the kernel, then the state file, in that order. On failure the
+// in-memory state is reloaded from the file, which still holds the state before this message.
+func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	ch := a.state.Apply(m, now)
+	var err error
+	switch {
+	case ch.Full || ch.Limits:
+		_, err = a.fw.Apply(ctx, a.state.Firewall(a.allow))
+	default:
+		if len(ch.Added) > 0 {
+			fb := make([]firewall.Ban, len(ch.Added))
+			for i, b := range ch.Added {
+				fb[i] = firewall.Ban{Prefix: b.Prefix(), Expires: b.ExpiresAt}
+			}
+			err = a.fw.Ban(ctx, fb)
+		}
+		if err == nil && len(ch.Removed) > 0 {
+			err = a.fw.Unban(ctx, ch.Removed)
+		}
+	}
+	if err == nil {
+		err = a.state.Save(a.statePath())
+	}
+	if err != nil {
+		if st, lerr := Load(a.statePath()); lerr == nil {
+			a.state = st
+		}
+		return err
+	}
+	a.setGauges()
+	return nil
+}
+
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ReconcileInterval)
+	defer t.Stop()
+	a.heartbeat(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.Reconcile(ctx)
+			a.heartbeat(ctx)
+		}
+	}
+}
+
+// Reconcile compares the kernel with the desired state and repairs drift.
+func (a *Agent) Reconcile(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.state.Prune(time.Now())
+	a.allow = Allowlist(a.cfg.AdminCIDRs) // addresses can change (a new ENI)
+	res, err := a.fw.Apply(ctx, a.state.Firewall(a.allow))
+	if err != nil {
+		a.lastErr = err.Error()
+		a.log.Error("reconcile failed", "err", err)
+		return
+	}
+	for _, r := range res.Repairs {
+		a.Metrics.Repairs.WithLabelValues(r).Inc()
+	}
+	if res.Added+res.Removed > 0 {
+		a.Metrics.Repairs.WithLabelValues("set_entries").Add(float64(res.Added + res.Removed))
+	}
+	if len(res.Repairs) > 0 || res.Added+res.Removed > 0 {
+		a.log.Warn("repaired kernel drift", "repairs", res.Repairs, "added", res.Added, "removed", res.Removed)
+	}
+	a.setGauges()
+	a.collectEscalations(ctx)
+}
+
+func (a *Agent) collectEscalations(ctx context.Context) {
+	var limitID string
+	for id, l := range a.state.Limits {
+		if l.Escalate {
+			limitID = id
+			break
+		}
+	}
+	if limitID == "" {
+		return
+	}
+	tripped, err := a.fw.Tripped(ctx)
+	if err != nil || len(tripped) == 0 {
+		return
+	}
+	now := time.Now()
+	for _, ad := range tripped {
+		a.escalations = append(a.escalations, proto.Escalation{Addr: ad.String(), LimitID: limitID, Seen: now})
+		a.log.Warn("source tripped an escalating rate limit", "addr", ad, "limit", limitID)
+	}
+	_ = a.fw.ClearTripped(ctx, tripped)
+}
+
+// Status is the agent's heartbeat as it would be written now.
+func (a *Agent) Status() proto.AgentStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	pk, sk := proto.StatusKey(a.cfg.InstanceID)
+	now := time.Now().UTC()
+	// Escalations are reported for ten minutes: the reconciler turns them into bans idempotently.
+	kept := a.escalations[:0]
+	for _, e := range a.escalations {
+		if now.Sub(e.Seen) < 10*time.Minute {
+			kept = append(kept, e)
+		}
+	}
+	a.escalations = kept
+	return proto.AgentStatus{PK: pk, SK: sk, InstanceID: a.cfg.InstanceID, AppliedRev: a.state.AppliedRev, Bans: len(a.state.Bans),
+		Limits: len(a.state.Limits), Heartbeat: now, LastError: a.lastErr, Version: a.cfg.Version,
+		Escalations: append([]proto.Escalation(nil), kept...), ExpiresAt: now.Add(24 * time.Hour).Unix()}
+}
+
+func (a *Agent) heartbeat(ctx context.Context) {
+	if a.ddb == nil || a.cfg.Table == "" {
+		return
+	}
+	item, err := attributevalue.MarshalMap(a.Status())
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := a.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(a.cfg.Table), Item: item}); err != nil {
+		a.Metrics.AWSErrors.WithLabelValues("PutItem").Inc()
+		a.log.Warn("heartbeat failed", "err", err)
+	}
+}
+
+// Heartbeat writes the status item now (after a change an operator waits for).
+func (a *Agent) Heartbeat(ctx context.Context) { a.heartbeat(ctx) }
+
+// Healthy reports whether the agent has polled its queue successfully in the last two minutes.
+func (a *Agent) Healthy() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state == nil {
+		return errors.New("state not restored yet")
+	}
+	if time.Since(a.healthy) > 2*time.Minute {
+		return fmt.Errorf("no successful receive since %s", a.healthy.Format(time.RFC3339))
+	}
+	return nil
+}

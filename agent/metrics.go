@@ -1,0 +1,43 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the agent's Prometheus metrics, on a registry of their own.
+type Metrics struct {
+	Registry     *prometheus.Registry
+	BansActive   prometheus.Gauge
+	AppliedRev   prometheus.Gauge
+	Applied      *prometheus.CounterVec
+	Rejected     *prometheus.CounterVec
+	ApplySeconds prometheus.Histogram
+	LagSeconds   prometheus.Histogram
+	Repairs      *prometheus.CounterVec
+	AWSErrors    *prometheus.CounterVec
+}
+
+// NewMetrics registers the agent's metrics on a new registry.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry:   prometheus.NewRegistry(),
+		BansActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_agent_bans_active", Help: "Bans in the desired state (and so in the kernel)."}),
+		AppliedRev: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_agent_applied_revision", Help: "Highest ledger revision applied."}),
+		Applied:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_messages_applied_total", Help: "Messages applied, by kind."}, []string{"kind"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_messages_rejected_total",
+			Help: "Messages refused (left for the DLQ), by reason."}, []string{"reason"}),
+		ApplySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bansshee_agent_apply_duration_seconds",
+			Help: "Time to apply one message to the kernel and the state file.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		LagSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bansshee_agent_delivery_lag_seconds",
+			Help: "From a message's issued_at to its application (queue lag).", Buckets: prometheus.ExponentialBuckets(0.01, 2, 16)}),
+		Repairs:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_drift_repairs_total", Help: "Kernel drift found and repaired, by what."}, []string{"what"}),
+		AWSErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_aws_errors_total", Help: "Failed AWS calls after SDK retries, by operation."}, []string{"op"}),
+	}
+	m.Registry.MustRegister(m.BansActive, m.AppliedRev, m.Applied, m.Rejected, m.ApplySeconds, m.LagSeconds, m.Repairs, m.AWSErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"too_large", "unsigned", "bad_version", "unknown_key", "bad_signature", "malformed", "invalid", "stale", "allowlist"} {
+		m.Rejected.WithLabelValues(r)
+	}
+	return m
+}

@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/bansshee/bansshee/proto"
+)
+
+var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+func ban(id string, rev int64) proto.Ban {
+	return proto.Ban{ID: id, CIDR: "10.0.0.1/32", ExpiresAt: t0.Add(time.Hour), Rev: rev}
+}
+
+func TestRevisionRule(t *testing.T) {
+	cases := []struct {
+		name string
+		msgs []proto.Message
+		want []string // ban ids held at the end
+		rev  int64
+	}{
+		{"ban", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("a", 1)}}}, []string{"a"}, 1},
+		{"duplicate", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("a", 1)}}, {Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("a", 1)}}}, []string{"a"}, 1},
+		{"unban then older ban", []proto.Message{{Kind: proto.KindUnban, Rev: 5, Unbans: []proto.Tombstone{{ID: "a", Rev: 5}}}, {Kind: proto.KindBan, Rev: 3, Bans: []proto.Ban{ban("a", 3)}}}, nil, 5},
+		{"unban then newer ban", []proto.Message{{Kind: proto.KindUnban, Rev: 5, Unbans: []proto.Tombstone{{ID: "a", Rev: 5}}}, {Kind: proto.KindBan, Rev: 7, Bans: []proto.Ban{ban("a", 7)}}}, []string{"a"}, 7},
+		{"older unban ignored", []proto.Message{{Kind: proto.KindBan, Rev: 9, Bans: []proto.Ban{ban("a", 9)}}, {Kind: proto.KindUnban, Rev: 4, Unbans: []proto.Tombstone{{ID: "a", Rev: 4}}}}, []string{"a"}, 9},
+		{"sync replaces", []proto.Message{{Kind: proto.KindBan, Rev: 2, Bans: []proto.Ban{ban("a", 2)}}, {Kind: proto.KindSync, Rev: 3, Bans: []proto.Ban{ban("b", 1)}}}, []string{"b"}, 3},
+		{"sync keeps newer", []proto.Message{{Kind: proto.KindBan, Rev: 8, Bans: []proto.Ban{ban("a", 8)}}, {Kind: proto.KindSync, Rev: 6}}, []string{"a"}, 8},
+		{"sync in parts", []proto.Message{
+			{Kind: proto.KindSync, Rev: 4, Bans: []proto.Ban{ban("a", 1)}, Part: &proto.Part{Set: "s", Index: 1, Count: 2}},
+			{Kind: proto.KindSync, Rev: 4, Bans: []proto.Ban{ban("b", 2)}, Part: &proto.Part{Set: "s", Index: 2, Count: 2}},
+		}, []string{"a", "b"}, 4},
+		{"incomplete sync changes nothing", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("x", 1)}},
+			{Kind: proto.KindSync, Rev: 4, Bans: []proto.Ban{ban("a", 1)}, Part: &proto.Part{Set: "s", Index: 1, Count: 2}}}, []string{"x"}, 1},
+		{"expired dropped", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{{ID: "old", CIDR: "10.0.0.2/32", ExpiresAt: t0.Add(-time.Second), Rev: 1}}}}, nil, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewState()
+			for i := range tc.msgs {
+				s.Apply(&tc.msgs[i], t0)
+			}
+			if len(s.Bans) != len(tc.want) {
+				t.Fatalf("bans %v, want %v", s.Bans, tc.want)
+			}
+			for _, id := range tc.want {
+				if _, ok := s.Bans[id]; !ok {
+					t.Fatalf("missing %s in %v", id, s.Bans)
+				}
+			}
+			if s.AppliedRev != tc.rev {
+				t.Fatalf("applied rev %d, want %d", s.AppliedRev, tc.rev)
+			}
+		})
+	}
+}
+
+func TestStateFileRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s := NewState()
+	s.Apply(&proto.Message{Kind: proto.KindBan, Rev: 3, Bans: []proto.Ban{ban("a", 3)}}, t0)
+	s.Apply(&proto.Message{Kind: proto.KindLimit, Rev: 4, Limits: []proto.Limit{{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 10, Seconds: 60, Rev: 4}}}, t0)
+	if err := s.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.AppliedRev != 4 || len(back.Bans) != 1 || len(back.Limits) != 1 {
+		t.Fatalf("loaded %+v", back)
+	}
+	missing, err := Load(filepath.Join(t.TempDir(), "none.json"))
+	if err != nil || len(missing.Bans) != 0 {
+		t.Fatalf("missing file: %v", err)
+	}
+}

@@ -1,0 +1,159 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Queues names, creates, finds and deletes the per-instance FIFO queues and the shared DLQ.
+type Queues struct {
+	SQS    *sqs.Client
+	Prefix string // default "bansshee"
+	// VisibilityTimeout of instance queues, seconds (default 30).
+	VisibilityTimeout int
+	// MaxReceiveCount before a message moves to the DLQ (default 5).
+	MaxReceiveCount int
+
+	dlqArn string
+}
+
+// TagInstance is the queue tag that names the instance a queue belongs to.
+const TagInstance = "bansshee:instance-id"
+
+func (q *Queues) prefix() string {
+	if q.Prefix == "" {
+		return "bansshee"
+	}
+	return q.Prefix
+}
+
+// QueueName is the queue of an instance: <prefix>-<instance-id>.fifo.
+func (q *Queues) QueueName(instanceID string) string {
+	return q.prefix() + "-" + instanceID + ".fifo"
+}
+
+// DLQName is the shared dead-letter queue: <prefix>-dlq.fifo.
+func (q *Queues) DLQName() string { return q.prefix() + "-dlq.fifo" }
+
+// EnsureDLQ creates the shared DLQ if needed and remembers its ARN.
+func (q *Queues) EnsureDLQ(ctx context.Context) (string, error) {
+	if q.dlqArn != "" {
+		return q.dlqArn, nil
+	}
+	out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(q.DLQName()),
+		Attributes: map[string]string{"FifoQueue": "true", "MessageRetentionPeriod": "1209600"}})
+	if err != nil {
+		return "", fmt.Errorf("create DLQ %s: %w", q.DLQName(), err)
+	}
+	attrs, err := q.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: out.QueueUrl,
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn}})
+	if err != nil {
+		return "", fmt.Errorf("read DLQ ARN: %w", err)
+	}
+	q.dlqArn = attrs.Attributes["QueueArn"]
+	return q.dlqArn, nil
+}
+
+// Ensure creates an instance's queue (FIFO, tagged, redrive to the DLQ) if needed and returns its URL.
+// CreateQueue is idempotent for identical attributes.
+func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) {
+	dlq, err := q.EnsureDLQ(ctx)
+	if err != nil {
+		return "", err
+	}
+	vis, maxRecv := q.VisibilityTimeout, q.MaxReceiveCount
+	if vis == 0 {
+		vis = 30
+	}
+	if maxRecv == 0 {
+		maxRecv = 5
+	}
+	out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{
+		QueueName: aws.String(q.QueueName(instanceID)),
+		Attributes: map[string]string{
+			"FifoQueue":                     "true",
+			"VisibilityTimeout":             strconv.Itoa(vis),
+			"ReceiveMessageWaitTimeSeconds": "20",
+			"MessageRetentionPeriod":        "345600",
+			"RedrivePolicy":                 fmt.Sprintf(`{"deadLetterTargetArn":"%s","maxReceiveCount":"%d"}`, dlq, maxRecv),
+		},
+		Tags: map[string]string{TagInstance: instanceID, "bansshee:managed": "true"},
+	})
+	if err != nil {
+		return "", fmt.Errorf("create queue for %s: %w", instanceID, err)
+	}
+	return aws.ToString(out.QueueUrl), nil
+}
+
+// URL finds an instance's queue. It returns ErrNoQueue when the queue does not exist.
+func (q *Queues) URL(ctx context.Context, instanceID string) (string, error) {
+	out, err := q.SQS.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(q.QueueName(instanceID))})
+	if err != nil {
+		var nq *sqstypes.QueueDoesNotExist
+		if errors.As(err, &nq) || strings.Contains(err.Error(), "NonExistentQueue") {
+			return "", fmt.Errorf("%w: %s", ErrNoQueue, q.QueueName(instanceID))
+		}
+		return "", err
+	}
+	return aws.ToString(out.QueueUrl), nil
+}
+
+// ErrNoQueue is returned by URL for an instance without a queue.
+var ErrNoQueue = errors.New("queue does not exist")
+
+// List returns the instance ids that have a queue, from queue names.
+func (q *Queues) List(ctx context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	p := sqs.NewListQueuesPaginator(q.SQS, &sqs.ListQueuesInput{QueueNamePrefix: aws.String(q.prefix() + "-i-"), MaxResults: aws.Int32(1000)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list queues: %w", err)
+		}
+		for _, u := range page.QueueUrls {
+			name := u[strings.LastIndex(u, "/")+1:]
+			id := strings.TrimSuffix(strings.TrimPrefix(name, q.prefix()+"-"), ".fifo")
+			if strings.HasPrefix(id, "i-") {
+				out[id] = u
+			}
+		}
+	}
+	return out, nil
+}
+
+// Delete removes a queue by URL.
+func (q *Queues) Delete(ctx context.Context, url string) error {
+	_, err := q.SQS.DeleteQueue(ctx, &sqs.DeleteQueueInput{QueueUrl: aws.String(url)})
+	return err
+}
+
+// Send signs m and sends it to queueURL, in the one FIFO group "bans", deduplicated by message id.
+func Send(ctx context.Context, c *sqs.Client, signer proto.Signer, queueURL string, m *proto.Message) error {
+	body, attrs, err := signer.Encode(m)
+	if err != nil {
+		return err
+	}
+	return SendRaw(ctx, c, queueURL, m.ID, body, attrs)
+}
+
+// SendRaw sends an already encoded body with its attributes.
+func SendRaw(ctx context.Context, c *sqs.Client, queueURL, dedupID string, body []byte, attrs map[string]string) error {
+	ma := make(map[string]sqstypes.MessageAttributeValue, len(attrs))
+	for k, v := range attrs {
+		ma[k] = sqstypes.MessageAttributeValue{DataType: aws.String("String"), StringValue: aws.String(v)}
+	}
+	_, err := c.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: aws.String(queueURL), MessageBody: aws.String(string(body)),
+		MessageAttributes: ma, MessageGroupId: aws.String("bans"), MessageDeduplicationId: aws.String(dedupID)})
+	if err != nil {
+		return fmt.Errorf("send to %s: %w", queueURL, err)
+	}
+	return nil
+}

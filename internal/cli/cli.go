@@ -1,0 +1,55 @@
+// Package cli holds what bansshee's commands share: logging set-up and AWS configuration.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"golang.org/x/term"
+)
+
+// Logger returns a slog logger: text on a terminal, JSON otherwise.
+func Logger(level string) *slog.Logger {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+// AWSConfig loads the standard AWS configuration (environment, profiles, instance role) with an
+// optional endpoint and region override, bounded HTTP timeouts and SDK retries with backoff.
+func AWSConfig(ctx context.Context, endpoint, region string) (aws.Config, error) {
+	opts := []func(*config.LoadOptions) error{
+		// Above the 20 s long poll. A buildable client keeps AWS_CA_BUNDLE working.
+		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(40 * time.Second)),
+		config.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = 5; o.MaxBackoff = 10 * time.Second })
+		}),
+	}
+	if region != "" {
+		opts = append(opts, config.WithRegion(region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return cfg, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	if endpoint != "" {
+		cfg.BaseEndpoint = aws.String(endpoint)
+	}
+	if cfg.Region == "" {
+		return cfg, fmt.Errorf("no AWS region: set --region or AWS_REGION")
+	}
+	return cfg, nil
+}
