@@ -37,8 +37,8 @@ const tombstoneTTL = 7 * 24 * time.Hour
 type Change struct {
 	Added   []proto.Ban
 	Removed []netip.Prefix
-	Limits  bool     // the limit set changed
-	Full    bool     // a sync replaced everything
+	Limits  bool // the limit set changed
+	Full    bool // a sync replaced everything
 }
 
 // Empty reports whether nothing changed.
