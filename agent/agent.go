@@ -181,20 +181,26 @@ func (a *Agent) resolveQueue(ctx context.Context) error {
 			a.log.Info("polling queue", "queue", a.queueURL)
 			return nil
 		}
-		a.Metrics.AWSErrors.WithLabelValues("GetQueueUrl").Inc()
-		a.log.Warn("queue not found yet; waiting for the reconciler to create it", "queue", name, "err", err)
+		var missing *sqstypes.QueueDoesNotExist
+		if errors.As(err, &missing) {
+			a.log.Warn("queue not found yet; waiting for the reconciler to create it", "queue", name)
+		} else {
+			a.Metrics.AWSErrors.WithLabelValues("GetQueueUrl").Inc()
+			a.log.Warn("cannot reach SQS; backing off", "queue", name, "err", err)
+		}
 		if !b.wait(ctx) {
 			return ctx.Err()
 		}
 	}
 }
 
-// backoff is capped exponential backoff with jitter, 0.5 s to 30 s.
+// backoff is capped exponential backoff with jitter, 0.5 s to 10 s: short enough that an agent
+// is back within seconds of an outage's end.
 type backoff struct{ n int }
 
 func (b *backoff) wait(ctx context.Context) bool {
 	d := time.Duration(float64(500*time.Millisecond) * float64(uint(1)<<min(b.n, 6)))
-	d = min(d, 30*time.Second)
+	d = min(d, 10*time.Second)
 	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 	b.n++
 	t := time.NewTimer(d)

@@ -79,11 +79,10 @@ func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) 
 	out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{
 		QueueName: aws.String(q.QueueName(instanceID)),
 		Attributes: map[string]string{
-			"FifoQueue":                     "true",
-			"VisibilityTimeout":             strconv.Itoa(vis),
-			"ReceiveMessageWaitTimeSeconds": "20",
-			"MessageRetentionPeriod":        "345600",
-			"RedrivePolicy":                 fmt.Sprintf(`{"deadLetterTargetArn":"%s","maxReceiveCount":"%d"}`, dlq, maxRecv),
+			"FifoQueue":              "true",
+			"VisibilityTimeout":      strconv.Itoa(vis),
+			"MessageRetentionPeriod": "345600",
+			"RedrivePolicy":          fmt.Sprintf(`{"deadLetterTargetArn":"%s","maxReceiveCount":"%d"}`, dlq, maxRecv),
 		},
 		Tags: map[string]string{TagInstance: instanceID, "bansshee:managed": "true"},
 	})

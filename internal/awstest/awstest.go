@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -23,6 +25,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/sivchari/kumo"
 )
+
+var envSeq atomic.Int64
+
+// Unique returns base with a suffix unique in this process. kumo's storage is process-wide (all
+// emulators of one test binary share it), so tables and other named resources of one test must
+// not collide with another's.
+func Unique(base string) string {
+	return fmt.Sprintf("%s-%d-%d", base, os.Getpid()%100000, envSeq.Add(1))
+}
 
 // Region is the region every client of the harness uses.
 const Region = "us-east-1"

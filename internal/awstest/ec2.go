@@ -3,6 +3,7 @@ package awstest
 import (
 	"encoding/xml"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"path"
@@ -192,7 +193,9 @@ func (s *ec2Server) runInstances(f url.Values) (any, *ec2Error) {
 	resp := runInstancesResponse{NS: ec2NS, RequestID: "req", ReservationID: fmt.Sprintf("r-%017x", s.seq+1), OwnerID: "000000000000"}
 	for i := 0; i < n; i++ {
 		s.seq++
-		in := &instance{ID: fmt.Sprintf("i-%017x", s.seq), State: "running", Tags: cloneMap(tags),
+		// kumo keeps its state in process-wide storage, shared by every emulator in a test binary:
+		// ids must be unique across them, or queues named after instances would collide.
+		in := &instance{ID: fmt.Sprintf("i-%017x", rand.Uint64()>>4), State: "running", Tags: cloneMap(tags),
 			IP: fmt.Sprintf("172.31.%d.%d", s.seq/250, s.seq%250+4), Launch: time.Now(), VpcID: s.vpcs[0].ID,
 			Subnet: "subnet-0b5a55hee000001", ImageID: f.Get("ImageId"), Type: f.Get("InstanceType")}
 		s.instances = append(s.instances, in)

@@ -129,7 +129,7 @@ func New(ctx context.Context, opts Options) (*Fleet, error) {
 	if vis == 0 {
 		vis = 2
 	}
-	f.Queues = &controller.Queues{SQS: f.Clients.SQS, VisibilityTimeout: vis}
+	f.Queues = &controller.Queues{SQS: f.Clients.SQS, VisibilityTimeout: vis, Prefix: awstest.Unique("bansshee")}
 	ok = true
 	return f, nil
 }
@@ -199,7 +199,7 @@ func (f *Fleet) Nodes() []*Node {
 // StartAgent starts bansshee-agent inside the node's namespace.
 func (f *Fleet) StartAgent(n *Node, extra ...string) error {
 	args := []string{"run", "--instance-id", n.ID, "--endpoint-url", f.Endpoint, "--region", awstest.Region,
-		"--public-key", f.KeyFile, "--state-dir", n.StateDir, "--table", f.Table,
+		"--public-key", f.KeyFile, "--state-dir", n.StateDir, "--table", f.Table, "--queue-prefix", f.Queues.Prefix,
 		"--metrics-addr", net.JoinHostPort(n.Host.IP4.String(), "9749"), "--reconcile-interval", "2s", "--log-level", "debug",
 		// kumo does not wake a waiting long poll for a message whose visibility timeout ends
 		// (real SQS does); a short wait keeps redeliveries quick here.

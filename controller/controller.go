@@ -1,0 +1,446 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/bansshee/bansshee/proto"
+	"github.com/oklog/ulid/v2"
+)
+
+// Config wires a controller.
+type Config struct {
+	EC2    *ec2.Client
+	SQS    *sqs.Client
+	DDB    *dynamodb.Client
+	Table  string // default "bansshee"
+	Prefix string // queue prefix, default "bansshee"
+	Signer proto.Signer
+	// Managed is the selector every instance must match to be managed (default bansshee:managed=true).
+	Managed string
+	// Admin CIDRs no ban may cover. The VPC CIDRs are added unless SkipVPCAllow.
+	Admin        []netip.Prefix
+	SkipVPCAllow bool
+	// SoftMin4/6: prefixes broader than these need Force (defaults /16 and /48); the hard limits
+	// are Limits.MinPrefix4/6 (/8 and /32), which nothing passes.
+	SoftMin4, SoftMin6 int
+	Limits             proto.Limits
+	Concurrency        int           // fan-out (default 64)
+	QueueGrace         time.Duration // how long a gone instance's queue is kept (default 10 min)
+	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
+	VisibilityTimeout  int
+	Log                *slog.Logger
+	Now                func() time.Time
+}
+
+// Controller is the control plane library.
+type Controller struct {
+	Config
+	EC2     *ec2.Client
+	Ledger  *Ledger
+	Queues  *Queues
+	managed *Selector
+
+	urls sync.Map // instance id -> queue URL
+}
+
+// New builds a controller. It makes no AWS call.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Table == "" {
+		cfg.Table = "bansshee"
+	}
+	if cfg.Managed == "" {
+		cfg.Managed = "bansshee:managed=true"
+	}
+	if cfg.SoftMin4 == 0 {
+		cfg.SoftMin4 = 16
+	}
+	if cfg.SoftMin6 == 0 {
+		cfg.SoftMin6 = 48
+	}
+	if cfg.Limits == (proto.Limits{}) {
+		cfg.Limits = proto.DefaultLimits()
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = 64
+	}
+	if cfg.QueueGrace == 0 {
+		cfg.QueueGrace = 10 * time.Minute
+	}
+	if cfg.LagGrace == 0 {
+		cfg.LagGrace = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	managed, err := ParseSelector(cfg.Managed)
+	if err != nil {
+		return nil, fmt.Errorf("managed selector: %w", err)
+	}
+	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed,
+		Ledger: &Ledger{DDB: cfg.DDB, Table: cfg.Table},
+		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout}}, nil
+}
+
+// BanRequest asks for bans.
+type BanRequest struct {
+	CIDRs  []string
+	Target string // selector; empty: every managed instance
+	TTL    time.Duration
+	Reason string
+	Source string
+	Force  bool // allow prefixes broader than the soft minimum
+}
+
+// Delivery is the outcome of sending to one instance.
+type Delivery struct {
+	InstanceID string
+	Err        error
+}
+
+// Result is what a ban, unban, limit or unlimit did.
+type Result struct {
+	Rev        int64
+	Written    int        // ledger items written
+	Instances  []Delivery // one per targeted instance
+	Selector   string
+	Unchanged  []string // CIDRs already banned for longer
+	Tombstoned []BanItem
+}
+
+// Failed returns the deliveries that failed.
+func (r *Result) Failed() []Delivery {
+	var out []Delivery
+	for _, d := range r.Instances {
+		if d.Err != nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// ErrRefused wraps every validation refusal (nothing was written).
+var ErrRefused = errors.New("refused")
+
+// Allowlist is the admin CIDRs plus, by default, the VPC CIDRs.
+func (c *Controller) Allowlist(ctx context.Context) ([]netip.Prefix, error) {
+	allow := append([]netip.Prefix(nil), c.Admin...)
+	if !c.SkipVPCAllow {
+		vpcs, err := c.VPCCIDRs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		allow = append(allow, vpcs...)
+	}
+	return allow, nil
+}
+
+// CheckCIDRs validates and canonicalises CIDRs against the limits and the allowlist, naming
+// every problem. Nothing is written.
+func (c *Controller) CheckCIDRs(ctx context.Context, cidrs []string, force bool) ([]netip.Prefix, error) {
+	if len(cidrs) == 0 {
+		return nil, fmt.Errorf("%w: no address given", ErrRefused)
+	}
+	allow, err := c.Allowlist(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	var errs []error
+	for _, raw := range cidrs {
+		p, err := proto.ParseCIDR(raw)
+		if err == nil {
+			err = c.Limits.CheckPrefix(p)
+		}
+		if err == nil && !force {
+			soft := c.SoftMin4
+			if p.Addr().Is6() {
+				soft = c.SoftMin6
+			}
+			if p.Bits() < soft {
+				err = fmt.Errorf("prefix /%d of %s is broader than /%d: give --force if you mean it", p.Bits(), p, soft)
+			}
+		}
+		if err == nil {
+			for _, a := range allow {
+				if p.Overlaps(a) {
+					err = fmt.Errorf("%s covers allowlisted %s", p, a)
+					break
+				}
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ban %s: %w", raw, err))
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, errors.Join(errs...))
+	}
+	return out, nil
+}
+
+// Ban validates, writes the ledger and fans the bans out to every targeted instance.
+func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
+	sel, err := ParseSelector(req.Target)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if req.TTL < 0 || req.TTL > c.Limits.MaxTTL {
+		return nil, fmt.Errorf("%w: ttl %s is not between 0 (permanent) and %s", ErrRefused, req.TTL, c.Limits.MaxTTL)
+	}
+	prefixes, err := c.CheckCIDRs(ctx, req.CIDRs, req.Force)
+	if err != nil {
+		return nil, err
+	}
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.Now().UTC()
+	res := &Result{Rev: rev, Selector: sel.String()}
+	var wire []proto.Ban
+	for _, p := range prefixes {
+		it := BanItem{CIDR: p.String(), Target: sel.String(), Reason: req.Reason, Source: req.Source, Rev: rev, Created: now, Updated: now}
+		if req.TTL > 0 {
+			it.ExpiresAt = now.Add(req.TTL).Unix()
+		}
+		ok, err := c.Ledger.PutBan(ctx, it)
+		if err != nil {
+			return res, err
+		}
+		if !ok {
+			res.Unchanged = append(res.Unchanged, p.String())
+			continue
+		}
+		res.Written++
+		wire = append(wire, it.Wire())
+	}
+	if len(wire) == 0 {
+		return res, nil
+	}
+	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source)
+	err = c.fanout(ctx, sel, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
+	return res, err
+}
+
+// Unban tombstones every ban of the CIDRs (whatever their target) and tells every instance that
+// held one.
+func (c *Controller) Unban(ctx context.Context, cidrs []string) (*Result, error) {
+	var prefixes []netip.Prefix
+	for _, raw := range cidrs {
+		p, err := proto.ParseCIDR(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: unban %s: %w", ErrRefused, raw, err)
+		}
+		prefixes = append(prefixes, p)
+	}
+	if len(prefixes) == 0 {
+		return nil, fmt.Errorf("%w: no address given", ErrRefused)
+	}
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.Now().UTC()
+	res := &Result{Rev: rev}
+	var tombs []proto.Tombstone
+	targets := map[string]bool{}
+	for _, p := range prefixes {
+		removed, err := c.Ledger.TombstoneBans(ctx, p.String(), rev, now)
+		if err != nil {
+			return res, err
+		}
+		for _, b := range removed {
+			targets[b.Target] = true
+			res.Tombstoned = append(res.Tombstoned, b)
+		}
+		if len(removed) > 0 {
+			tombs = append(tombs, proto.Tombstone{ID: proto.BanID(p), Rev: rev, ExpiresAt: removed[0].Expires()})
+		}
+	}
+	res.Written = len(res.Tombstoned)
+	if len(tombs) == 0 {
+		return res, nil
+	}
+	sels := make([]*Selector, 0, len(targets))
+	for t := range targets {
+		sel, err := ParseSelector(t)
+		if err != nil {
+			return res, err
+		}
+		sels = append(sels, sel)
+	}
+	c.Log.Info("unban", "rev", rev, "cidrs", len(tombs))
+	err = c.fanoutAny(ctx, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
+	return res, err
+}
+
+// LimitRequest sets a rate-limit policy on a target.
+type LimitRequest struct {
+	Limit  proto.Limit
+	Target string
+}
+
+// Limit writes a policy and sends it to the targeted instances.
+func (c *Controller) Limit(ctx context.Context, req LimitRequest) (*Result, error) {
+	sel, err := ParseSelector(req.Target)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	l := req.Limit
+	if err := l.Validate(c.Limits); err != nil {
+		return nil, fmt.Errorf("%w: limit %s: %w", ErrRefused, l.ID, err)
+	}
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.Rev = rev
+	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, Rev: rev, Updated: c.Now().UTC()}
+	if _, err := c.Ledger.PutLimit(ctx, it); err != nil {
+		return nil, err
+	}
+	res := &Result{Rev: rev, Written: 1, Selector: sel.String()}
+	err = c.fanout(ctx, sel, &proto.Message{Kind: proto.KindLimit, Rev: rev, Limits: []proto.Limit{l}}, res)
+	return res, err
+}
+
+// Unlimit removes a policy.
+func (c *Controller) Unlimit(ctx context.Context, id string) (*Result, error) {
+	all, err := c.Ledger.Limits(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var cur *LimitItem
+	for i := range all {
+		if all[i].SK == id && !all[i].Deleted {
+			cur = &all[i]
+		}
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("%w: no rate limit %q", ErrRefused, id)
+	}
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dead := *cur
+	dead.Deleted, dead.Rev, dead.Updated = true, rev, c.Now().UTC()
+	if _, err := c.Ledger.PutLimit(ctx, dead); err != nil {
+		return nil, err
+	}
+	sel, err := ParseSelector(cur.Target)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Rev: rev, Written: 1, Selector: sel.String()}
+	err = c.fanout(ctx, sel, &proto.Message{Kind: proto.KindUnlimit, Rev: rev, Unlimits: []proto.Tombstone{{ID: id, Rev: rev}}}, res)
+	return res, err
+}
+
+// Targets previews which instances a selector reaches.
+func (c *Controller) Targets(ctx context.Context, target string) ([]Instance, error) {
+	sel, err := ParseSelector(target)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	return c.Discover(ctx, sel)
+}
+
+func (c *Controller) fanout(ctx context.Context, sel *Selector, m *proto.Message, res *Result) error {
+	return c.fanoutAny(ctx, []*Selector{sel}, m, res)
+}
+
+// fanoutAny sends m to every instance matching any of sels, signed once, with bounded
+// concurrency. Failures are recorded per instance; the reconciler repairs them from the ledger.
+func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.Message, res *Result) error {
+	all, err := c.Discover(ctx, mustParse("*"))
+	if err != nil {
+		return fmt.Errorf("ledger written at rev %d, but discovery failed (the reconciler will deliver): %w", m.Rev, err)
+	}
+	var targets []Instance
+	for _, in := range all {
+		for _, sel := range sels {
+			if sel.Match(in.Tags) {
+				targets = append(targets, in)
+				break
+			}
+		}
+	}
+	m.ID = ulid.Make().String()
+	m.IssuedAt = c.Now().UTC()
+	body, attrs, err := c.Signer.Encode(m)
+	if err != nil {
+		return err
+	}
+	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, url string) error {
+		return SendRaw(ctx, c.Queues.SQS, url, m.ID, body, attrs)
+	})
+	if failed := res.Failed(); len(failed) > 0 {
+		ids := make([]string, len(failed))
+		for i, f := range failed {
+			ids[i] = f.InstanceID
+		}
+		c.Log.Warn("fan-out partly failed; the reconciler will deliver from the ledger", "rev", m.Rev, "failed", strings.Join(ids, ","))
+	}
+	return nil
+}
+
+func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(context.Context, string) error) []Delivery {
+	out := make([]Delivery, len(targets))
+	sem := make(chan struct{}, c.Concurrency)
+	var wg sync.WaitGroup
+	for i, in := range targets {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			url, err := c.queueURL(ctx, in.ID)
+			if err == nil {
+				err = send(ctx, url)
+			}
+			out[i] = Delivery{InstanceID: in.ID, Err: err}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// queueURL returns (and caches) an instance's queue, creating it if the reconciler has not yet.
+func (c *Controller) queueURL(ctx context.Context, id string) (string, error) {
+	if u, ok := c.urls.Load(id); ok {
+		return u.(string), nil
+	}
+	u, err := c.Queues.URL(ctx, id)
+	if errors.Is(err, ErrNoQueue) {
+		u, err = c.Queues.Ensure(ctx, id)
+	}
+	if err != nil {
+		return "", err
+	}
+	c.urls.Store(id, u)
+	return u, nil
+}
+
+func mustParse(s string) *Selector {
+	sel, err := ParseSelector(s)
+	if err != nil {
+		panic(err)
+	}
+	return sel
+}

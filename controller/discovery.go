@@ -1,0 +1,77 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+)
+
+// Instance is a managed, running EC2 instance.
+type Instance struct {
+	ID        string
+	Tags      map[string]string
+	PrivateIP string
+}
+
+// Discover lists running managed instances matching sel: the positive terms and the managed tag go
+// to EC2 as server-side filters, then the whole selector is evaluated here. Pages are followed.
+func (c *Controller) Discover(ctx context.Context, sel *Selector) ([]Instance, error) {
+	filters := append([]ec2types.Filter{{Name: aws.String("instance-state-name"), Values: []string{"running"}}}, c.managed.Filters()...)
+	filters = append(filters, sel.Filters()...)
+	p := ec2.NewDescribeInstancesPaginator(c.EC2, &ec2.DescribeInstancesInput{Filters: filters, MaxResults: aws.Int32(1000)})
+	var out []Instance
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describe instances: %w", err)
+		}
+		for _, r := range page.Reservations {
+			for _, in := range r.Instances {
+				tags := map[string]string{}
+				for _, t := range in.Tags {
+					tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+				}
+				if in.State != nil && in.State.Name != ec2types.InstanceStateNameRunning {
+					continue
+				}
+				if !c.managed.Match(tags) || !sel.Match(tags) {
+					continue
+				}
+				out = append(out, Instance{ID: aws.ToString(in.InstanceId), Tags: tags, PrivateIP: aws.ToString(in.PrivateIpAddress)})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// VPCCIDRs returns every IPv4 and IPv6 CIDR of the account's VPCs in the region: load balancers
+// and NAT gateways speak from them, so they are allowlisted by default.
+func (c *Controller) VPCCIDRs(ctx context.Context) ([]netip.Prefix, error) {
+	p := ec2.NewDescribeVpcsPaginator(c.EC2, &ec2.DescribeVpcsInput{})
+	var out []netip.Prefix
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describe VPCs: %w", err)
+		}
+		for _, v := range page.Vpcs {
+			for _, a := range v.CidrBlockAssociationSet {
+				if pf, err := netip.ParsePrefix(aws.ToString(a.CidrBlock)); err == nil {
+					out = append(out, pf)
+				}
+			}
+			for _, a := range v.Ipv6CidrBlockAssociationSet {
+				if pf, err := netip.ParsePrefix(aws.ToString(a.Ipv6CidrBlock)); err == nil {
+					out = append(out, pf)
+				}
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,344 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Ledger is the DynamoDB table of record. Key schema (both strings):
+//
+//	pk="meta"      sk="revision"        n: the revision counter (atomic ADD)
+//	pk="ban"       sk="<cidr>|<target>" a ban (deleted=true: a tombstone until expires_at)
+//	pk="limit"     sk="<limit id>"      a rate-limit policy (deleted=true: tombstone)
+//	pk="instance"  sk="<instance id>"   what the reconciler knows of an instance
+//	pk="agent#<id>" sk="status"         the agent's heartbeat (proto.AgentStatus)
+//	pk="jail#..."  sk="<addr>"          Lambda jail counters
+//
+// expires_at (epoch seconds) is the TTL attribute; reads filter on it since TTL deletes late.
+type Ledger struct {
+	DDB   *dynamodb.Client
+	Table string
+}
+
+// BanItem is one ban in the ledger.
+type BanItem struct {
+	PK        string    `dynamodbav:"pk"`
+	SK        string    `dynamodbav:"sk"`
+	CIDR      string    `dynamodbav:"cidr"`
+	Target    string    `dynamodbav:"target"`
+	Reason    string    `dynamodbav:"reason"`
+	Source    string    `dynamodbav:"source"`
+	Rev       int64     `dynamodbav:"rev"`
+	ExpiresAt int64     `dynamodbav:"expires_at,omitempty"` // 0: permanent
+	Created   time.Time `dynamodbav:"created"`
+	Updated   time.Time `dynamodbav:"updated"`
+	Deleted   bool      `dynamodbav:"deleted"`
+}
+
+// Active reports whether the ban is in force at now.
+func (b BanItem) Active(now time.Time) bool {
+	return !b.Deleted && (b.ExpiresAt == 0 || b.ExpiresAt > now.Unix())
+}
+
+// Expires is the ban's expiry (zero: never).
+func (b BanItem) Expires() time.Time {
+	if b.ExpiresAt == 0 {
+		return time.Time{}
+	}
+	return time.Unix(b.ExpiresAt, 0).UTC()
+}
+
+// Wire is the ban as agents receive it.
+func (b BanItem) Wire() proto.Ban {
+	p, _ := proto.ParseCIDR(b.CIDR)
+	return proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: b.Expires(), Reason: b.Reason, Source: b.Source, Rev: b.Rev}
+}
+
+// LimitItem is a rate-limit policy in the ledger.
+type LimitItem struct {
+	PK       string    `dynamodbav:"pk"`
+	SK       string    `dynamodbav:"sk"`
+	Target   string    `dynamodbav:"target"`
+	Proto    string    `dynamodbav:"proto"`
+	Ports    []int     `dynamodbav:"ports"`
+	Hits     int       `dynamodbav:"hits"`
+	Seconds  int       `dynamodbav:"seconds"`
+	Action   string    `dynamodbav:"action"`
+	Escalate bool      `dynamodbav:"escalate"`
+	Rev      int64     `dynamodbav:"rev"`
+	Updated  time.Time `dynamodbav:"updated"`
+	Deleted  bool      `dynamodbav:"deleted"`
+}
+
+// Wire is the policy as agents receive it.
+func (l LimitItem) Wire() proto.Limit {
+	return proto.Limit{ID: l.SK, Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, Rev: l.Rev}
+}
+
+// InstanceItem is the reconciler's memory of an instance.
+type InstanceItem struct {
+	PK        string    `dynamodbav:"pk"`
+	SK        string    `dynamodbav:"sk"`
+	FirstSeen time.Time `dynamodbav:"first_seen"`
+	SyncedRev int64     `dynamodbav:"synced_rev"`
+	GoneSince time.Time `dynamodbav:"gone_since,omitempty"`
+	LagSince  time.Time `dynamodbav:"lag_since,omitempty"`
+}
+
+// CreateTable creates the ledger table (on-demand, TTL on expires_at) if it does not exist.
+func (l *Ledger) CreateTable(ctx context.Context) error {
+	_, err := l.DDB.CreateTable(ctx, &dynamodb.CreateTableInput{TableName: aws.String(l.Table), BillingMode: ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("pk"), AttributeType: ddbtypes.ScalarAttributeTypeS}, {AttributeName: aws.String("sk"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
+		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("pk"), KeyType: ddbtypes.KeyTypeHash}, {AttributeName: aws.String("sk"), KeyType: ddbtypes.KeyTypeRange}}})
+	var inUse *ddbtypes.ResourceInUseException
+	if err != nil && !errors.As(err, &inUse) {
+		return fmt.Errorf("create table %s: %w", l.Table, err)
+	}
+	_, err = l.DDB.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{TableName: aws.String(l.Table),
+		TimeToLiveSpecification: &ddbtypes.TimeToLiveSpecification{AttributeName: aws.String("expires_at"), Enabled: aws.Bool(true)}})
+	if err != nil && !strings.Contains(err.Error(), "already enabled") {
+		return fmt.Errorf("enable TTL on %s: %w", l.Table, err)
+	}
+	return nil
+}
+
+func s(v string) ddbtypes.AttributeValue { return &ddbtypes.AttributeValueMemberS{Value: v} }
+func n(v int64) ddbtypes.AttributeValue {
+	return &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
+}
+
+// NextRev atomically takes the next ledger revision.
+func (l *Ledger) NextRev(ctx context.Context) (int64, error) {
+	out, err := l.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(l.Table),
+		Key:                       map[string]ddbtypes.AttributeValue{"pk": s("meta"), "sk": s("revision")},
+		UpdateExpression:          aws.String("ADD n :one"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":one": n(1)},
+		ReturnValues:              ddbtypes.ReturnValueUpdatedNew})
+	if err != nil {
+		return 0, fmt.Errorf("next revision: %w", err)
+	}
+	var v struct {
+		N int64 `dynamodbav:"n"`
+	}
+	if err := attributevalue.UnmarshalMap(out.Attributes, &v); err != nil {
+		return 0, err
+	}
+	return v.N, nil
+}
+
+// CurrentRev reads the revision counter.
+func (l *Ledger) CurrentRev(ctx context.Context) (int64, error) {
+	out, err := l.DDB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(l.Table), ConsistentRead: aws.Bool(true),
+		Key: map[string]ddbtypes.AttributeValue{"pk": s("meta"), "sk": s("revision")}})
+	if err != nil {
+		return 0, fmt.Errorf("read revision: %w", err)
+	}
+	var v struct {
+		N int64 `dynamodbav:"n"`
+	}
+	err = attributevalue.UnmarshalMap(out.Item, &v)
+	return v.N, err
+}
+
+func isConditionFailed(err error) bool {
+	var ccf *ddbtypes.ConditionalCheckFailedException
+	return errors.As(err, &ccf)
+}
+
+// PutBan writes a ban unless the ledger holds the same CIDR and target at a newer revision or
+// already in force for longer: a re-ban extends, never shortens, and never duplicates.
+// It reports whether the item was written.
+func (l *Ledger) PutBan(ctx context.Context, b BanItem) (bool, error) {
+	b.PK, b.SK = "ban", b.CIDR+"|"+b.Target
+	item, err := attributevalue.MarshalMap(b)
+	if err != nil {
+		return false, err
+	}
+	cond := "attribute_not_exists(pk) OR (rev < :rev AND (deleted = :true OR attribute_not_exists(expires_at) AND :perm = :true OR expires_at < :exp))"
+	exp := b.ExpiresAt
+	if exp == 0 {
+		exp = 1 << 62
+	}
+	_, err = l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item, ConditionExpression: aws.String(cond),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":rev": n(b.Rev), ":exp": n(exp),
+			":true": &ddbtypes.AttributeValueMemberBOOL{Value: true}, ":perm": &ddbtypes.AttributeValueMemberBOOL{Value: b.ExpiresAt == 0}}})
+	if isConditionFailed(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("write ban %s: %w", b.CIDR, err)
+	}
+	return true, nil
+}
+
+// TombstoneBans marks every ban of cidr (any target) deleted at rev, where the ledger holds an
+// older revision. It returns the bans it removed.
+func (l *Ledger) TombstoneBans(ctx context.Context, cidr string, rev int64, now time.Time) ([]BanItem, error) {
+	all, err := l.query(ctx, "ban", cidr+"|")
+	if err != nil {
+		return nil, err
+	}
+	var removed []BanItem
+	for _, raw := range all {
+		var b BanItem
+		if err := attributevalue.UnmarshalMap(raw, &b); err != nil {
+			return nil, err
+		}
+		if b.Deleted || b.Rev >= rev {
+			continue
+		}
+		exp := b.ExpiresAt
+		if exp == 0 {
+			exp = now.Add(7 * 24 * time.Hour).Unix()
+		}
+		_, err := l.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(l.Table),
+			Key:                       map[string]ddbtypes.AttributeValue{"pk": s("ban"), "sk": s(b.SK)},
+			UpdateExpression:          aws.String("SET deleted = :true, rev = :rev, expires_at = :exp, updated = :now"),
+			ConditionExpression:       aws.String("rev < :rev"),
+			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":true": &ddbtypes.AttributeValueMemberBOOL{Value: true}, ":rev": n(rev), ":exp": n(exp), ":now": s(now.UTC().Format(time.RFC3339Nano))}})
+		if isConditionFailed(err) {
+			continue // a newer write won the race
+		}
+		if err != nil {
+			return removed, fmt.Errorf("unban %s: %w", cidr, err)
+		}
+		b.Deleted, b.Rev, b.ExpiresAt = true, rev, exp
+		removed = append(removed, b)
+	}
+	return removed, nil
+}
+
+// Bans returns every ban item, tombstones included, that has not expired at now.
+func (l *Ledger) Bans(ctx context.Context, now time.Time) ([]BanItem, error) {
+	raws, err := l.query(ctx, "ban", "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]BanItem, 0, len(raws))
+	for _, raw := range raws {
+		var b BanItem
+		if err := attributevalue.UnmarshalMap(raw, &b); err != nil {
+			return nil, err
+		}
+		if b.ExpiresAt != 0 && b.ExpiresAt <= now.Unix() {
+			continue // expired; TTL deletes it eventually
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// PutLimit writes a policy unless the ledger holds it at a newer revision.
+func (l *Ledger) PutLimit(ctx context.Context, it LimitItem) (bool, error) {
+	it.PK = "limit"
+	item, err := attributevalue.MarshalMap(it)
+	if err != nil {
+		return false, err
+	}
+	_, err = l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item,
+		ConditionExpression:       aws.String("attribute_not_exists(pk) OR rev < :rev"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":rev": n(it.Rev)}})
+	if isConditionFailed(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("write limit %s: %w", it.SK, err)
+	}
+	return true, nil
+}
+
+// Limits returns every policy, tombstones included.
+func (l *Ledger) Limits(ctx context.Context) ([]LimitItem, error) {
+	raws, err := l.query(ctx, "limit", "")
+	if err != nil {
+		return nil, err
+	}
+	var out []LimitItem
+	err = attributevalue.UnmarshalListOfMaps(raws, &out)
+	return out, err
+}
+
+// Instances returns the reconciler's instance records.
+func (l *Ledger) Instances(ctx context.Context) (map[string]InstanceItem, error) {
+	raws, err := l.query(ctx, "instance", "")
+	if err != nil {
+		return nil, err
+	}
+	var list []InstanceItem
+	if err := attributevalue.UnmarshalListOfMaps(raws, &list); err != nil {
+		return nil, err
+	}
+	out := make(map[string]InstanceItem, len(list))
+	for _, it := range list {
+		out[it.SK] = it
+	}
+	return out, nil
+}
+
+// PutInstance writes an instance record.
+func (l *Ledger) PutInstance(ctx context.Context, it InstanceItem) error {
+	it.PK = "instance"
+	item, err := attributevalue.MarshalMap(it)
+	if err != nil {
+		return err
+	}
+	_, err = l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item})
+	return err
+}
+
+// DeleteInstance forgets an instance.
+func (l *Ledger) DeleteInstance(ctx context.Context, id string) error {
+	_, err := l.DDB.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(l.Table), Key: map[string]ddbtypes.AttributeValue{"pk": s("instance"), "sk": s(id)}})
+	return err
+}
+
+// Statuses returns the agents' heartbeats by instance id.
+func (l *Ledger) Statuses(ctx context.Context) (map[string]proto.AgentStatus, error) {
+	out := map[string]proto.AgentStatus{}
+	p := dynamodb.NewScanPaginator(l.DDB, &dynamodb.ScanInput{TableName: aws.String(l.Table),
+		FilterExpression:          aws.String("begins_with(pk, :agent)"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":agent": s("agent#")}})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read agent statuses: %w", err)
+		}
+		for _, raw := range page.Items {
+			var st proto.AgentStatus
+			if err := attributevalue.UnmarshalMap(raw, &st); err == nil && st.InstanceID != "" {
+				out[st.InstanceID] = st
+			}
+		}
+	}
+	return out, nil
+}
+
+func (l *Ledger) query(ctx context.Context, pk, skPrefix string) ([]map[string]ddbtypes.AttributeValue, error) {
+	in := &dynamodb.QueryInput{TableName: aws.String(l.Table), ConsistentRead: aws.Bool(true),
+		KeyConditionExpression:    aws.String("pk = :pk"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(pk)}}
+	if skPrefix != "" {
+		in.KeyConditionExpression = aws.String("pk = :pk AND begins_with(sk, :sk)")
+		in.ExpressionAttributeValues[":sk"] = s(skPrefix)
+	}
+	var out []map[string]ddbtypes.AttributeValue
+	p := dynamodb.NewQueryPaginator(l.DDB, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("query %s: %w", pk, err)
+		}
+		out = append(out, page.Items...)
+	}
+	return out, nil
+}

@@ -1,0 +1,364 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/bansshee/bansshee/proto"
+	"github.com/oklog/ulid/v2"
+)
+
+// Report says what one reconcile pass did.
+type Report struct {
+	Instances     int
+	QueuesCreated []string
+	QueuesDeleted []string
+	Synced        []string // instances sent a full sync
+	Escalated     []string // CIDRs banned from agent escalations
+	Errors        []error
+}
+
+// desired computes, for an instance's tags, the active bans and limits and the highest revision
+// of any ledger entry (tombstones included) that concerns it.
+type desired struct {
+	bans   []proto.Ban
+	limits []proto.Limit
+	maxRev int64
+}
+
+type ledgerView struct {
+	bans   []BanItem
+	limits []LimitItem
+	sels   map[string]*Selector
+	rev    int64
+}
+
+func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
+	now := c.Now()
+	bans, err := c.Ledger.Bans(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	limits, err := c.Ledger.Limits(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rev, err := c.Ledger.CurrentRev(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v := &ledgerView{bans: bans, limits: limits, sels: map[string]*Selector{}, rev: rev}
+	for _, b := range bans {
+		v.sel(b.Target)
+	}
+	for _, l := range limits {
+		v.sel(l.Target)
+	}
+	return v, nil
+}
+
+func (v *ledgerView) sel(target string) *Selector {
+	if s, ok := v.sels[target]; ok {
+		return s
+	}
+	s, err := ParseSelector(target)
+	if err != nil {
+		s = nil // an unparsable target in the ledger matches nothing
+	}
+	v.sels[target] = s
+	return s
+}
+
+func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
+	var d desired
+	byID := map[string]proto.Ban{}
+	for _, b := range v.bans {
+		s := v.sel(b.Target)
+		if s == nil || !s.Match(tags) {
+			continue
+		}
+		d.maxRev = max(d.maxRev, b.Rev)
+		if !b.Active(now) {
+			continue
+		}
+		w := b.Wire()
+		// Two ledger bans of one CIDR reaching one instance: the longer wins.
+		if old, ok := byID[w.ID]; ok && (old.ExpiresAt.IsZero() || (!w.ExpiresAt.IsZero() && old.ExpiresAt.After(w.ExpiresAt))) {
+			w.ExpiresAt = old.ExpiresAt
+		}
+		if old, ok := byID[w.ID]; ok && old.Rev > w.Rev {
+			w.Rev = old.Rev
+		}
+		byID[w.ID] = w
+	}
+	for _, b := range byID {
+		d.bans = append(d.bans, b)
+	}
+	sort.Slice(d.bans, func(i, j int) bool { return d.bans[i].ID < d.bans[j].ID })
+	for _, l := range v.limits {
+		s := v.sel(l.Target)
+		if s == nil || !s.Match(tags) {
+			continue
+		}
+		d.maxRev = max(d.maxRev, l.Rev)
+		if !l.Deleted {
+			d.limits = append(d.limits, l.Wire())
+		}
+	}
+	return d
+}
+
+// ReconcileOnce is one pass of the reconciler: discovery, queue lifecycle, syncs for new and
+// lagging instances, escalations. Errors for one instance do not stop the others.
+func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
+	rep := &Report{}
+	now := c.Now().UTC()
+	instances, err := c.Discover(ctx, mustParse("*"))
+	if err != nil {
+		return rep, err
+	}
+	rep.Instances = len(instances)
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return rep, err
+	}
+	known, err := c.Ledger.Instances(ctx)
+	if err != nil {
+		return rep, err
+	}
+	statuses, err := c.Ledger.Statuses(ctx)
+	if err != nil {
+		return rep, err
+	}
+	queues, err := c.Queues.List(ctx)
+	if err != nil {
+		return rep, err
+	}
+	running := map[string]bool{}
+	for _, in := range instances {
+		running[in.ID] = true
+		if _, ok := queues[in.ID]; !ok {
+			u, err := c.Queues.Ensure(ctx, in.ID)
+			if err != nil {
+				rep.Errors = append(rep.Errors, err)
+				continue
+			}
+			c.urls.Store(in.ID, u)
+			rep.QueuesCreated = append(rep.QueuesCreated, in.ID)
+		}
+		d := view.forTags(in.Tags, now)
+		rec, seen := known[in.ID]
+		st, reported := statuses[in.ID]
+		// An agent lags when its applied revision stays below what concerns it for longer than
+		// the grace (a fan-out in flight is not lag).
+		lagging := reported && st.AppliedRev < d.maxRev
+		if !lagging && !rec.LagSince.IsZero() {
+			rec.LagSince = time.Time{}
+			_ = c.Ledger.PutInstance(ctx, rec)
+		}
+		if lagging && rec.LagSince.IsZero() {
+			rec.SK, rec.LagSince = in.ID, now
+			_ = c.Ledger.PutInstance(ctx, rec)
+		}
+		if seen && !(lagging && now.Sub(rec.LagSince) >= c.LagGrace) {
+			if !rec.GoneSince.IsZero() {
+				rec.GoneSince = time.Time{}
+				_ = c.Ledger.PutInstance(ctx, rec)
+			}
+			continue
+		}
+		if err := c.sendSync(ctx, in.ID, view.rev, d); err != nil {
+			rep.Errors = append(rep.Errors, err)
+			continue
+		}
+		if rec.FirstSeen.IsZero() {
+			rec.FirstSeen = now
+		}
+		rec.SK, rec.SyncedRev, rec.GoneSince, rec.LagSince = in.ID, max(view.rev, d.maxRev), time.Time{}, time.Time{}
+		if err := c.Ledger.PutInstance(ctx, rec); err != nil {
+			rep.Errors = append(rep.Errors, err)
+		}
+		rep.Synced = append(rep.Synced, in.ID)
+	}
+	// Queues of instances that are gone: mark, then delete after the grace period.
+	for id, url := range queues {
+		if running[id] {
+			continue
+		}
+		rec := known[id]
+		if rec.GoneSince.IsZero() {
+			rec.SK, rec.GoneSince = id, now
+			if err := c.Ledger.PutInstance(ctx, rec); err != nil {
+				rep.Errors = append(rep.Errors, err)
+			}
+			continue
+		}
+		if now.Sub(rec.GoneSince) < c.QueueGrace {
+			continue
+		}
+		if err := c.Queues.Delete(ctx, url); err != nil {
+			rep.Errors = append(rep.Errors, err)
+			continue
+		}
+		c.urls.Delete(id)
+		_ = c.Ledger.DeleteInstance(ctx, id)
+		rep.QueuesDeleted = append(rep.QueuesDeleted, id)
+	}
+	c.escalate(ctx, view, statuses, rep)
+	return rep, errors.Join(rep.Errors...)
+}
+
+// sendSync sends an instance its whole desired state, split into parts if needed.
+func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desired) error {
+	url, err := c.queueURL(ctx, id)
+	if err != nil {
+		return err
+	}
+	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, IssuedAt: c.Now().UTC(), Rev: max(rev, d.maxRev, 1), Bans: d.bans, Limits: d.limits}
+	parts, err := proto.SplitSync(m, proto.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	for i := range parts {
+		if err := Send(ctx, c.Queues.SQS, c.Signer, url, &parts[i]); err != nil {
+			return fmt.Errorf("sync %s: %w", id, err)
+		}
+	}
+	c.Log.Info("sync", "instance", id, "rev", m.Rev, "bans", len(d.bans), "limits", len(d.limits), "parts", len(parts))
+	return nil
+}
+
+// escalate turns sources that tripped an escalating limit on some agent into bans on that
+// limit's whole target.
+func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses map[string]proto.AgentStatus, rep *Report) {
+	limits := map[string]LimitItem{}
+	for _, l := range view.limits {
+		if l.Escalate && !l.Deleted {
+			limits[l.SK] = l
+		}
+	}
+	now := c.Now()
+	active := map[string]bool{}
+	for _, b := range view.bans {
+		if b.Active(now) {
+			active[b.CIDR+"|"+b.Target] = true
+		}
+	}
+	for id, st := range statuses {
+		for _, e := range st.Escalations {
+			l, ok := limits[e.LimitID]
+			if !ok {
+				continue
+			}
+			a, err := netip.ParseAddr(e.Addr)
+			if err != nil {
+				continue
+			}
+			cidr := netip.PrefixFrom(a, a.BitLen()).String()
+			if active[cidr+"|"+l.Target] {
+				continue
+			}
+			_, err = c.Ban(ctx, BanRequest{CIDRs: []string{cidr}, Target: l.Target, TTL: time.Hour,
+				Reason: fmt.Sprintf("tripped rate limit %s on %s", l.SK, id), Source: "escalation:" + id + "/" + l.SK})
+			if err != nil {
+				rep.Errors = append(rep.Errors, fmt.Errorf("escalate %s: %w", cidr, err))
+				continue
+			}
+			active[cidr+"|"+l.Target] = true
+			rep.Escalated = append(rep.Escalated, cidr)
+		}
+	}
+}
+
+// InstanceStatus is one line of `bansshee status`.
+type InstanceStatus struct {
+	Instance
+	AppliedRev int64
+	WantRev    int64
+	Bans       int
+	WantBans   int
+	Heartbeat  time.Time
+	LastError  string
+	Converged  bool
+}
+
+// Status reports, per managed instance, how far its agent has converged on the ledger.
+func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatus, int64, error) {
+	sel, err := ParseSelector(target)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	instances, err := c.Discover(ctx, sel)
+	if err != nil {
+		return nil, 0, err
+	}
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	statuses, err := c.Ledger.Statuses(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	now := c.Now()
+	out := make([]InstanceStatus, 0, len(instances))
+	for _, in := range instances {
+		d := view.forTags(in.Tags, now)
+		st := statuses[in.ID]
+		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError}
+		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev
+		out = append(out, is)
+	}
+	return out, view.rev, nil
+}
+
+// Wait polls agent statuses until every instance in ids reports rev or later, or ctx ends. It
+// calls progress after each poll and returns the instances that did not converge.
+func (c *Controller) Wait(ctx context.Context, ids []string, rev int64, progress func(done, total int)) ([]string, error) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		statuses, err := c.Ledger.Statuses(ctx)
+		if err != nil && ctx.Err() == nil {
+			return ids, err
+		}
+		var pending []string
+		for _, id := range ids {
+			if statuses[id].AppliedRev < rev {
+				pending = append(pending, id)
+			}
+		}
+		if progress != nil {
+			progress(len(ids)-len(pending), len(ids))
+		}
+		if len(pending) == 0 {
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return pending, nil
+		case <-t.C:
+		}
+	}
+}
+
+// Serve runs ReconcileOnce every interval until ctx ends.
+func (c *Controller) Serve(ctx context.Context, interval time.Duration, onPass func(*Report, error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		rep, err := c.ReconcileOnce(ctx)
+		if onPass != nil {
+			onPass(rep, err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
