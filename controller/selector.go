@@ -41,7 +41,12 @@ type SelectorError struct {
 }
 
 func (e *SelectorError) Error() string {
-	return fmt.Sprintf("selector %q: at position %d: %s\n  %s\n  %s^", e.Src, e.Pos+1, e.Msg, e.Src, strings.Repeat(" ", e.Pos))
+	return fmt.Sprintf("selector %q: at position %d: %s", e.Src, e.Pos+1, e.Msg)
+}
+
+// Pointer shows the selector with a caret under the error, for a terminal.
+func (e *SelectorError) Pointer() string {
+	return "  " + e.Src + "\n  " + strings.Repeat(" ", e.Pos) + "^"
 }
 
 // ParseSelector parses a selector. An empty string or "*" selects every managed instance.

@@ -1,0 +1,521 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/bansshee/bansshee/controller"
+	"github.com/bansshee/bansshee/internal/cli"
+	"github.com/bansshee/bansshee/internal/flagconf"
+	"github.com/bansshee/bansshee/proto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+)
+
+type globals struct {
+	endpoint, region, table, prefix, keyFile, logLevel, managed string
+	admin                                                       []string
+	noVPCAllow                                                  bool
+	concurrency                                                 int
+}
+
+type usageError struct{ error }
+
+func isUsage(err error) bool {
+	var u usageError
+	return errors.As(err, &u) || strings.HasPrefix(err.Error(), "unknown flag") || strings.HasPrefix(err.Error(), "unknown command") ||
+		strings.Contains(err.Error(), "flag needs an argument") || strings.Contains(err.Error(), "invalid argument") ||
+		strings.Contains(err.Error(), "accepts ") || strings.Contains(err.Error(), "requires at least")
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "bansshee",
+		Short: "fleet-wide IP bans for Amazon EC2",
+		Long: `bansshee bans attacking addresses on every EC2 instance a tag selector picks, within a second,
+through a signed message to each instance's SQS queue and the bansshee-agent there.
+
+Selectors: Role=mail   Role=mail,Env=prod   Env!=dev   Role in (mail,web)   has(Team)   *
+Every flag can also come from the environment as BANSSHEE_<FLAG> (e.g. BANSSHEE_TABLE); the
+standard AWS environment and profiles apply (AWS_PROFILE, AWS_REGION, ...).
+
+Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing written);
+3 written, but some instances did not confirm it.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := flagconf.Apply(cmd.Flags(), "BANSSHEE_", ""); err != nil {
+				return usageError{err}
+			}
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.endpoint, "endpoint-url", "", "AWS endpoint override, as the AWS CLI's --endpoint-url (an emulator, LocalStack)")
+	pf.StringVar(&g.region, "region", "", "AWS region (default: AWS_REGION or the profile)")
+	pf.StringVar(&g.table, "table", "bansshee", "DynamoDB ledger table")
+	pf.StringVar(&g.prefix, "queue-prefix", "bansshee", "SQS queue name prefix")
+	pf.StringVar(&g.keyFile, "key", "", "signing key file (from 'bansshee keys gen'); needed to send bans")
+	pf.StringSliceVar(&g.admin, "admin", nil, "admin CIDRs no ban may cover (repeatable)")
+	pf.BoolVar(&g.noVPCAllow, "no-vpc-allow", false, "do not allowlist the VPC CIDRs (they are by default: load balancers and NAT speak from them)")
+	pf.StringVar(&g.managed, "managed", "bansshee:managed=true", "selector every managed instance matches")
+	pf.IntVar(&g.concurrency, "concurrency", 64, "parallel sends during fan-out")
+	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
+	root.AddCommand(banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
+	return root
+}
+
+func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Controller, error) {
+	var admin []netip.Prefix
+	for _, a := range g.admin {
+		p, err := proto.ParseCIDR(a)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--admin: %w", err)}
+		}
+		admin = append(admin, p)
+	}
+	var signer proto.Signer
+	if needKey {
+		if g.keyFile == "" {
+			return nil, usageError{errors.New("--key is required to send commands (create one with 'bansshee keys gen')")}
+		}
+		b, err := os.ReadFile(g.keyFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--key: %w", err)}
+		}
+		if signer, err = proto.ParsePrivate(string(b)); err != nil {
+			return nil, usageError{fmt.Errorf("--key %s: %w", g.keyFile, err)}
+		}
+	}
+	cfg, err := cli.AWSConfig(ctx, g.endpoint, g.region)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
+		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
+		Concurrency: g.concurrency, Log: cli.Logger(g.logLevel)})
+}
+
+func banCmd(g *globals) *cobra.Command {
+	var target, reason string
+	var ttl, timeout time.Duration
+	var wait, force bool
+	c := &cobra.Command{
+		Use:   "ban CIDR...",
+		Short: "ban addresses on every instance the target selects",
+		Example: `  bansshee ban 174.132.223.252 --target Role=mail --ttl 2h --reason "pop3 brute force" --wait
+  bansshee ban 2001:db8:bad::/48 --ttl 0        # permanent, every managed instance`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, true)
+			if err != nil {
+				return err
+			}
+			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, u := range res.Unchanged {
+				fmt.Fprintf(out, "%s: already banned for at least as long on %s\n", u, res.Selector)
+			}
+			if res.Written == 0 {
+				return nil
+			}
+			fmt.Fprintf(out, "banned %d at revision %d on %s: sent to %d instances\n", res.Written, res.Rev, res.Selector, len(res.Instances))
+			return finish(ctx, cmd.ErrOrStderr(), c, res, wait, timeout)
+		},
+	}
+	f := c.Flags()
+	f.StringVarP(&target, "target", "t", "*", "selector of the instances to ban on")
+	f.DurationVar(&ttl, "ttl", 2*time.Hour, "how long the ban lasts (0: permanent)")
+	f.StringVar(&reason, "reason", "", "why (shown in list and logs)")
+	f.BoolVar(&force, "force", false, "allow prefixes broader than /16 (IPv4) or /48 (IPv6); /8 and /32 are never allowed")
+	addWait(f, &wait, &timeout)
+	return c
+}
+
+type flagSet interface {
+	BoolVar(p *bool, name string, value bool, usage string)
+	DurationVar(p *time.Duration, name string, value time.Duration, usage string)
+}
+
+func addWait(f flagSet, wait *bool, timeout *time.Duration) {
+	f.BoolVar(wait, "wait", false, "wait until every targeted agent reports the new revision")
+	f.DurationVar(timeout, "timeout", 30*time.Second, "with --wait: how long to wait")
+}
+
+// finish reports failed deliveries and, with --wait, waits for convergence.
+func finish(ctx context.Context, stderr io.Writer, c *controller.Controller, res *controller.Result, wait bool, timeout time.Duration) error {
+	var failed []string
+	var ids []string
+	for _, d := range res.Instances {
+		ids = append(ids, d.InstanceID)
+		if d.Err != nil {
+			failed = append(failed, d.InstanceID)
+			fmt.Fprintf(stderr, "  %s: not sent: %v (the reconciler will deliver it)\n", d.InstanceID, d.Err)
+		}
+	}
+	if wait && len(ids) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		pending, err := c.Wait(wctx, ids, res.Rev, func(done, total int) {
+			fmt.Fprintf(stderr, "\rwaiting for agents: %d/%d at revision %d", done, total, res.Rev)
+		})
+		fmt.Fprintln(stderr)
+		if err != nil {
+			return err
+		}
+		if len(pending) > 0 {
+			return &exitError{exitNotConverged, fmt.Errorf("%d of %d instances did not confirm revision %d within %s: %s", len(pending), len(ids), res.Rev, timeout, strings.Join(pending, ", "))}
+		}
+		fmt.Fprintf(stderr, "all %d instances at revision %d\n", len(ids), res.Rev)
+	}
+	if len(failed) > 0 {
+		return &exitError{exitNotConverged, fmt.Errorf("could not send to %d instances: %s", len(failed), strings.Join(failed, ", "))}
+	}
+	return nil
+}
+
+func unbanCmd(g *globals) *cobra.Command {
+	var wait bool
+	var timeout time.Duration
+	c := &cobra.Command{Use: "unban CIDR...", Short: "lift bans of these CIDRs, whatever their target", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, true)
+			if err != nil {
+				return err
+			}
+			res, err := c.Unban(ctx, args)
+			if err != nil {
+				return err
+			}
+			if res.Written == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "nothing to unban: no active ban of those CIDRs")
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "unbanned %d at revision %d: sent to %d instances\n", res.Written, res.Rev, len(res.Instances))
+			return finish(ctx, cmd.ErrOrStderr(), c, res, wait, timeout)
+		}}
+	addWait(c.Flags(), &wait, &timeout)
+	return c
+}
+
+func listCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{Use: "list", Short: "list active bans and rate limits", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, false)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			bans, err := c.Ledger.Bans(ctx, now)
+			if err != nil {
+				return err
+			}
+			limits, err := c.Ledger.Limits(ctx)
+			if err != nil {
+				return err
+			}
+			type row struct {
+				CIDR    string `json:"cidr"`
+				Target  string `json:"target"`
+				Expires string `json:"expires"`
+				Reason  string `json:"reason"`
+				Source  string `json:"source"`
+				Rev     int64  `json:"rev"`
+			}
+			var rows []row
+			for _, b := range bans {
+				if !b.Active(now) {
+					continue
+				}
+				exp := "never"
+				if !b.Expires().IsZero() {
+					exp = b.Expires().Format(time.RFC3339)
+				}
+				rows = append(rows, row{b.CIDR, b.Target, exp, b.Reason, b.Source, b.Rev})
+			}
+			sort.Slice(rows, func(i, j int) bool { return rows[i].CIDR < rows[j].CIDR })
+			var lim []proto.Limit
+			var limTargets []string
+			for _, l := range limits {
+				if !l.Deleted {
+					lim = append(lim, l.Wire())
+					limTargets = append(limTargets, l.Target)
+				}
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(map[string]any{"bans": rows, "limits": lim})
+			}
+			w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "CIDR\tTARGET\tEXPIRES\tREASON\tSOURCE\tREV")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\n", r.CIDR, r.Target, r.Expires, r.Reason, r.Source, r.Rev)
+			}
+			if len(lim) > 0 {
+				fmt.Fprintln(w, "\nLIMIT\tTARGET\tRULE\t\t\tREV")
+				for i, l := range lim {
+					fmt.Fprintf(w, "%s\t%s\t%s %v: %d new per %d s, then %s%s\t\t\t%d\n", l.ID, limTargets[i], l.Proto, l.Ports, l.Hits, l.Seconds, l.Action, map[bool]string{true: ", escalate"}[l.Escalate], l.Rev)
+				}
+			}
+			return w.Flush()
+		}}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	var target string
+	var asJSON bool
+	c := &cobra.Command{Use: "status", Short: "per instance: applied revision, bans, last heartbeat, lag behind the ledger", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, false)
+			if err != nil {
+				return err
+			}
+			sts, rev, err := c.Status(ctx, target)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(map[string]any{"ledger_rev": rev, "instances": sts})
+			}
+			converged := 0
+			w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "INSTANCE\tTAGS\tAPPLIED\tWANT\tBANS\tHEARTBEAT\tSTATE")
+			for _, s := range sts {
+				state := "converged"
+				switch {
+				case s.Heartbeat.IsZero():
+					state = "no agent report"
+				case !s.Converged:
+					state = fmt.Sprintf("lagging %d revisions", s.WantRev-s.AppliedRev)
+				}
+				if s.Converged {
+					converged++
+				}
+				if s.LastError != "" {
+					state += " (error: " + s.LastError + ")"
+				}
+				hb := "-"
+				if !s.Heartbeat.IsZero() {
+					hb = time.Since(s.Heartbeat).Round(time.Second).String() + " ago"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d/%d\t%s\t%s\n", s.ID, tagString(s.Tags), s.AppliedRev, s.WantRev, s.Bans, s.WantBans, hb, state)
+			}
+			fmt.Fprintf(w, "\n%d of %d instances converged; ledger revision %d\n", converged, len(sts), rev)
+			return w.Flush()
+		}}
+	c.Flags().StringVarP(&target, "target", "t", "*", "only these instances")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func tagString(tags map[string]string) string {
+	var parts []string
+	for k, v := range tags {
+		if strings.HasPrefix(k, "bansshee:") || k == "Name" {
+			continue
+		}
+		parts = append(parts, k+"="+v)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func targetsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "targets SELECTOR", Short: "preview exactly which instances a selector reaches", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, false)
+			if err != nil {
+				return err
+			}
+			ins, err := c.Targets(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "INSTANCE\tPRIVATE IP\tTAGS")
+			for _, in := range ins {
+				fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, in.PrivateIP, tagString(in.Tags))
+			}
+			fmt.Fprintf(w, "\n%d instances match %q\n", len(ins), args[0])
+			return w.Flush()
+		}}
+}
+
+func limitCmd(g *globals) *cobra.Command {
+	var l proto.Limit
+	var target, ports string
+	var wait bool
+	var timeout time.Duration
+	c := &cobra.Command{Use: "limit ID", Short: "set a rate limit: each source may open --hits new connections per --seconds",
+		Example: `  bansshee limit l-pop3 --port 110 --hits 10 --seconds 60 --target Role=mail   # the classic POP3 'recent' rule`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			l.ID = args[0]
+			for _, p := range strings.Split(ports, ",") {
+				var n int
+				if _, err := fmt.Sscan(strings.TrimSpace(p), &n); err != nil {
+					return usageError{fmt.Errorf("--port %q: want port numbers separated by commas", ports)}
+				}
+				l.Ports = append(l.Ports, n)
+			}
+			c, err := g.controller(ctx, true)
+			if err != nil {
+				return err
+			}
+			res, err := c.Limit(ctx, controller.LimitRequest{Limit: l, Target: target})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "limit %s at revision %d on %s: sent to %d instances\n", l.ID, res.Rev, res.Selector, len(res.Instances))
+			return finish(ctx, cmd.ErrOrStderr(), c, res, wait, timeout)
+		}}
+	f := c.Flags()
+	f.StringVarP(&target, "target", "t", "*", "selector of the instances")
+	f.StringVar(&ports, "port", "", "port or ports, comma separated (required)")
+	f.StringVar(&l.Proto, "proto", "tcp", "tcp or udp")
+	f.IntVar(&l.Hits, "hits", 10, "new connections allowed per source per window")
+	f.IntVar(&l.Seconds, "seconds", 60, "window length")
+	f.StringVar(&l.Action, "action", "drop", "drop or reject the excess")
+	f.BoolVar(&l.Escalate, "escalate", false, "a source that trips the limit on one instance is banned on the whole target")
+	_ = c.MarkFlagRequired("port")
+	addWait(f, &wait, &timeout)
+	return c
+}
+
+func unlimitCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "unlimit ID", Short: "remove a rate limit", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, true)
+			if err != nil {
+				return err
+			}
+			res, err := c.Unlimit(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed limit %s at revision %d: sent to %d instances\n", args[0], res.Rev, len(res.Instances))
+			return finish(ctx, cmd.ErrOrStderr(), c, res, false, 0)
+		}}
+}
+
+func serveCmd(g *globals) *cobra.Command {
+	var interval time.Duration
+	var metrics string
+	c := &cobra.Command{Use: "serve", Short: "run the reconciler: discovery, queues, syncs for new and lagging instances, escalations", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, true)
+			if err != nil {
+				return err
+			}
+			log := cli.Logger(g.logLevel)
+			passes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_reconcile_passes_total", Help: "Reconcile passes, by result."}, []string{"result"})
+			synced := prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_reconcile_syncs_total", Help: "Full syncs sent."})
+			instances := prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_managed_instances", Help: "Managed running instances."})
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(passes, synced, instances)
+			if metrics != "" {
+				srv := &http.Server{Addr: metrics, Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+				go func() { _ = srv.ListenAndServe() }()
+				defer srv.Close()
+			}
+			log.Info("reconciler started", "interval", interval)
+			c.Serve(ctx, interval, func(rep *controller.Report, err error) {
+				result := "ok"
+				if err != nil {
+					result = "error"
+					log.Error("reconcile pass", "err", err)
+				}
+				passes.WithLabelValues(result).Inc()
+				if rep != nil {
+					synced.Add(float64(len(rep.Synced)))
+					instances.Set(float64(rep.Instances))
+					log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "queues_created", len(rep.QueuesCreated), "queues_deleted", len(rep.QueuesDeleted), "escalated", len(rep.Escalated))
+				}
+			})
+			return nil
+		}}
+	c.Flags().DurationVar(&interval, "interval", 30*time.Second, "time between passes")
+	c.Flags().StringVar(&metrics, "metrics", "", "address for Prometheus /metrics (empty: off)")
+	return c
+}
+
+func initCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.controller(ctx, false)
+			if err != nil {
+				return err
+			}
+			if err := c.Ledger.CreateTable(ctx); err != nil {
+				return err
+			}
+			if _, err := c.Queues.EnsureDLQ(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ledger table %s and queue %s ready\n", g.table, c.Queues.DLQName())
+			return nil
+		}}
+}
+
+func keysCmd() *cobra.Command {
+	keys := &cobra.Command{Use: "keys", Short: "signing keys"}
+	var out, kid string
+	gen := &cobra.Command{Use: "gen --out FILE", Short: "make an Ed25519 signing key: FILE (private) and FILE.pub (for agents)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kid == "" {
+				kid = time.Now().UTC().Format("2006-01-02")
+			}
+			s, err := proto.GenerateKey(kid)
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(out); err == nil {
+				return usageError{fmt.Errorf("%s exists; not overwriting a key", out)}
+			}
+			if err := os.WriteFile(out, []byte(s.MarshalPrivate()), 0o600); err != nil {
+				return err
+			}
+			if err := os.WriteFile(out+".pub", []byte(s.MarshalPublic()), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "key %s: private %s, public %s.pub\n", kid, out, out)
+			return nil
+		}}
+	gen.Flags().StringVar(&out, "out", "bansshee.key", "private key file")
+	gen.Flags().StringVar(&kid, "id", "", "key id (default: today's date)")
+	keys.AddCommand(gen)
+	return keys
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bansshee/bansshee/internal/awstest"
+)
+
+type cliEnv struct {
+	env    *awstest.Env
+	global []string
+}
+
+func newCLI(t *testing.T) *cliEnv {
+	t.Helper()
+	e, clients := awstest.New(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDBANSSHEETEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	key := filepath.Join(t.TempDir(), "k")
+	c := &cliEnv{env: e, global: []string{"--endpoint-url", e.URL(), "--region", awstest.Region, "--table", awstest.Unique("bansshee"), "--queue-prefix", awstest.Unique("bansshee"), "--key", key}}
+	if code, _, errOut := c.run(t, "keys", "gen", "--out", key, "--id", "k1"); code != 0 {
+		t.Fatalf("keys gen: %s", errOut)
+	}
+	if code, _, errOut := c.run(t, "init"); code != 0 {
+		t.Fatalf("init: %s", errOut)
+	}
+	for _, tags := range []map[string]string{
+		{"Role": "mail", "Env": "prod"}, {"Role": "mail", "Env": "prod"}, {"Role": "mail", "Env": "dev"},
+		{"Role": "web", "Env": "prod"}, {"Role": "web", "Env": "dev"}, {"Role": "db"},
+	} {
+		tags["bansshee:managed"] = "true"
+		if _, err := awstest.Launch(t.Context(), clients.EC2, tags); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func (c *cliEnv) run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), append(args, c.global...), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestCLITargetsAndBan(t *testing.T) {
+	c := newCLI(t)
+	code, out, errOut := c.run(t, "targets", "Role=mail,Env!=dev")
+	if code != 0 || !strings.Contains(out, "2 instances match") {
+		t.Fatalf("targets: %d %s %s", code, out, errOut)
+	}
+	code, out, errOut = c.run(t, "ban", "174.132.223.252", "--target", "Role=mail,Env!=dev", "--reason", "pop3 brute force")
+	if code != 0 || !strings.Contains(out, "banned 1 at revision 1 on Role=mail,Env!=dev: sent to 2 instances") {
+		t.Fatalf("ban: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = c.run(t, "list")
+	if code != 0 || !strings.Contains(out, "174.132.223.252/32") || !strings.Contains(out, "pop3 brute force") {
+		t.Fatalf("list: %d %s", code, out)
+	}
+	// No agents run here: --wait must fail with exit 3, naming the instances.
+	code, _, errOut = c.run(t, "ban", "198.51.100.1", "--target", "Role=db", "--wait", "--timeout", "1s")
+	if code != exitNotConverged || !strings.Contains(errOut, "1 of 1 instances did not confirm revision 2") {
+		t.Fatalf("ban --wait without agents: %d %q", code, errOut)
+	}
+	code, out, _ = c.run(t, "status")
+	if code != 0 || !strings.Contains(out, "0 of 6 instances converged") {
+		t.Fatalf("status: %d %s", code, out)
+	}
+}
+
+func TestCLIRefusalsWriteNothing(t *testing.T) {
+	c := newCLI(t)
+	before := c.env.Requests("sqs")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ban", "0.0.0.0/0"}, "0.0.0.0/0 would match every address"},
+		{[]string{"ban", "172.31.9.9"}, "covers allowlisted 172.31.0.0/16"},
+		{[]string{"ban", "10.1.2.3", "--admin", "10.1.0.0/16"}, "covers allowlisted 10.1.0.0/16"},
+		{[]string{"ban", "1.2.3.4", "--target", "Role in (mail"}, "expected ')' to close the list"},
+		{[]string{"ban", "1.2.3.4", "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"ban"}, "requires at least 1 arg"},
+	} {
+		code, out, errOut := c.run(t, tc.args...)
+		first := strings.SplitN(errOut, "\n", 2)[0]
+		if code != exitUsage || strings.Count(errOut, "\n") != 1 || !strings.HasPrefix(first, "bansshee: ") || !strings.Contains(errOut, tc.want) || out != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and %q", tc.args, code, out, errOut, tc.want)
+		}
+	}
+	if after := c.env.Requests("sqs"); after != before {
+		t.Fatalf("refused commands sent %d SQS requests", after-before)
+	}
+	code, out, _ := c.run(t, "list", "--json")
+	if code != 0 || !strings.Contains(out, `"bans":null`) {
+		t.Fatalf("ledger not empty after refusals: %s", out)
+	}
+}
