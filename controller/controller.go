@@ -148,17 +148,40 @@ func (c *Controller) Allowlist(ctx context.Context) ([]netip.Prefix, error) {
 }
 
 // CheckCIDRs validates and canonicalises CIDRs against the limits and the allowlist, naming
-// every problem. Nothing is written.
+// every problem; one bad CIDR refuses them all. Nothing is written.
 func (c *Controller) CheckCIDRs(ctx context.Context, cidrs []string, force bool) ([]netip.Prefix, error) {
 	if len(cidrs) == 0 {
 		return nil, fmt.Errorf("%w: no address given", ErrRefused)
 	}
-	allow, err := c.Allowlist(ctx)
+	ok, refused, err := c.filter(ctx, cidrs, force)
 	if err != nil {
 		return nil, err
 	}
+	if len(refused) > 0 {
+		var errs []error
+		for _, raw := range cidrs {
+			if e, bad := refused[raw]; bad {
+				errs = append(errs, fmt.Errorf("ban %s: %w", raw, e))
+			}
+		}
+		return nil, fmt.Errorf("%w: %w", ErrRefused, errors.Join(errs...))
+	}
+	return ok, nil
+}
+
+// FilterCIDRs is CheckCIDRs that keeps the good ones: it returns the CIDRs that may be banned
+// and, by input text, why the others may not (for automated triggers, which ban what they can).
+func (c *Controller) FilterCIDRs(ctx context.Context, cidrs []string) ([]netip.Prefix, map[string]error, error) {
+	return c.filter(ctx, cidrs, false)
+}
+
+func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]netip.Prefix, map[string]error, error) {
+	allow, err := c.Allowlist(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	var out []netip.Prefix
-	var errs []error
+	refused := map[string]error{}
 	for _, raw := range cidrs {
 		p, err := proto.ParseCIDR(raw)
 		if err == nil {
@@ -182,15 +205,12 @@ func (c *Controller) CheckCIDRs(ctx context.Context, cidrs []string, force bool)
 			}
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("ban %s: %w", raw, err))
+			refused[raw] = err
 			continue
 		}
 		out = append(out, p)
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrRefused, errors.Join(errs...))
-	}
-	return out, nil
+	return out, refused, nil
 }
 
 // Ban validates, writes the ledger and fans the bans out to every targeted instance.

@@ -1,0 +1,212 @@
+// Command bansshee-lambda is the Lambda entry point (provided.al2023 "bootstrap"): CloudWatch
+// Logs jails, CloudWatch alarms, GuardDuty findings, schedules and direct invokes become bans.
+// Run locally: bansshee-lambda invoke --event EVENT.json [--dry-run].
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/bansshee/bansshee/controller"
+	"github.com/bansshee/bansshee/controller/trigger"
+	"github.com/bansshee/bansshee/internal/cli"
+	"github.com/bansshee/bansshee/proto"
+)
+
+const usage = `bansshee-lambda: the bansshee Lambda handler.
+
+In AWS Lambda (provided.al2023) it serves events. Locally:
+
+  bansshee-lambda invoke --event EVENT.json [--dry-run] [--endpoint-url URL]
+
+prints the decisions as JSON: {"bans":[...],"ignored":[...]}. With --dry-run nothing is written
+and jail counts live only for this run.
+
+Configuration (environment):
+  BANSSHEE_TABLE                 ledger table (default bansshee)
+  BANSSHEE_QUEUE_PREFIX          queue prefix (default bansshee)
+  BANSSHEE_KEY_SSM | BANSSHEE_KEY_FILE
+                                 signing key: an SSM SecureString parameter name, or a file
+  BANSSHEE_TRIGGER_CONFIG | BANSSHEE_TRIGGER_CONFIG_FILE | BANSSHEE_TRIGGER_CONFIG_SSM
+                                 jails, alarms, GuardDuty: JSON text, a file, or an SSM parameter
+  BANSSHEE_ADMIN_CIDRS           comma-separated CIDRs never to ban (the VPC CIDRs always are)
+  BANSSHEE_MANAGED               selector of managed instances (default bansshee:managed=true)
+`
+
+func main() {
+	log := cli.Logger(envOr("BANSSHEE_LOG_LEVEL", "info"))
+	slog.SetDefault(log)
+	if len(os.Args) > 1 && os.Args[1] == "invoke" {
+		os.Exit(invoke(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if os.Getenv("AWS_LAMBDA_RUNTIME_API") == "" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	h, err := build(ctx, log, "", false)
+	if err != nil {
+		// A bad configuration fails the cold start loudly, not each event quietly.
+		log.Error("cold start", "err", err)
+		os.Exit(1)
+	}
+	lambda.Start(func(ctx context.Context, raw json.RawMessage) (*trigger.Output, error) {
+		return h.Handle(ctx, raw)
+	})
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func invoke(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("invoke", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	event := fs.String("event", "", "event JSON file (- for stdin)")
+	dry := fs.Bool("dry-run", false, "decide only: write nothing, count in memory")
+	endpoint := fs.String("endpoint-url", "", "AWS endpoint override")
+	fs.Usage = func() { fmt.Fprint(stderr, usage, "\nflags:\n"); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *event == "" {
+		fmt.Fprintln(stderr, "bansshee-lambda invoke: --event is required")
+		return 2
+	}
+	var raw []byte
+	var err error
+	if *event == "-" {
+		raw, err = io.ReadAll(os.Stdin)
+	} else {
+		raw, err = os.ReadFile(*event)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bansshee-lambda invoke: %v\n", err)
+		return 2
+	}
+	ctx := context.Background()
+	h, err := build(ctx, slog.New(slog.NewTextHandler(stderr, nil)), *endpoint, *dry)
+	if err != nil {
+		fmt.Fprintf(stderr, "bansshee-lambda invoke: %v\n", err)
+		return 2
+	}
+	out, err := h.Handle(ctx, raw)
+	if out != nil {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bansshee-lambda invoke: %v\n", err)
+		if errors.Is(err, trigger.ErrUnknownEvent) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+// build reads the configuration and wires the handler; dry runs need no AWS at all.
+func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*trigger.Handler, error) {
+	var cfgText []byte
+	var ssmc *ssm.Client
+	getSSM := func(name string) (string, error) {
+		if ssmc == nil {
+			awsCfg, err := cli.AWSConfig(ctx, endpoint, "")
+			if err != nil {
+				return "", err
+			}
+			ssmc = ssm.NewFromConfig(awsCfg)
+		}
+		out, err := ssmc.GetParameter(ctx, &ssm.GetParameterInput{Name: aws.String(name), WithDecryption: aws.Bool(true)})
+		if err != nil {
+			return "", fmt.Errorf("SSM parameter %s: %w", name, err)
+		}
+		return aws.ToString(out.Parameter.Value), nil
+	}
+	switch {
+	case os.Getenv("BANSSHEE_TRIGGER_CONFIG") != "":
+		cfgText = []byte(os.Getenv("BANSSHEE_TRIGGER_CONFIG"))
+	case os.Getenv("BANSSHEE_TRIGGER_CONFIG_FILE") != "":
+		b, err := os.ReadFile(os.Getenv("BANSSHEE_TRIGGER_CONFIG_FILE"))
+		if err != nil {
+			return nil, err
+		}
+		cfgText = b
+	case os.Getenv("BANSSHEE_TRIGGER_CONFIG_SSM") != "":
+		v, err := getSSM(os.Getenv("BANSSHEE_TRIGGER_CONFIG_SSM"))
+		if err != nil {
+			return nil, err
+		}
+		cfgText = []byte(v)
+	}
+	tcfg, err := trigger.ParseConfig(cfgText)
+	if err != nil {
+		return nil, err
+	}
+	h := &trigger.Handler{Cfg: tcfg, Log: log, Counter: &trigger.MemCounter{}}
+	if dry {
+		return h, nil
+	}
+	var keyText string
+	switch {
+	case os.Getenv("BANSSHEE_KEY_SSM") != "":
+		if keyText, err = getSSM(os.Getenv("BANSSHEE_KEY_SSM")); err != nil {
+			return nil, err
+		}
+	case os.Getenv("BANSSHEE_KEY_FILE") != "":
+		b, err := os.ReadFile(os.Getenv("BANSSHEE_KEY_FILE"))
+		if err != nil {
+			return nil, err
+		}
+		keyText = string(b)
+	default:
+		return nil, errors.New("no signing key: set BANSSHEE_KEY_SSM or BANSSHEE_KEY_FILE (or use --dry-run)")
+	}
+	signer, err := proto.ParsePrivate(keyText)
+	if err != nil {
+		return nil, err
+	}
+	var admin []netip.Prefix
+	for _, a := range strings.Split(os.Getenv("BANSSHEE_ADMIN_CIDRS"), ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		p, err := proto.ParseCIDR(a)
+		if err != nil {
+			return nil, fmt.Errorf("BANSSHEE_ADMIN_CIDRS: %w", err)
+		}
+		admin = append(admin, p)
+	}
+	awsCfg, err := cli.AWSConfig(ctx, endpoint, "")
+	if err != nil {
+		return nil, err
+	}
+	table := envOr("BANSSHEE_TABLE", "bansshee")
+	c, err := controller.New(controller.Config{EC2: ec2.NewFromConfig(awsCfg), SQS: sqs.NewFromConfig(awsCfg), DDB: dynamodb.NewFromConfig(awsCfg),
+		Table: table, Prefix: envOr("BANSSHEE_QUEUE_PREFIX", "bansshee"), Signer: signer, Admin: admin,
+		Managed: envOr("BANSSHEE_MANAGED", "bansshee:managed=true"), Log: log})
+	if err != nil {
+		return nil, err
+	}
+	h.Actor = c
+	h.Counter = &trigger.LedgerCounter{DDB: c.Ledger.DDB, Table: table}
+	return h, nil
+}

@@ -1,0 +1,210 @@
+// Package trigger turns AWS alerts into bansshee bans: CloudWatch Logs subscription batches
+// matched by fail2ban-style jails, CloudWatch alarm state changes (SNS or EventBridge), GuardDuty
+// findings, schedules (a reconcile pass) and direct invokes. It decides; the controller acts.
+package trigger
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Duration is a time.Duration written as "10m" in JSON.
+type Duration time.Duration
+
+// UnmarshalJSON reads "90s", "2h" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var secs float64
+		if err2 := json.Unmarshal(b, &secs); err2 != nil {
+			return fmt.Errorf("duration: want \"10m\" or seconds, got %s", b)
+		}
+		*d = Duration(secs * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as "10m0s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Jail is fail2ban's idea: maxretry matching lines from one address within findtime ban it for
+// bantime on target.
+type Jail struct {
+	Name     string   `json:"name"`
+	Builtin  string   `json:"builtin,omitempty"` // start from a built-in jail, override the rest
+	Regex    string   `json:"regex,omitempty"`   // must have a named group "addr"
+	MaxRetry int      `json:"maxretry,omitempty"`
+	FindTime Duration `json:"findtime,omitempty"`
+	BanTime  Duration `json:"bantime,omitempty"`
+	Target   string   `json:"target,omitempty"`
+
+	re *regexp.Regexp
+}
+
+// AlarmAction says what an alarm in ALARM state does.
+type AlarmAction struct {
+	// Dimensions names metric dimensions whose values are addresses to ban (default "SourceIP").
+	Dimensions []string `json:"dimensions,omitempty"`
+	Target     string   `json:"target,omitempty"`
+	TTL        Duration `json:"ttl,omitempty"`
+}
+
+// GuardDuty bans the remote addresses of findings at or above MinSeverity.
+type GuardDuty struct {
+	Enabled     bool     `json:"enabled"`
+	MinSeverity float64  `json:"min_severity,omitempty"` // default 4 (medium)
+	Target      string   `json:"target,omitempty"`
+	TTL         Duration `json:"ttl,omitempty"`
+}
+
+// Config is the trigger configuration, validated at cold start.
+type Config struct {
+	Jails         []Jail                 `json:"jails"`
+	Alarms        map[string]AlarmAction `json:"alarms,omitempty"` // by alarm name; "*" for any
+	GuardDuty     GuardDuty              `json:"guardduty"`
+	DefaultTarget string                 `json:"default_target,omitempty"`
+	DefaultTTL    Duration               `json:"default_ttl,omitempty"`
+	// MaxBatchBytes bounds a decompressed log batch (default 32 MiB).
+	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
+}
+
+// Builtin jails, by name. Their lines are the services' own failure lines.
+var Builtin = map[string]Jail{
+	// pop3[22145]: badlogin: host [174.132.223.252] plaintext user SASL(-13): authentication failure
+	"cyrus": {Regex: `(?:pop3|imap|pop3s|imaps|lmtp)[sd]?\[\d+\]: badlogin: .*\[(?P<addr>[0-9A-Fa-f.:]+)\] \S+ .*(?:authentication failure|SASL\(-13\))`},
+	// dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<a>, method=PLAIN, rip=1.2.3.4, lip=10.0.0.5
+	"dovecot": {Regex: `dovecot(?:\[\d+\])?: (?:pop3|imap|submission|managesieve)-login: .*(?:auth failed|Authentication failure|no auth attempts).*rip=(?P<addr>[0-9A-Fa-f.:]+)`},
+	// sshd[812]: Failed password for invalid user admin from 203.0.113.9 port 4242 ssh2
+	"sshd": {Regex: `sshd(?:-session)?\[\d+\]: (?:Failed (?:password|publickey|keyboard-interactive/pam) for (?:invalid user )?\S* ?from|Invalid user \S* from|Connection closed by authenticating user \S+) (?P<addr>[0-9A-Fa-f.:]+)`},
+	// postfix/smtpd[1234]: warning: unknown[198.51.100.4]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
+	"postfix-sasl": {Regex: `postfix/(?:submission/|smtps/)?smtpd\[\d+\]: warning: [-._\w]+\[(?P<addr>[0-9A-Fa-f.:]+)\]: SASL (?:LOGIN|PLAIN|CRAM-MD5|DIGEST-MD5) authentication failed`},
+}
+
+// DefaultJails are the built-in jails with fail2ban's defaults: 5 failures in 10 minutes ban for 2 hours.
+func DefaultJails() []Jail {
+	return []Jail{{Name: "cyrus", Builtin: "cyrus"}, {Name: "dovecot", Builtin: "dovecot"}, {Name: "sshd", Builtin: "sshd"}, {Name: "postfix-sasl", Builtin: "postfix-sasl"}}
+}
+
+// ParseConfig reads and validates a configuration; an empty text is the defaults.
+func ParseConfig(text []byte) (*Config, error) {
+	cfg := &Config{}
+	if len(strings.TrimSpace(string(text))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(text)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(cfg); err != nil {
+			return nil, fmt.Errorf("trigger config: %w", err)
+		}
+	}
+	if cfg.Jails == nil {
+		cfg.Jails = DefaultJails()
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("trigger config: %w", err)
+	}
+	return cfg, nil
+}
+
+func (c *Config) validate() error {
+	if c.DefaultTarget == "" {
+		c.DefaultTarget = "*"
+	}
+	if c.DefaultTTL == 0 {
+		c.DefaultTTL = Duration(2 * time.Hour)
+	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = 32 << 20
+	}
+	seen := map[string]bool{}
+	for i := range c.Jails {
+		j := &c.Jails[i]
+		if j.Name == "" {
+			return fmt.Errorf("jails[%d]: name is required", i)
+		}
+		if seen[j.Name] {
+			return fmt.Errorf("jails[%d]: duplicate name %q", i, j.Name)
+		}
+		seen[j.Name] = true
+		if j.Builtin != "" {
+			b, ok := Builtin[j.Builtin]
+			if !ok {
+				return fmt.Errorf("jail %s: unknown builtin %q (have cyrus, dovecot, sshd, postfix-sasl)", j.Name, j.Builtin)
+			}
+			if j.Regex == "" {
+				j.Regex = b.Regex
+			}
+		}
+		if j.Regex == "" {
+			return fmt.Errorf("jail %s: regex or builtin is required", j.Name)
+		}
+		re, err := regexp.Compile(j.Regex)
+		if err != nil {
+			return fmt.Errorf("jail %s: regex: %w", j.Name, err)
+		}
+		if re.SubexpIndex("addr") < 0 {
+			return fmt.Errorf("jail %s: regex needs a named group (?P<addr>...)", j.Name)
+		}
+		j.re = re
+		if j.MaxRetry == 0 {
+			j.MaxRetry = 5
+		}
+		if j.MaxRetry < 1 || j.MaxRetry > 100000 {
+			return fmt.Errorf("jail %s: maxretry %d is not in 1-100000", j.Name, j.MaxRetry)
+		}
+		if j.FindTime == 0 {
+			j.FindTime = Duration(10 * time.Minute)
+		}
+		if j.BanTime == 0 {
+			j.BanTime = c.DefaultTTL
+		}
+		if j.Target == "" {
+			j.Target = c.DefaultTarget
+		}
+	}
+	if c.GuardDuty.MinSeverity == 0 {
+		c.GuardDuty.MinSeverity = 4
+	}
+	if c.GuardDuty.Target == "" {
+		c.GuardDuty.Target = c.DefaultTarget
+	}
+	if c.GuardDuty.TTL == 0 {
+		c.GuardDuty.TTL = Duration(24 * time.Hour)
+	}
+	for name, a := range c.Alarms {
+		if len(a.Dimensions) == 0 {
+			a.Dimensions = []string{"SourceIP"}
+		}
+		if a.Target == "" {
+			a.Target = c.DefaultTarget
+		}
+		if a.TTL == 0 {
+			a.TTL = c.DefaultTTL
+		}
+		c.Alarms[name] = a
+	}
+	return nil
+}
+
+// Match returns the address a line names if the jail's regex matches it.
+func (j *Jail) Match(line string) (string, bool) {
+	m := j.re.FindStringSubmatch(line)
+	if m == nil {
+		return "", false
+	}
+	addr := m[j.re.SubexpIndex("addr")]
+	p, err := proto.ParseCIDR(addr)
+	if err != nil || p.Bits() != p.Addr().BitLen() {
+		return "", false
+	}
+	return p.Addr().String(), true
+}

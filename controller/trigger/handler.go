@@ -1,0 +1,452 @@
+package trigger
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/bansshee/bansshee/controller"
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Decision is one ban the handler decided on.
+type Decision struct {
+	CIDR    string `json:"cidr"`
+	Target  string `json:"target"`
+	TTL     string `json:"ttl"`
+	Reason  string `json:"reason"`
+	Trigger string `json:"trigger"`
+	ttl     time.Duration
+}
+
+// Ignored is something the handler saw and did not act on, with why.
+type Ignored struct {
+	Reason string `json:"reason"`
+}
+
+// Output is the handler's answer (and what `bansshee-lambda invoke` prints).
+type Output struct {
+	Kind       string     `json:"kind"`
+	Bans       []Decision `json:"bans"`
+	Unbans     []string   `json:"unbans,omitempty"`
+	Ignored    []Ignored  `json:"ignored"`
+	Reconciled bool       `json:"reconciled,omitempty"`
+	Rev        int64      `json:"rev,omitempty"`
+}
+
+// Actor carries decisions out: the controller. Nil means dry run.
+type Actor interface {
+	FilterCIDRs(ctx context.Context, cidrs []string) ([]netip.Prefix, map[string]error, error)
+	Ban(ctx context.Context, req controller.BanRequest) (*controller.Result, error)
+	Unban(ctx context.Context, cidrs []string) (*controller.Result, error)
+	ReconcileOnce(ctx context.Context) (*controller.Report, error)
+}
+
+// Handler recognises an event, decides, and (unless dry-run) acts.
+type Handler struct {
+	Cfg     *Config
+	Counter Counter
+	Actor   Actor
+	Log     *slog.Logger
+	Now     func() time.Time
+}
+
+// ErrUnknownEvent is returned for JSON that is none of the shapes the handler knows.
+var ErrUnknownEvent = errors.New("unrecognised event")
+
+type probe struct {
+	AWSLogs *struct {
+		Data string `json:"data"`
+	} `json:"awslogs"`
+	Records []struct {
+		EventSource string `json:"EventSource"`
+		Sns         struct {
+			Message string `json:"Message"`
+		} `json:"Sns"`
+	} `json:"Records"`
+	Source     string          `json:"source"`
+	DetailType string          `json:"detail-type"`
+	Detail     json.RawMessage `json:"detail"`
+	Ban        *DirectBan      `json:"ban"`
+	Unban      *DirectUnban    `json:"unban"`
+}
+
+// DirectBan is the {"ban": {...}} invoke other tools use.
+type DirectBan struct {
+	CIDRs  []string `json:"cidrs"`
+	Target string   `json:"target"`
+	TTL    Duration `json:"ttl"`
+	Reason string   `json:"reason"`
+}
+
+// DirectUnban is the {"unban": {...}} invoke.
+type DirectUnban struct {
+	CIDRs []string `json:"cidrs"`
+}
+
+// Handle processes one event.
+func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
+	if h.Log == nil {
+		h.Log = slog.New(slog.DiscardHandler)
+	}
+	if h.Now == nil {
+		h.Now = time.Now
+	}
+	var p probe
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, fmt.Errorf("%w: not a JSON object: %v", ErrUnknownEvent, err)
+	}
+	out := &Output{Bans: []Decision{}, Ignored: []Ignored{}}
+	var err error
+	switch {
+	case p.AWSLogs != nil:
+		out.Kind = "cloudwatch-logs"
+		err = h.logs(ctx, p.AWSLogs.Data, out)
+	case len(p.Records) > 0 && p.Records[0].EventSource == "aws:sns":
+		out.Kind = "sns"
+		for _, r := range p.Records {
+			h.snsAlarm(r.Sns.Message, out)
+		}
+	case p.Source == "aws.cloudwatch" && p.DetailType == "CloudWatch Alarm State Change":
+		out.Kind = "eventbridge-alarm"
+		h.eventBridgeAlarm(p.Detail, out)
+	case p.Source == "aws.guardduty" && p.DetailType == "GuardDuty Finding":
+		out.Kind = "guardduty"
+		h.guardDuty(p.Detail, out)
+	case p.Source == "aws.events" && p.DetailType == "Scheduled Event":
+		out.Kind = "schedule"
+		if h.Actor != nil {
+			rep, err := h.Actor.ReconcileOnce(ctx)
+			if rep != nil {
+				h.Log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "escalated", len(rep.Escalated))
+			}
+			out.Reconciled = err == nil
+			return out, err
+		}
+		out.Ignored = append(out.Ignored, Ignored{"dry run: the reconcile pass was not run"})
+		return out, nil
+	case p.Ban != nil:
+		out.Kind = "direct-ban"
+		ttl := time.Duration(p.Ban.TTL)
+		if ttl == 0 {
+			ttl = time.Duration(h.Cfg.DefaultTTL)
+		}
+		target := p.Ban.Target
+		if target == "" {
+			target = h.Cfg.DefaultTarget
+		}
+		for _, c := range p.Ban.CIDRs {
+			h.decide(out, c, target, ttl, p.Ban.Reason, "invoke")
+		}
+	case p.Unban != nil:
+		out.Kind = "direct-unban"
+		out.Unbans = p.Unban.CIDRs
+		if h.Actor != nil && len(p.Unban.CIDRs) > 0 {
+			res, err := h.Actor.Unban(ctx, p.Unban.CIDRs)
+			if err != nil {
+				return out, err
+			}
+			out.Rev = res.Rev
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("%w: not a CloudWatch Logs batch, SNS alarm, EventBridge alarm, GuardDuty finding, schedule or ban/unban invoke", ErrUnknownEvent)
+	}
+	if err != nil {
+		return out, err
+	}
+	return out, h.act(ctx, out)
+}
+
+// decide adds a ban decision, or an ignored entry for an address that can never be banned.
+func (h *Handler) decide(out *Output, addr, target string, ttl time.Duration, reason, trigger string) {
+	p, err := proto.ParseCIDR(addr)
+	if err == nil {
+		err = proto.DefaultLimits().CheckPrefix(p)
+	}
+	if err != nil {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("%s: %s: %v", trigger, addr, err)})
+		return
+	}
+	for _, d := range out.Bans {
+		if d.CIDR == p.String() && d.Target == target {
+			return
+		}
+	}
+	out.Bans = append(out.Bans, Decision{CIDR: p.String(), Target: target, TTL: ttl.String(), Reason: reason, Trigger: trigger, ttl: ttl})
+}
+
+// act carries out the decisions: allowlisted addresses become ignored entries; the rest are
+// banned in one call per target and TTL.
+func (h *Handler) act(ctx context.Context, out *Output) error {
+	if len(out.Bans) == 0 {
+		return nil
+	}
+	for _, d := range out.Bans {
+		h.Log.Info("decision", "cidr", d.CIDR, "target", d.Target, "ttl", d.TTL, "trigger", d.Trigger, "reason", d.Reason, "dry_run", h.Actor == nil)
+	}
+	if h.Actor == nil {
+		return nil
+	}
+	all := make([]string, len(out.Bans))
+	for i, d := range out.Bans {
+		all[i] = d.CIDR
+	}
+	_, refused, err := h.Actor.FilterCIDRs(ctx, all)
+	if err != nil {
+		return err
+	}
+	type key struct {
+		target string
+		ttl    time.Duration
+	}
+	groups := map[key][]Decision{}
+	var kept []Decision
+	for _, d := range out.Bans {
+		if e, bad := refused[d.CIDR]; bad {
+			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("%s: not banned: %v", d.Trigger, e)})
+			h.Log.Warn("refused", "cidr", d.CIDR, "trigger", d.Trigger, "err", e)
+			continue
+		}
+		k := key{d.Target, d.ttl}
+		groups[k] = append(groups[k], d)
+		kept = append(kept, d)
+	}
+	out.Bans = kept
+	keys := make([]key, 0, len(groups))
+	for k := range groups {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].target+keys[i].ttl.String() < keys[j].target+keys[j].ttl.String() })
+	var errs []error
+	for _, k := range keys {
+		ds := groups[k]
+		cidrs := make([]string, len(ds))
+		var triggers []string
+		for i, d := range ds {
+			cidrs[i] = d.CIDR
+			if !contains(triggers, d.Trigger) {
+				triggers = append(triggers, d.Trigger)
+			}
+		}
+		reason := ds[0].Reason
+		if len(ds) > 1 {
+			reason = "lambda: " + strings.Join(triggers, ", ")
+		}
+		res, err := h.Actor.Ban(ctx, controller.BanRequest{CIDRs: cidrs, Target: k.target, TTL: k.ttl, Reason: reason, Source: "lambda:" + strings.Join(triggers, ",")})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out.Rev = max(out.Rev, res.Rev)
+	}
+	return errors.Join(errs...)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// logs decodes a subscription batch (base64, gzip, bounded) and runs every jail on every line.
+func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
+	zipped, err := base64.StdEncoding.DecodeString(data)
+	if err != nil {
+		out.Ignored = append(out.Ignored, Ignored{"awslogs.data is not base64: " + err.Error()})
+		return nil
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(zipped))
+	if err != nil {
+		out.Ignored = append(out.Ignored, Ignored{"awslogs.data is not gzip: " + err.Error()})
+		return nil
+	}
+	plain, err := io.ReadAll(io.LimitReader(zr, int64(h.Cfg.MaxBatchBytes)+1))
+	if err != nil {
+		out.Ignored = append(out.Ignored, Ignored{"awslogs.data: bad gzip stream: " + err.Error()})
+		return nil
+	}
+	if len(plain) > h.Cfg.MaxBatchBytes {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("log batch larger than %d bytes decompressed: not read", h.Cfg.MaxBatchBytes)})
+		return nil
+	}
+	var batch events.CloudwatchLogsData
+	if err := json.Unmarshal(plain, &batch); err != nil {
+		out.Ignored = append(out.Ignored, Ignored{"log batch is not CloudWatch Logs JSON: " + err.Error()})
+		return nil
+	}
+	if batch.MessageType == "CONTROL_MESSAGE" {
+		out.Ignored = append(out.Ignored, Ignored{"control message"})
+		return nil
+	}
+	now := h.Now()
+	for i := range h.Cfg.Jails {
+		j := &h.Cfg.Jails[i]
+		hits := map[string]int{}
+		var order []string
+		for _, ev := range batch.LogEvents {
+			if addr, ok := j.Match(ev.Message); ok {
+				if hits[addr] == 0 {
+					order = append(order, addr)
+				}
+				hits[addr]++
+			}
+		}
+		for _, addr := range order {
+			count, err := h.Counter.Add(ctx, j.Name, addr, hits[addr], time.Duration(j.FindTime), now)
+			if err != nil {
+				return fmt.Errorf("jail %s: count %s: %w", j.Name, addr, err)
+			}
+			if count >= j.MaxRetry {
+				h.decide(out, addr, j.Target, time.Duration(j.BanTime), fmt.Sprintf("%d failures in %s (%s)", count, time.Duration(j.FindTime), batch.LogGroup), "jail/"+j.Name)
+			} else {
+				out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %d of %d failures", j.Name, addr, count, j.MaxRetry)})
+			}
+		}
+	}
+	return nil
+}
+
+func (h *Handler) alarmAction(name string) (AlarmAction, bool) {
+	if a, ok := h.Cfg.Alarms[name]; ok {
+		return a, true
+	}
+	a, ok := h.Cfg.Alarms["*"]
+	return a, ok
+}
+
+func (h *Handler) snsAlarm(msg string, out *Output) {
+	var a events.CloudWatchAlarmSNSPayload
+	if err := json.Unmarshal([]byte(msg), &a); err != nil || a.AlarmName == "" {
+		out.Ignored = append(out.Ignored, Ignored{"SNS message is not a CloudWatch alarm"})
+		return
+	}
+	dims := map[string][]string{}
+	for _, d := range a.Trigger.Dimensions {
+		dims[d.Name] = append(dims[d.Name], d.Value)
+	}
+	for _, m := range a.Trigger.Metrics {
+		for _, d := range m.MetricStat.Metric.Dimensions {
+			dims[d.Name] = append(dims[d.Name], d.Value)
+		}
+	}
+	h.alarm(a.AlarmName, a.NewStateValue, dims, out)
+}
+
+func (h *Handler) eventBridgeAlarm(detail json.RawMessage, out *Output) {
+	var d struct {
+		AlarmName string `json:"alarmName"`
+		State     struct {
+			Value string `json:"value"`
+		} `json:"state"`
+		Configuration struct {
+			Metrics []struct {
+				MetricStat struct {
+					Metric struct {
+						Dimensions map[string]string `json:"dimensions"`
+					} `json:"metric"`
+				} `json:"metricStat"`
+			} `json:"metrics"`
+		} `json:"configuration"`
+	}
+	if err := json.Unmarshal(detail, &d); err != nil || d.AlarmName == "" {
+		out.Ignored = append(out.Ignored, Ignored{"EventBridge alarm without an alarm name"})
+		return
+	}
+	dims := map[string][]string{}
+	for _, m := range d.Configuration.Metrics {
+		for k, v := range m.MetricStat.Metric.Dimensions {
+			dims[k] = append(dims[k], v)
+		}
+	}
+	h.alarm(d.AlarmName, d.State.Value, dims, out)
+}
+
+func (h *Handler) alarm(name, state string, dims map[string][]string, out *Output) {
+	if state != "ALARM" {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: state %s, nothing to do", name, state)})
+		return
+	}
+	act, ok := h.alarmAction(name)
+	if !ok {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: no action configured", name)})
+		return
+	}
+	found := false
+	for _, dim := range act.Dimensions {
+		for _, v := range dims[dim] {
+			found = true
+			h.decide(out, v, act.Target, time.Duration(act.TTL), "alarm "+name, "alarm/"+name)
+		}
+	}
+	if !found {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: no dimension %v holds an address", name, act.Dimensions)})
+	}
+}
+
+func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {
+	var d struct {
+		Severity float64 `json:"severity"`
+		Type     string  `json:"type"`
+		ID       string  `json:"id"`
+	}
+	if err := json.Unmarshal(detail, &d); err != nil || d.Type == "" {
+		out.Ignored = append(out.Ignored, Ignored{"GuardDuty finding without a type"})
+		return
+	}
+	if !h.Cfg.GuardDuty.Enabled {
+		out.Ignored = append(out.Ignored, Ignored{"GuardDuty bans are disabled (guardduty.enabled)"})
+		return
+	}
+	if d.Severity < h.Cfg.GuardDuty.MinSeverity {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("finding %s: severity %.1f below %.1f", d.Type, d.Severity, h.Cfg.GuardDuty.MinSeverity)})
+		return
+	}
+	var tree any
+	_ = json.Unmarshal(detail, &tree)
+	addrs := remoteIPs(tree, false, nil)
+	if len(addrs) == 0 {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("finding %s: no remote address", d.Type)})
+		return
+	}
+	for _, a := range addrs {
+		h.decide(out, a, h.Cfg.GuardDuty.Target, time.Duration(h.Cfg.GuardDuty.TTL), fmt.Sprintf("GuardDuty %s (severity %.1f)", d.Type, d.Severity), "guardduty/"+d.Type)
+	}
+}
+
+// remoteIPs collects ipAddressV4/V6 values found under any remoteIpDetails object: GuardDuty puts
+// them in a different place for each action type.
+func remoteIPs(v any, inRemote bool, acc []string) []string {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, child := range t {
+			if inRemote && (k == "ipAddressV4" || k == "ipAddressV6") {
+				if s, ok := child.(string); ok && !contains(acc, s) {
+					acc = append(acc, s)
+				}
+				continue
+			}
+			acc = remoteIPs(child, inRemote || k == "remoteIpDetails", acc)
+		}
+	case []any:
+		for _, child := range t {
+			acc = remoteIPs(child, inRemote, acc)
+		}
+	}
+	sort.Strings(acc)
+	return acc
+}

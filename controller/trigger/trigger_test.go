@@ -1,0 +1,238 @@
+package trigger
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/bansshee/bansshee/controller"
+	"github.com/bansshee/bansshee/internal/awstest"
+)
+
+var jailLines = map[string]string{
+	"cyrus":        "pop3[22145]: badlogin: host [%s] plaintext user SASL(-13): authentication failure",
+	"dovecot":      "dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<info>, method=PLAIN, rip=%s, lip=10.0.0.5, session=<x>",
+	"sshd":         "sshd[812]: Failed password for invalid user admin from %s port 4242 ssh2",
+	"postfix-sasl": "postfix/smtpd[1234]: warning: unknown[%s]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+}
+
+func batch(t testing.TB, group string, lines ...string) []byte {
+	t.Helper()
+	data := events.CloudwatchLogsData{Owner: "123456789012", LogGroup: group, LogStream: "i-0abc", SubscriptionFilters: []string{"bansshee"}, MessageType: "DATA_MESSAGE"}
+	for i, l := range lines {
+		data.LogEvents = append(data.LogEvents, events.CloudwatchLogsLogEvent{ID: fmt.Sprint(i), Timestamp: time.Now().UnixMilli(), Message: l})
+	}
+	plain, _ := json.Marshal(data)
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(plain)
+	zw.Close()
+	ev, _ := json.Marshal(map[string]any{"awslogs": map[string]string{"data": base64.StdEncoding.EncodeToString(zb.Bytes())}})
+	return ev
+}
+
+func dryHandler(t *testing.T, cfg string) *Handler {
+	t.Helper()
+	c, err := ParseConfig([]byte(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Handler{Cfg: c, Counter: &MemCounter{}}
+}
+
+func TestJailsBanAtMaxRetryNotBefore(t *testing.T) {
+	for jail, format := range jailLines {
+		t.Run(jail, func(t *testing.T) {
+			h := dryHandler(t, "")
+			addr := "174.132.223.252"
+			line := fmt.Sprintf(format, addr)
+			// 4 failures in a first invocation, then 1 more: the ban comes on the 5th (maxretry 5).
+			out, err := h.Handle(t.Context(), batch(t, "/mail", line, line, line, line, "unrelated line"))
+			if err != nil || len(out.Bans) != 0 {
+				t.Fatalf("after 4: bans %v err %v", out.Bans, err)
+			}
+			if len(out.Ignored) != 1 || !strings.Contains(out.Ignored[0].Reason, "4 of 5 failures") {
+				t.Fatalf("after 4: ignored %v", out.Ignored)
+			}
+			out, err = h.Handle(t.Context(), batch(t, "/mail", line))
+			if err != nil || len(out.Bans) != 1 {
+				t.Fatalf("after 5: %+v %v", out, err)
+			}
+			d := out.Bans[0]
+			if d.CIDR != addr+"/32" || d.Trigger != "jail/"+jail || d.TTL != "2h0m0s" || d.Target != "*" {
+				t.Fatalf("decision %+v", d)
+			}
+		})
+	}
+}
+
+func TestJailV6AndConfig(t *testing.T) {
+	h := dryHandler(t, `{"jails":[{"name":"pop3","builtin":"cyrus","maxretry":2,"bantime":"30m","target":"Role=mail"}]}`)
+	line := fmt.Sprintf(jailLines["cyrus"], "2001:db8::bad")
+	out, err := h.Handle(t.Context(), batch(t, "/mail", line, line))
+	if err != nil || len(out.Bans) != 1 || out.Bans[0].CIDR != "2001:db8::bad/128" || out.Bans[0].Target != "Role=mail" || out.Bans[0].TTL != "30m0s" {
+		t.Fatalf("%+v %v", out, err)
+	}
+	for _, bad := range []string{`{"jails":[{"name":"x"}]}`, `{"jails":[{"name":"x","regex":"("}]}`, `{"jails":[{"name":"x","regex":"no group"}]}`,
+		`{"jails":[{"name":"x","builtin":"nope"}]}`, `{"unknown":1}`} {
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("config %s accepted", bad)
+		}
+	}
+}
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestFixtures(t *testing.T) {
+	cfg := `{"alarms":{"pop3-failures-by-source":{"target":"Role=mail","ttl":"1h"},"ssh-failures-by-source":{}},"guardduty":{"enabled":true}}`
+	cases := []struct {
+		file    string
+		kind    string
+		bans    []string
+		ignored string
+	}{
+		{"sns-alarm.json", "sns", []string{"174.132.223.252/32 Role=mail 1h0m0s"}, ""},
+		{"sns-alarm-ok.json", "sns", nil, "state OK, nothing to do"},
+		{"eventbridge-alarm.json", "eventbridge-alarm", []string{"2001:db8:bad::7/128 * 2h0m0s"}, ""},
+		{"guardduty.json", "guardduty", []string{"198.51.100.23/32 * 24h0m0s"}, ""},
+		{"guardduty-low.json", "guardduty", nil, "severity 2.0 below 4.0"},
+		{"schedule.json", "schedule", nil, "dry run"},
+		{"direct-ban.json", "direct-ban", []string{"192.0.2.66/32 Role=mail 30m0s", "2001:db8:66::/64 Role=mail 30m0s"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.file, func(t *testing.T) {
+			out, err := dryHandler(t, cfg).Handle(t.Context(), fixture(t, c.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, b := range out.Bans {
+				got = append(got, b.CIDR+" "+b.Target+" "+b.TTL)
+			}
+			if out.Kind != c.kind || strings.Join(got, ";") != strings.Join(c.bans, ";") {
+				t.Fatalf("kind %s bans %v, want %s %v", out.Kind, got, c.kind, c.bans)
+			}
+			if c.ignored != "" && (len(out.Ignored) == 0 || !strings.Contains(out.Ignored[0].Reason, c.ignored)) {
+				t.Fatalf("ignored %v, want %q", out.Ignored, c.ignored)
+			}
+		})
+	}
+}
+
+func TestMalformedEvents(t *testing.T) {
+	h := dryHandler(t, "")
+	notGzip, _ := json.Marshal(map[string]any{"awslogs": map[string]string{"data": base64.StdEncoding.EncodeToString([]byte("plain text"))}})
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write([]byte("[1,2,3]"))
+	zw.Close()
+	wrongJSON, _ := json.Marshal(map[string]any{"awslogs": map[string]string{"data": base64.StdEncoding.EncodeToString(zb.Bytes())}})
+	// A 6 MB batch of random (incompressible) lines, the Lambda payload limit.
+	noise := make([]byte, 3<<20)
+	rand.Read(noise)
+	var lines []string
+	for i := 0; i+1000 <= len(noise); i += 1000 {
+		lines = append(lines, base64.StdEncoding.EncodeToString(noise[i:i+1000]))
+	}
+	big := batch(t, "/big", lines...)
+	if len(big) < 4<<20 {
+		t.Fatalf("big batch only %d bytes", len(big))
+	}
+	for _, c := range []struct {
+		name    string
+		event   []byte
+		errIs   error
+		ignored string
+	}{
+		{"bad base64", []byte(`{"awslogs":{"data":"!!!not base64"}}`), nil, "not base64"},
+		{"bad gzip", notGzip, nil, "not gzip"},
+		{"JSON of another shape inside", wrongJSON, nil, "not CloudWatch Logs JSON"},
+		{"JSON of another shape", fixture(t, "other-shape.json"), ErrUnknownEvent, ""},
+		{"not JSON", []byte("hello"), ErrUnknownEvent, ""},
+		{"6 MB batch", big, nil, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, err := h.Handle(t.Context(), c.event)
+			if c.errIs != nil {
+				if !errors.Is(err, c.errIs) {
+					t.Fatalf("err %v, want %v", err, c.errIs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(out.Bans) != 0 {
+				t.Fatalf("banned from garbage: %v", out.Bans)
+			}
+			if c.ignored != "" && (len(out.Ignored) != 1 || !strings.Contains(out.Ignored[0].Reason, c.ignored)) {
+				t.Fatalf("ignored %v, want %q", out.Ignored, c.ignored)
+			}
+		})
+	}
+}
+
+func FuzzJailMatch(f *testing.F) {
+	for _, l := range jailLines {
+		f.Add(fmt.Sprintf(l, "174.132.223.252"))
+		f.Add(fmt.Sprintf(l, "2001:db8::1"))
+	}
+	f.Add("pop3[1]: badlogin: [0.0.0.0] x SASL(-13)")
+	cfg, err := ParseConfig(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		for i := range cfg.Jails {
+			addr, ok := cfg.Jails[i].Match(line)
+			if !ok {
+				continue
+			}
+			if a, err := netip.ParseAddr(addr); err != nil || a.String() != addr {
+				t.Fatalf("jail %s matched %q, not a canonical address, out of %q", cfg.Jails[i].Name, addr, line)
+			}
+		}
+	})
+}
+
+func TestLedgerCounterSpansInvocations(t *testing.T) {
+	_, clients := awstest.New(t)
+	table := awstest.Unique("bansshee")
+	l := &controller.Ledger{DDB: clients.DynamoDB, Table: table}
+	if err := l.CreateTable(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c := &LedgerCounter{DDB: clients.DynamoDB, Table: table}
+	now := time.Now()
+	ctx := context.Background()
+	for i, want := range []int{3, 5, 6} {
+		n := []int{3, 2, 1}[i]
+		got, err := c.Add(ctx, "cyrus", "1.2.3.4", n, 10*time.Minute, now.Add(time.Duration(i)*time.Minute))
+		if err != nil || got != want {
+			t.Fatalf("step %d: %d %v, want %d", i, got, err, want)
+		}
+	}
+	// After the window the count starts again.
+	got, err := c.Add(ctx, "cyrus", "1.2.3.4", 1, 10*time.Minute, now.Add(20*time.Minute))
+	if err != nil || got != 1 {
+		t.Fatalf("after the window: %d %v", got, err)
+	}
+}
