@@ -5,5 +5,5 @@ import (
 	"errors"
 )
 
-func runE2E(ctx context.Context, emit func(Row)) error    { return errors.New("not built yet") }
-func runAgent(ctx context.Context, emit func(Row)) error  { return errors.New("not built yet") }
+func runE2E(ctx context.Context, emit func(Row)) error   { return errors.New("not built yet") }
+func runAgent(ctx context.Context, emit func(Row)) error { return errors.New("not built yet") }

@@ -52,7 +52,9 @@ type LedgerCounter struct {
 	Table string
 }
 
-func num(v int64) ddbtypes.AttributeValue { return &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)} }
+func num(v int64) ddbtypes.AttributeValue {
+	return &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
+}
 
 // Add implements Counter with an atomic ADD while the window is open, and a fresh item otherwise.
 func (c *LedgerCounter) Add(ctx context.Context, jail, addr string, n int, window time.Duration, now time.Time) (int, error) {
