@@ -69,6 +69,8 @@ func Start() (*Env, error) {
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
 		listeners: map[string]*frontListener{}, requests: map[string]int{}, held: map[string]chan struct{}{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
+	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
+	e.proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
 	e.handler = http.HandlerFunc(e.serve)
 	if _, err := e.Listen("127.0.0.1:0", TCP); err != nil {
 		k.Close()
