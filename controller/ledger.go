@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -93,23 +92,6 @@ type InstanceItem struct {
 	SyncedRev int64     `dynamodbav:"synced_rev"`
 	GoneSince time.Time `dynamodbav:"gone_since,omitempty"`
 	LagSince  time.Time `dynamodbav:"lag_since,omitempty"`
-}
-
-// CreateTable creates the ledger table (on-demand, TTL on expires_at) if it does not exist.
-func (l *Ledger) CreateTable(ctx context.Context) error {
-	_, err := l.DDB.CreateTable(ctx, &dynamodb.CreateTableInput{TableName: aws.String(l.Table), BillingMode: ddbtypes.BillingModePayPerRequest,
-		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("pk"), AttributeType: ddbtypes.ScalarAttributeTypeS}, {AttributeName: aws.String("sk"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
-		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("pk"), KeyType: ddbtypes.KeyTypeHash}, {AttributeName: aws.String("sk"), KeyType: ddbtypes.KeyTypeRange}}})
-	var inUse *ddbtypes.ResourceInUseException
-	if err != nil && !errors.As(err, &inUse) {
-		return fmt.Errorf("create table %s: %w", l.Table, err)
-	}
-	_, err = l.DDB.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{TableName: aws.String(l.Table),
-		TimeToLiveSpecification: &ddbtypes.TimeToLiveSpecification{AttributeName: aws.String("expires_at"), Enabled: aws.Bool(true)}})
-	if err != nil && !strings.Contains(err.Error(), "already enabled") {
-		return fmt.Errorf("enable TTL on %s: %w", l.Table, err)
-	}
-	return nil
 }
 
 func s(v string) ddbtypes.AttributeValue { return &ddbtypes.AttributeValueMemberS{Value: v} }

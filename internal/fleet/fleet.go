@@ -219,6 +219,15 @@ func (f *Fleet) StartAgent(n *Node, extra ...string) error {
 	return nil
 }
 
+// Pid is the agent's process id (0 when not running). `ip netns exec` execs the agent, so the
+// pid it started with is the agent's.
+func (n *Node) Pid() int {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // StopAgent sends sig to the agent and waits for it to exit.
 func (f *Fleet) StopAgent(n *Node, sig syscall.Signal) error {
 	if n.cmd == nil || n.cmd.Process == nil {
