@@ -28,7 +28,6 @@ func envInt(k string, def int) int {
 	return def
 }
 
-
 // benchFleet is a fleet with n agents running and converged, and its controller.
 func benchFleet(ctx context.Context, n int, extra ...string) (*fleet.Fleet, *controller.Controller, error) {
 	if err := netns.Available(); err != nil {
