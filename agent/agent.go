@@ -424,7 +424,8 @@ func (a *Agent) Status() proto.AgentStatus {
 		}
 	}
 	a.escalations = kept
-	return proto.AgentStatus{PK: pk, SK: sk, InstanceID: a.cfg.InstanceID, AppliedRev: a.state.AppliedRev, Bans: len(a.state.Bans),
+	a.state.Prune(now)
+	return proto.AgentStatus{PK: pk, SK: sk, InstanceID: a.cfg.InstanceID, AppliedRev: a.state.AppliedRev, Bans: len(a.state.Bans), Digest: a.state.Digest(),
 		Limits: len(a.state.Limits), Heartbeat: now, LastError: a.lastErr, Version: a.cfg.Version,
 		Escalations: append([]proto.Escalation(nil), kept...), ExpiresAt: now.Add(24 * time.Hour).Unix()}
 }

@@ -269,3 +269,16 @@ func (s *State) Save(path string) error {
 	}
 	return nil
 }
+
+// Digest is proto.Digest of the state's bans and limits.
+func (s *State) Digest() string {
+	bans := make([]proto.Ban, 0, len(s.Bans))
+	for _, b := range s.Bans {
+		bans = append(bans, b)
+	}
+	limits := make([]proto.Limit, 0, len(s.Limits))
+	for _, l := range s.Limits {
+		limits = append(limits, l)
+	}
+	return proto.Digest(bans, limits)
+}

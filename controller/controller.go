@@ -232,18 +232,33 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	}
 	now := c.Now().UTC()
 	res := &Result{Rev: rev, Selector: sel.String()}
-	var wire []proto.Ban
-	for _, p := range prefixes {
-		it := BanItem{CIDR: p.String(), Target: sel.String(), Reason: req.Reason, Source: req.Source, Rev: rev, Created: now, Updated: now}
+	// Ledger writes run in parallel (bounded): a Lambda batch can carry hundreds of addresses.
+	items := make([]BanItem, len(prefixes))
+	written := make([]bool, len(prefixes))
+	errs := make([]error, len(prefixes))
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i, p := range prefixes {
+		items[i] = BanItem{CIDR: p.String(), Target: sel.String(), Reason: req.Reason, Source: req.Source, Rev: rev, Created: now, Updated: now}
 		if req.TTL > 0 {
-			it.ExpiresAt = now.Add(req.TTL).Unix()
+			items[i].ExpiresAt = now.Add(req.TTL).Unix()
 		}
-		ok, err := c.Ledger.PutBan(ctx, it)
-		if err != nil {
-			return res, err
-		}
-		if !ok {
-			res.Unchanged = append(res.Unchanged, p.String())
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			written[i], errs[i] = c.Ledger.PutBan(ctx, items[i])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	var wire []proto.Ban
+	for i, it := range items {
+		if !written[i] {
+			res.Unchanged = append(res.Unchanged, it.CIDR)
 			continue
 		}
 		res.Written++

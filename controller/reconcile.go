@@ -139,6 +139,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		return rep, err
 	}
 	running := map[string]bool{}
+	var syncRev int64
 	for _, in := range instances {
 		running[in.ID] = true
 		if _, ok := queues[in.ID]; !ok {
@@ -153,9 +154,10 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		d := view.forTags(in.Tags, now)
 		rec, seen := known[in.ID]
 		st, reported := statuses[in.ID]
-		// An agent lags when its applied revision stays below what concerns it for longer than
-		// the grace (a fan-out in flight is not lag).
-		lagging := reported && st.AppliedRev < d.maxRev
+		// An agent lags when its applied revision stays below what concerns it, or what it holds
+		// differs from the ledger's view, for longer than the grace (a fan-out in flight is not
+		// lag). The digest catches what revisions cannot: a message lost to a race or a crash.
+		lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && st.Digest != proto.Digest(d.bans, d.limits)))
 		if !lagging && !rec.LagSince.IsZero() {
 			rec.LagSince = time.Time{}
 			_ = c.Ledger.PutInstance(ctx, rec)
@@ -171,14 +173,20 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			}
 			continue
 		}
-		if err := c.sendSync(ctx, in.ID, view.rev, d); err != nil {
+		if syncRev == 0 {
+			// A sync takes a revision of its own, newer than everything it was computed from.
+			if syncRev, err = c.Ledger.NextRev(ctx); err != nil {
+				return rep, err
+			}
+		}
+		if err := c.sendSync(ctx, in.ID, syncRev, d); err != nil {
 			rep.Errors = append(rep.Errors, err)
 			continue
 		}
 		if rec.FirstSeen.IsZero() {
 			rec.FirstSeen = now
 		}
-		rec.SK, rec.SyncedRev, rec.GoneSince, rec.LagSince = in.ID, max(view.rev, d.maxRev), time.Time{}, time.Time{}
+		rec.SK, rec.SyncedRev, rec.GoneSince, rec.LagSince = in.ID, syncRev, time.Time{}, time.Time{}
 		if err := c.Ledger.PutInstance(ctx, rec); err != nil {
 			rep.Errors = append(rep.Errors, err)
 		}
@@ -218,7 +226,7 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 	if err != nil {
 		return err
 	}
-	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, IssuedAt: c.Now().UTC(), Rev: max(rev, d.maxRev, 1), Bans: d.bans, Limits: d.limits}
+	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, IssuedAt: c.Now().UTC(), Rev: rev, Bans: d.bans, Limits: d.limits}
 	parts, err := proto.SplitSync(m, proto.MaxBodyBytes)
 	if err != nil {
 		return err
@@ -310,7 +318,7 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 		d := view.forTags(in.Tags, now)
 		st := statuses[in.ID]
 		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError}
-		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev
+		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || st.Digest == proto.Digest(d.bans, d.limits))
 		out = append(out, is)
 	}
 	return out, view.rev, nil
