@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -30,6 +31,8 @@ type Firewall interface {
 	Apply(ctx context.Context, s firewall.State) (firewall.Result, error)
 	Ban(ctx context.Context, bans []firewall.Ban) error
 	Unban(ctx context.Context, prefixes []netip.Prefix) error
+	// Quick is Apply for periodic reconciles: it may skip comparing every set member.
+	Quick(ctx context.Context, s firewall.State) (firewall.Result, error)
 	Tripped(ctx context.Context) ([]netip.Addr, error)
 	ClearTripped(ctx context.Context, addrs []netip.Addr) error
 }
@@ -68,6 +71,7 @@ type Agent struct {
 	lastErr     string
 	escalations []proto.Escalation
 	healthy     time.Time // last successful receive
+	passes      int       // reconcile passes
 }
 
 // New builds an agent. It touches neither AWS nor the kernel.
@@ -337,6 +341,11 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	if err == nil {
 		err = a.state.Save(a.statePath())
 	}
+	if ch.Full && len(a.state.Bans) > 10000 {
+		// A large sync briefly needs tens of MB (parts, JSON, ipset batches); give them back so
+		// an idle agent stays small.
+		debug.FreeOSMemory()
+	}
 	if err != nil {
 		if st, lerr := Load(a.statePath()); lerr == nil {
 			a.state = st
@@ -368,7 +377,13 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	defer a.mu.Unlock()
 	a.state.Prune(time.Now())
 	a.allow = Allowlist(a.cfg.AdminCIDRs) // addresses can change (a new ENI)
-	res, err := a.fw.Apply(ctx, a.state.Firewall(a.allow))
+	// Every tenth pass compares every set member; the others only count them (cheap with 100 000).
+	a.passes++
+	apply, full := a.fw.Quick, a.passes%10 == 1
+	if full {
+		apply = a.fw.Apply
+	}
+	res, err := apply(ctx, a.state.Firewall(a.allow))
 	if err != nil {
 		a.lastErr = err.Error()
 		a.log.Error("reconcile failed", "err", err)
@@ -385,6 +400,9 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	}
 	a.setGauges()
 	a.collectEscalations(ctx)
+	if full && len(a.state.Bans) > 10000 {
+		debug.FreeOSMemory() // a full pass of a large state allocates tens of MB for a moment
+	}
 }
 
 func (a *Agent) collectEscalations(ctx context.Context) {

@@ -23,6 +23,8 @@ type State struct {
 	Tombstones map[string]proto.Tombstone `json:"tombstones"` // ban and limit ids removed, until expiry
 	// Parts of a sync still arriving, by set id.
 	Pending map[string][]proto.Message `json:"pending,omitempty"`
+
+	digest string // cache of Digest; "" when a change may have altered it
 }
 
 // NewState returns an empty state.
@@ -104,6 +106,9 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 	if m.Kind != proto.KindSync || c.Full {
 		s.AppliedRev = max(s.AppliedRev, m.Rev)
 	}
+	if !c.Empty() {
+		s.digest = ""
+	}
 	s.Prune(now)
 	return c
 }
@@ -183,6 +188,7 @@ func (s *State) Prune(now time.Time) {
 	for id, b := range s.Bans {
 		if !b.ExpiresAt.IsZero() && !b.ExpiresAt.After(now) {
 			delete(s.Bans, id)
+			s.digest = ""
 		}
 	}
 	for id, t := range s.Tombstones {
@@ -270,8 +276,15 @@ func (s *State) Save(path string) error {
 	return nil
 }
 
-// Digest is proto.Digest of the state's bans and limits.
+// Digest is proto.Digest of the state's bans and limits, cached until the next change.
 func (s *State) Digest() string {
+	if s.digest == "" {
+		s.digest = s.digestNow()
+	}
+	return s.digest
+}
+
+func (s *State) digestNow() string {
 	bans := make([]proto.Ban, 0, len(s.Bans))
 	for _, b := range s.Bans {
 		bans = append(bans, b)

@@ -77,3 +77,27 @@ func TestStateFileRoundTrip(t *testing.T) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
+
+func TestDigestFollowsChanges(t *testing.T) {
+	s := NewState()
+	empty := s.Digest()
+	s.Apply(&proto.Message{Kind: proto.KindBan, Rev: 2, Bans: []proto.Ban{ban("a", 2)}}, t0)
+	one := s.Digest()
+	if one == empty {
+		t.Fatal("digest did not change with a ban")
+	}
+	// An older-revision re-ban of the same id with a later expiry arriving late changes the digest
+	// even though neither the count nor the applied revision moves.
+	s.Apply(&proto.Message{Kind: proto.KindBan, Rev: 9, Bans: []proto.Ban{ban("b", 9)}}, t0)
+	before := s.Digest()
+	later := ban("a", 5)
+	later.ExpiresAt = t0.Add(3 * time.Hour)
+	s.Apply(&proto.Message{Kind: proto.KindBan, Rev: 5, Bans: []proto.Ban{later}}, t0)
+	if s.Digest() == before {
+		t.Fatal("cached digest went stale")
+	}
+	bans := []proto.Ban{s.Bans["a"], s.Bans["b"]}
+	if s.Digest() != proto.Digest(bans, nil) {
+		t.Fatal("agent digest differs from proto.Digest of the same entries")
+	}
+}

@@ -272,6 +272,65 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	return res, nil
 }
 
+// Quick is the cheap form of Apply for periodic reconciles of large states: it ensures chains,
+// jumps, rules and sets exist (and repairs them), then compares only the number of entries in the
+// ban sets with the desired state; it falls back to a full Apply when they differ. A swap of one
+// entry for another by hand is found by the next full Apply (the agent runs one every few passes).
+func (f *Firewall) Quick(ctx context.Context, s State) (Result, error) {
+	f.mu.Lock()
+	repairs, err := f.ensure(ctx, s.Limits)
+	if err != nil {
+		f.mu.Unlock()
+		return Result{}, err
+	}
+	now := f.cfg.Now()
+	want := [2]map[netip.Prefix]bool{{}, {}}
+	for _, b := range s.Bans {
+		if _, ok := timeout(b.Expires, now); ok {
+			i := 0
+			if b.Prefix.Addr().Is6() {
+				i = 1
+			}
+			want[i][b.Prefix] = true
+		}
+	}
+	same := true
+	for i, fam := range f.fams {
+		n, err := f.countSet(ctx, fam.banSet)
+		if err != nil || n != len(want[i]) {
+			same = false
+			break
+		}
+	}
+	f.mu.Unlock()
+	if same && len(repairs) == 0 && slices.Equal(f.allowSnapshot(), s.Allow) {
+		return Result{}, nil
+	}
+	res, err := f.Apply(ctx, s)
+	res.Repairs = append(repairs, res.Repairs...)
+	return res, err
+}
+
+func (f *Firewall) allowSnapshot() []netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.allow
+}
+
+// countSet reads the number of entries of a set from its header (no members are listed).
+func (f *Firewall) countSet(ctx context.Context, name string) (int, error) {
+	out, err := run(ctx, nil, "ipset", "list", "-t", name)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "Number of entries: "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("ipset list -t %s: no entry count", name)
+}
+
 // timeout is the ipset timeout for a ban expiring at exp: 0 for never, capped at MaxTimeout;
 // ok is false when the ban has already expired.
 func timeout(exp, now time.Time) (int, bool) {

@@ -354,3 +354,31 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+func TestQuickFindsCountDriftAndSkipsWhenClean(t *testing.T) {
+	l := newLab(t)
+	want := State{Bans: []Ban{ban(l.src1.String()+"/32", time.Hour), ban("10.97.201.0/24", time.Hour)}}
+	l.apply(t, want)
+	var res Result
+	l.do(t, func() error {
+		var err error
+		res, err = l.fw.Quick(t.Context(), want)
+		return err
+	})
+	if res.Added+res.Removed+len(res.Repairs) != 0 {
+		t.Fatalf("quick pass on a clean kernel changed %+v", res)
+	}
+	if _, err := l.Victim.Run("ipset", "del", "bansshee-ban4", l.src1.String()); err != nil {
+		t.Fatal(err)
+	}
+	l.mustReach(t, l.src1, l.Victim.IP4, true)
+	l.do(t, func() error {
+		var err error
+		res, err = l.fw.Quick(t.Context(), want)
+		return err
+	})
+	if res.Added != 1 {
+		t.Fatalf("quick pass after a deletion: %+v, want the entry back", res)
+	}
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+}

@@ -136,8 +136,9 @@ func runE2E(ctx context.Context, emit func(Row)) error {
 	return nil
 }
 
-// runAgent: resident memory and CPU of an idle agent holding 0 and 100 000 bans (its default
-// 30 s reconcile included), measured from /proc over a 60 s window.
+// runAgent: resident memory and CPU of an idle agent holding 0 and 100 000 bans, with its default
+// 30 s reconcile, measured from /proc over BANSSHEE_BENCH_IDLE seconds (default 300: ten passes,
+// one of them a full compare, as in steady state).
 func runAgent(ctx context.Context, emit func(Row)) error {
 	for _, bans := range []int{0, 100000} {
 		f, c, err := benchFleet(ctx, 1, "--reconcile-interval", "30s", "--poll-wait", "20", "--log-level", "info")
@@ -178,7 +179,8 @@ func runAgent(ctx context.Context, emit func(Row)) error {
 			fmt.Fprintf(os.Stderr, "   agent holds %d bans (sync in %d parts)\n", bans, len(parts))
 		}
 		pid := node.Pid()
-		window := 60 * time.Second
+		window := time.Duration(envInt("BANSSHEE_BENCH_IDLE", 300)) * time.Second
+		fmt.Fprintf(os.Stderr, "   measuring an idle agent with %d bans for %s ...\n", bans, window)
 		cpu0, err := procCPU(pid)
 		if err != nil {
 			f.Close()

@@ -248,6 +248,10 @@ func (f *dryFirewall) Apply(_ context.Context, s firewall.State) (firewall.Resul
 	return firewall.Result{}, nil
 }
 
+func (f *dryFirewall) Quick(ctx context.Context, s firewall.State) (firewall.Result, error) {
+	return f.Apply(ctx, s)
+}
+
 func (f *dryFirewall) Ban(_ context.Context, bans []firewall.Ban) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
