@@ -382,3 +382,73 @@ func TestQuickFindsCountDriftAndSkipsWhenClean(t *testing.T) {
 	}
 	l.mustReach(t, l.src1, l.Victim.IP4, false)
 }
+
+// The legacy (x_tables) backend, as older distributions and Amazon Linux 2 use it: the same
+// behaviour, and an exact uninstall, through iptables-legacy.
+func TestLegacyBackend(t *testing.T) {
+	if _, err := exec.LookPath("iptables-legacy"); err != nil {
+		t.Skip("iptables-legacy not installed")
+	}
+	l := newLab(t)
+	for _, bin := range []string{"iptables-legacy", "ip6tables-legacy"} {
+		// A host that uses legacy tables has them (an empty table appears once touched).
+		if out, err := l.Victim.Run(bin, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"); err != nil {
+			t.Skipf("legacy iptables not usable in this kernel: %v %s", err, out)
+		}
+	}
+	dump := func() string {
+		var b strings.Builder
+		for _, c := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+			out, err := l.Victim.Run(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.WriteString(generated.ReplaceAllString(out, ""))
+		}
+		return b.String()
+	}
+	before := dump()
+	var fw *Firewall
+	l.do(t, func() error {
+		var err error
+		fw, err = New(Config{Mode: "legacy"})
+		if err != nil {
+			return err
+		}
+		_, err = fw.Apply(t.Context(), State{Bans: []Ban{ban(l.src1.String()+"/32", time.Hour)}, Limits: []proto.Limit{pop3Limit(60)}})
+		return err
+	})
+	if fw.Mode() != "legacy" {
+		t.Fatalf("mode %s", fw.Mode())
+	}
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+	l.mustReach(t, l.src2, l.Victim.IP4, true)
+	if !strings.Contains(dump(), "-A INPUT -j BANSSHEE") {
+		t.Fatal("the jump is not in the legacy tables")
+	}
+	l.do(t, func() error { return fw.Uninstall(t.Context()) })
+	if after := dump(); after != before {
+		t.Fatalf("legacy uninstall left a trace:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+	l.mustReach(t, l.src1, l.Victim.IP4, true)
+}
+
+func TestDetectPrefersTheBackendWithRules(t *testing.T) {
+	if _, err := exec.LookPath("iptables-legacy"); err != nil {
+		t.Skip("iptables-legacy not installed")
+	}
+	l := newLab(t)
+	if _, err := l.Victim.Run("iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"); err != nil {
+		t.Skipf("legacy iptables not usable: %v", err)
+	}
+	l.do(t, func() error {
+		m, err := detectMode("")
+		if err != nil {
+			return err
+		}
+		if m != "legacy" {
+			t.Errorf("rules live in legacy tables, detected %q", m)
+		}
+		return nil
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -131,7 +133,7 @@ func runAgent(ctx context.Context, o *options) error {
 		return err
 	}
 	if o.instanceID == "" {
-		if o.instanceID, err = instanceFromIMDS(ctx, cfg.Region); err != nil {
+		if o.instanceID, err = instanceFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
 			return err
 		}
 	}
@@ -170,18 +172,24 @@ func runAgent(ctx context.Context, o *options) error {
 	return err
 }
 
-func instanceFromIMDS(ctx context.Context, region string) (string, error) {
+// instanceFromIMDS asks IMDSv2 (session token, then the instance id) with a deadline.
+func instanceFromIMDS(ctx context.Context, c *imds.Client) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c := imds.New(imds.Options{})
 	out, err := c.GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"})
 	if err != nil {
 		return "", fmt.Errorf("instance id from IMDSv2 (give --instance-id off EC2): %w", err)
 	}
 	defer out.Content.Close()
-	b := make([]byte, 64)
-	n, _ := out.Content.Read(b)
-	return string(b[:n]), nil
+	b, err := io.ReadAll(io.LimitReader(out.Content, 64))
+	if err != nil {
+		return "", fmt.Errorf("instance id from IMDSv2: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(id, "i-") {
+		return "", fmt.Errorf("IMDSv2 returned %q, not an instance id", id)
+	}
+	return id, nil
 }
 
 func uninstallCmd(o *options) *cobra.Command {
