@@ -17,6 +17,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -207,6 +208,7 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 		return nil, err
 	}
 	h.Actor = c
+	h.Logs = cloudwatchlogs.NewFromConfig(awsCfg)
 	h.Counter = &trigger.LedgerCounter{DDB: c.Ledger.DDB, Table: table}
 	return h, nil
 }

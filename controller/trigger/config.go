@@ -52,12 +52,30 @@ type Jail struct {
 	re *regexp.Regexp
 }
 
-// AlarmAction says what an alarm in ALARM state does.
+// AlarmAction says what an alarm in ALARM state does: ban the addresses in its metric dimensions,
+// or (with Query) read the alarm's log group over a window and ban the top sources.
 type AlarmAction struct {
 	// Dimensions names metric dimensions whose values are addresses to ban (default "SourceIP").
-	Dimensions []string `json:"dimensions,omitempty"`
-	Target     string   `json:"target,omitempty"`
-	TTL        Duration `json:"ttl,omitempty"`
+	Dimensions []string  `json:"dimensions,omitempty"`
+	Query      *LogQuery `json:"query,omitempty"`
+	Target     string    `json:"target,omitempty"`
+	TTL        Duration  `json:"ttl,omitempty"`
+}
+
+// LogQuery finds the sources behind an alarm: the lines of LogGroup from the last Window that a
+// jail's regex matches, counted per address; the Top addresses with at least Threshold lines are
+// banned. (CloudWatch Logs Insights would answer the same question asynchronously; FilterLogEvents
+// with the jail's own regex is synchronous, cheaper for an alarm window, and needs one permission.)
+type LogQuery struct {
+	LogGroup  string   `json:"log_group"`
+	Jail      string   `json:"jail"`                // a configured jail whose regex finds the address
+	Filter    string   `json:"filter,omitempty"`    // CloudWatch filter pattern to narrow the read
+	Window    Duration `json:"window,omitempty"`    // default 10m
+	Threshold int      `json:"threshold,omitempty"` // default 20
+	Top       int      `json:"top,omitempty"`       // default 10
+	MaxEvents int      `json:"max_events,omitempty"`
+
+	jail *Jail
 }
 
 // GuardDuty bans the remote addresses of findings at or above MinSeverity.
@@ -183,6 +201,31 @@ func (c *Config) validate() error {
 	for name, a := range c.Alarms {
 		if len(a.Dimensions) == 0 {
 			a.Dimensions = []string{"SourceIP"}
+		}
+		if q := a.Query; q != nil {
+			if q.LogGroup == "" {
+				return fmt.Errorf("alarm %s: query.log_group is required", name)
+			}
+			for i := range c.Jails {
+				if c.Jails[i].Name == q.Jail {
+					q.jail = &c.Jails[i]
+				}
+			}
+			if q.jail == nil {
+				return fmt.Errorf("alarm %s: query.jail %q is not a configured jail", name, q.Jail)
+			}
+			if q.Window == 0 {
+				q.Window = Duration(10 * time.Minute)
+			}
+			if q.Threshold == 0 {
+				q.Threshold = 20
+			}
+			if q.Top == 0 {
+				q.Top = 10
+			}
+			if q.MaxEvents == 0 {
+				q.MaxEvents = 200000
+			}
 		}
 		if a.Target == "" {
 			a.Target = c.DefaultTarget

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/proto"
 )
@@ -53,11 +55,17 @@ type Actor interface {
 	ReconcileOnce(ctx context.Context) (*controller.Report, error)
 }
 
+// LogsReader reads log events (the CloudWatch Logs client).
+type LogsReader interface {
+	FilterLogEvents(ctx context.Context, in *cloudwatchlogs.FilterLogEventsInput, opts ...func(*cloudwatchlogs.Options)) (*cloudwatchlogs.FilterLogEventsOutput, error)
+}
+
 // Handler recognises an event, decides, and (unless dry-run) acts.
 type Handler struct {
 	Cfg     *Config
 	Counter Counter
 	Actor   Actor
+	Logs    LogsReader // for alarm queries; nil: such alarms are ignored with a reason
 	Log     *slog.Logger
 	Now     func() time.Time
 }
@@ -116,11 +124,13 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 	case len(p.Records) > 0 && p.Records[0].EventSource == "aws:sns":
 		out.Kind = "sns"
 		for _, r := range p.Records {
-			h.snsAlarm(r.Sns.Message, out)
+			if err := h.snsAlarm(ctx, r.Sns.Message, out); err != nil {
+				return out, err
+			}
 		}
 	case p.Source == "aws.cloudwatch" && p.DetailType == "CloudWatch Alarm State Change":
 		out.Kind = "eventbridge-alarm"
-		h.eventBridgeAlarm(p.Detail, out)
+		err = h.eventBridgeAlarm(ctx, p.Detail, out)
 	case p.Source == "aws.guardduty" && p.DetailType == "GuardDuty Finding":
 		out.Kind = "guardduty"
 		h.guardDuty(p.Detail, out)
@@ -329,11 +339,11 @@ func (h *Handler) alarmAction(name string) (AlarmAction, bool) {
 	return a, ok
 }
 
-func (h *Handler) snsAlarm(msg string, out *Output) {
+func (h *Handler) snsAlarm(ctx context.Context, msg string, out *Output) error {
 	var a events.CloudWatchAlarmSNSPayload
 	if err := json.Unmarshal([]byte(msg), &a); err != nil || a.AlarmName == "" {
 		out.Ignored = append(out.Ignored, Ignored{"SNS message is not a CloudWatch alarm"})
-		return
+		return nil
 	}
 	dims := map[string][]string{}
 	for _, d := range a.Trigger.Dimensions {
@@ -344,10 +354,10 @@ func (h *Handler) snsAlarm(msg string, out *Output) {
 			dims[d.Name] = append(dims[d.Name], d.Value)
 		}
 	}
-	h.alarm(a.AlarmName, a.NewStateValue, dims, out)
+	return h.alarm(ctx, a.AlarmName, a.NewStateValue, dims, out)
 }
 
-func (h *Handler) eventBridgeAlarm(detail json.RawMessage, out *Output) {
+func (h *Handler) eventBridgeAlarm(ctx context.Context, detail json.RawMessage, out *Output) error {
 	var d struct {
 		AlarmName string `json:"alarmName"`
 		State     struct {
@@ -365,7 +375,7 @@ func (h *Handler) eventBridgeAlarm(detail json.RawMessage, out *Output) {
 	}
 	if err := json.Unmarshal(detail, &d); err != nil || d.AlarmName == "" {
 		out.Ignored = append(out.Ignored, Ignored{"EventBridge alarm without an alarm name"})
-		return
+		return nil
 	}
 	dims := map[string][]string{}
 	for _, m := range d.Configuration.Metrics {
@@ -373,18 +383,21 @@ func (h *Handler) eventBridgeAlarm(detail json.RawMessage, out *Output) {
 			dims[k] = append(dims[k], v)
 		}
 	}
-	h.alarm(d.AlarmName, d.State.Value, dims, out)
+	return h.alarm(ctx, d.AlarmName, d.State.Value, dims, out)
 }
 
-func (h *Handler) alarm(name, state string, dims map[string][]string, out *Output) {
+func (h *Handler) alarm(ctx context.Context, name, state string, dims map[string][]string, out *Output) error {
 	if state != "ALARM" {
 		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: state %s, nothing to do", name, state)})
-		return
+		return nil
 	}
 	act, ok := h.alarmAction(name)
 	if !ok {
 		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: no action configured", name)})
-		return
+		return nil
+	}
+	if act.Query != nil {
+		return h.queryLogs(ctx, name, act, out)
 	}
 	found := false
 	for _, dim := range act.Dimensions {
@@ -396,6 +409,67 @@ func (h *Handler) alarm(name, state string, dims map[string][]string, out *Outpu
 	if !found {
 		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: no dimension %v holds an address", name, act.Dimensions)})
 	}
+	return nil
+}
+
+// queryLogs reads the alarm's log group over its window, counts the jail's matches per address and
+// decides bans for the top sources at or above the threshold.
+func (h *Handler) queryLogs(ctx context.Context, name string, act AlarmAction, out *Output) error {
+	q := act.Query
+	if h.Logs == nil {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: log queries need AWS (not in a dry run)", name)})
+		return nil
+	}
+	now := h.Now()
+	in := &cloudwatchlogs.FilterLogEventsInput{LogGroupName: aws.String(q.LogGroup),
+		StartTime: aws.Int64(now.Add(-time.Duration(q.Window)).UnixMilli()), EndTime: aws.Int64(now.UnixMilli())}
+	if q.Filter != "" {
+		in.FilterPattern = aws.String(q.Filter)
+	}
+	counts := map[string]int{}
+	read := 0
+	p := cloudwatchlogs.NewFilterLogEventsPaginator(h.Logs, in)
+	for p.HasMorePages() && read < q.MaxEvents {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("alarm %s: read %s: %w", name, q.LogGroup, err)
+		}
+		for _, ev := range page.Events {
+			read++
+			if addr, ok := q.jail.Match(aws.ToString(ev.Message)); ok {
+				counts[addr]++
+			}
+		}
+	}
+	type hit struct {
+		addr string
+		n    int
+	}
+	var hits []hit
+	for a, n := range counts {
+		hits = append(hits, hit{a, n})
+	}
+	sort.Slice(hits, func(i, j int) bool {
+		return hits[i].n > hits[j].n || hits[i].n == hits[j].n && hits[i].addr < hits[j].addr
+	})
+	banned, skipped := 0, 0
+	for _, x := range hits {
+		if x.n < q.Threshold || banned == q.Top {
+			if skipped++; skipped <= 20 {
+				out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: %s: %d lines (threshold %d, top %d)", name, x.addr, x.n, q.Threshold, q.Top)})
+			}
+			continue
+		}
+		h.decide(out, x.addr, act.Target, time.Duration(act.TTL), fmt.Sprintf("alarm %s: %d lines in %s of %s", name, x.n, time.Duration(q.Window), q.LogGroup), "alarm/"+name)
+		banned++
+	}
+	if skipped > 20 {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: %d more sources below the threshold", name, skipped-20)})
+	}
+	if len(hits) == 0 {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("alarm %s: %d events in %s, none matched jail %s", name, read, q.LogGroup, q.jail.Name)})
+	}
+	return nil
 }
 
 func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -248,11 +249,12 @@ type Clients struct {
 	SQS      *sqs.Client
 	EC2      *ec2.Client
 	DynamoDB *dynamodb.Client
+	Logs     *cloudwatchlogs.Client
 }
 
 // NewClients makes SDK clients from cfg.
 func NewClients(cfg aws.Config) Clients {
-	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg)}
+	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg), Logs: cloudwatchlogs.NewFromConfig(cfg)}
 }
 
 // Launch runs one instance with tags through the real EC2 client, and returns its id.
