@@ -401,3 +401,43 @@ func TestFaultLambdaFlood10k(t *testing.T) {
 	r.waitKernel(want, 60*time.Second)
 	t.Logf("in every kernel %v after the first batch", time.Since(start).Round(time.Millisecond))
 }
+
+// Detect on one, ban on all: a source that trips an escalating rate limit on one agent is banned
+// by the reconciler on the limit's whole target.
+func TestEscalationBansFleetWide(t *testing.T) {
+	r := newRig(t, 2)
+	ctx := t.Context()
+	res, err := r.c.Limit(ctx, controller.LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 3, Seconds: 60, Action: "drop", Escalate: true}, Target: "Role=mail"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitRev(r.ids(), res.Rev)
+	first, second := r.Nodes()[0], r.Nodes()[1]
+	for i := 0; i < 3; i++ {
+		if !r.Reachable(first, netip.Addr{}, time.Second) {
+			t.Fatalf("connection %d of 3 dropped", i+1)
+		}
+	}
+	if r.Reachable(first, netip.Addr{}, 300*time.Millisecond) {
+		t.Fatal("the 4th connection was not limited")
+	}
+	if !r.Reachable(second, netip.Addr{}, time.Second) {
+		t.Fatal("the second instance limited a source that never touched it")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var escalated []string
+	for len(escalated) == 0 && time.Now().Before(deadline) {
+		rep, err := r.c.ReconcileOnce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		escalated = rep.Escalated
+		time.Sleep(200 * time.Millisecond) // the agent reports on its next reconcile (2 s)
+	}
+	if len(escalated) != 1 || escalated[0] != r.Attacker.IP4.String()+"/32" {
+		t.Fatalf("escalated %v", escalated)
+	}
+	if _, ok := r.WaitReachable(second, netip.Addr{}, false, 10*time.Second); !ok {
+		t.Fatal("the escalation did not reach the second instance")
+	}
+}
