@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -22,22 +21,7 @@ import (
 
 var agentBin string
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		if netns.Available() == nil {
-			dir, err := os.MkdirTemp("", "bansshee-agent-bin-")
-			if err != nil {
-				panic(err)
-			}
-			defer os.RemoveAll(dir)
-			if agentBin, err = fleet.BuildAgent(context.Background(), dir); err != nil {
-				panic(err)
-			}
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fleet.RunTests(m, &agentBin)) }
 
 type rig struct {
 	*fleet.Fleet

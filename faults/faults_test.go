@@ -22,22 +22,7 @@ import (
 
 var agentBin string
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		if netns.Available() == nil {
-			dir, err := os.MkdirTemp("", "bansshee-faults-")
-			if err != nil {
-				panic(err)
-			}
-			defer os.RemoveAll(dir)
-			if agentBin, err = fleet.BuildAgent(context.Background(), dir); err != nil {
-				panic(err)
-			}
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fleet.RunTests(m, &agentBin)) }
 
 type rig struct {
 	*fleet.Fleet
@@ -378,7 +363,7 @@ func TestFaultLambdaFlood10k(t *testing.T) {
 			line := fmt.Sprintf("pop3[%d]: badlogin: host [%s] plaintext user SASL(-13): authentication failure", n, addr)
 			lines = append(lines, line, line)
 		}
-		out, err := h.Handle(t.Context(), logBatch(lines))
+		out, err := h.Handle(t.Context(), trigger.EncodeLogsEvent("/var/log/maillog", lines))
 		if err != nil {
 			t.Fatalf("batch %d: %v", b, err)
 		}

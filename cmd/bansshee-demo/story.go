@@ -115,7 +115,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	h := &trigger.Handler{Cfg: cfg, Counter: &trigger.LedgerCounter{DDB: w.Clients().DynamoDB, Table: w.Table()}, Actor: c}
 	t0 := time.Now()
-	out, err := h.Handle(ctx, logBatch(lines))
+	out, err := h.Handle(ctx, trigger.EncodeLogsEvent("/var/log/maillog", lines))
 	if err != nil {
 		return fmt.Errorf("lambda handler: %w", err)
 	}

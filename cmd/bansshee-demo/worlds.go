@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/ed25519"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -16,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aws/aws-lambda-go/events"
 	"github.com/bansshee/bansshee/agent"
 	"github.com/bansshee/bansshee/agent/firewall"
 	"github.com/bansshee/bansshee/controller"
@@ -25,20 +20,6 @@ import (
 	"github.com/bansshee/bansshee/internal/netns"
 	"github.com/bansshee/bansshee/proto"
 )
-
-func logBatch(lines []string) []byte {
-	data := events.CloudwatchLogsData{Owner: "123456789012", LogGroup: "/var/log/maillog", LogStream: "mail-1", SubscriptionFilters: []string{"bansshee"}, MessageType: "DATA_MESSAGE"}
-	for i, l := range lines {
-		data.LogEvents = append(data.LogEvents, events.CloudwatchLogsLogEvent{ID: fmt.Sprint(i), Timestamp: time.Now().UnixMilli(), Message: l})
-	}
-	plain, _ := json.Marshal(data)
-	var zb bytes.Buffer
-	zw := gzip.NewWriter(&zb)
-	_, _ = zw.Write(plain)
-	_ = zw.Close()
-	ev, _ := json.Marshal(map[string]any{"awslogs": map[string]string{"data": base64.StdEncoding.EncodeToString(zb.Bytes())}})
-	return ev
-}
 
 // realWorld: network namespaces, real agents, real packets.
 type realWorld struct {

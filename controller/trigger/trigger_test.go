@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-lambda-go/events"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/internal/awstest"
 )
@@ -29,17 +28,7 @@ var jailLines = map[string]string{
 
 func batch(t testing.TB, group string, lines ...string) []byte {
 	t.Helper()
-	data := events.CloudwatchLogsData{Owner: "123456789012", LogGroup: group, LogStream: "i-0abc", SubscriptionFilters: []string{"bansshee"}, MessageType: "DATA_MESSAGE"}
-	for i, l := range lines {
-		data.LogEvents = append(data.LogEvents, events.CloudwatchLogsLogEvent{ID: fmt.Sprint(i), Timestamp: time.Now().UnixMilli(), Message: l})
-	}
-	plain, _ := json.Marshal(data)
-	var zb bytes.Buffer
-	zw := gzip.NewWriter(&zb)
-	zw.Write(plain)
-	zw.Close()
-	ev, _ := json.Marshal(map[string]any{"awslogs": map[string]string{"data": base64.StdEncoding.EncodeToString(zb.Bytes())}})
-	return ev
+	return EncodeLogsEvent(group, lines)
 }
 
 func dryHandler(t *testing.T, cfg string) *Handler {

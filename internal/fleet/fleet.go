@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/bansshee/bansshee/controller"
@@ -132,6 +133,24 @@ func New(ctx context.Context, opts Options) (*Fleet, error) {
 	f.Queues = &controller.Queues{SQS: f.Clients.SQS, VisibilityTimeout: vis, Prefix: awstest.Unique("bansshee")}
 	ok = true
 	return f, nil
+}
+
+// RunTests is a TestMain for packages that run fleets: it builds the agent once into *bin (when
+// namespaces are available), runs the tests, and removes the build.
+func RunTests(m *testing.M, bin *string) int {
+	if netns.Available() == nil {
+		dir, err := os.MkdirTemp("", "bansshee-agent-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		if *bin, err = BuildAgent(context.Background(), dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return m.Run()
 }
 
 // BuildAgent compiles cmd/bansshee-agent into dir.

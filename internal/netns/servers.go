@@ -126,16 +126,7 @@ var ErrBlocked = errors.New("no answer (dropped)")
 // Connect opens a TCP connection from ns (from address src, if valid) to dst and reads the banner.
 // A connection that does not complete within timeout returns an error wrapping ErrBlocked.
 func Connect(ns *NS, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
-	var c net.Conn
-	err := ns.Do(func() error {
-		d := net.Dialer{Timeout: timeout}
-		if src.IsValid() {
-			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-		}
-		var err error
-		c, err = d.Dial("tcp", dst.String())
-		return err
-	})
+	c, err := dial(ns, src, dst, timeout)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -162,16 +153,7 @@ func BruteForce(ctx context.Context, ns *NS, src netip.Addr, dst netip.AddrPort,
 		if ctx.Err() != nil {
 			return i, ctx.Err()
 		}
-		var c net.Conn
-		err := ns.Do(func() error {
-			d := net.Dialer{Timeout: timeout}
-			if src.IsValid() {
-				d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-			}
-			var err error
-			c, err = d.Dial("tcp", dst.String())
-			return err
-		})
+		c, err := dial(ns, src, dst, timeout)
 		if err != nil {
 			return i, err
 		}
@@ -188,4 +170,19 @@ func BruteForce(ctx context.Context, ns *NS, src netip.Addr, dst netip.AddrPort,
 		}
 	}
 	return n, nil
+}
+
+// dial opens a TCP connection from inside ns, from address src if it is valid.
+func dial(ns *NS, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: timeout}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+		var err error
+		c, err = d.Dial("tcp", dst.String())
+		return err
+	})
+	return c, err
 }
