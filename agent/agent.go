@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,6 +73,19 @@ type Agent struct {
 	escalations []proto.Escalation
 	healthy     time.Time // last successful receive
 	passes      int       // reconcile passes
+
+	fwState   firewall.State // a.state.Firewall(a.allow), rebuilt when either changes
+	fwVersion int
+	fwAllow   []netip.Prefix
+}
+
+// desired returns the kernel form of the state, cached: an idle agent with 100 000 bans should
+// not rebuild it every pass. Callers hold a.mu.
+func (a *Agent) desired() firewall.State {
+	if a.fwState.Bans == nil || a.fwVersion != a.state.Version() || !slices.Equal(a.fwAllow, a.allow) {
+		a.fwState, a.fwVersion, a.fwAllow = a.state.Firewall(a.allow), a.state.Version(), a.allow
+	}
+	return a.fwState
 }
 
 // New builds an agent. It touches neither AWS nor the kernel.
@@ -325,7 +339,7 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	var err error
 	switch {
 	case ch.Full || ch.Limits:
-		_, err = a.fw.Apply(ctx, a.state.Firewall(a.allow))
+		_, err = a.fw.Apply(ctx, a.desired())
 	default:
 		if len(ch.Added) > 0 {
 			fb := make([]firewall.Ban, len(ch.Added))
@@ -383,7 +397,7 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	if full {
 		apply = a.fw.Apply
 	}
-	res, err := apply(ctx, a.state.Firewall(a.allow))
+	res, err := apply(ctx, a.desired())
 	if err != nil {
 		a.lastErr = err.Error()
 		a.log.Error("reconcile failed", "err", err)

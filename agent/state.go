@@ -24,7 +24,8 @@ type State struct {
 	// Parts of a sync still arriving, by set id.
 	Pending map[string][]proto.Message `json:"pending,omitempty"`
 
-	digest string // cache of Digest; "" when a change may have altered it
+	digest  string // cache of Digest; "" when a change may have altered it
+	version int    // bumped on every change, for caches of derived forms
 }
 
 // NewState returns an empty state.
@@ -107,7 +108,7 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 		s.AppliedRev = max(s.AppliedRev, m.Rev)
 	}
 	if !c.Empty() {
-		s.digest = ""
+		s.changed()
 	}
 	s.Prune(now)
 	return c
@@ -188,7 +189,7 @@ func (s *State) Prune(now time.Time) {
 	for id, b := range s.Bans {
 		if !b.ExpiresAt.IsZero() && !b.ExpiresAt.After(now) {
 			delete(s.Bans, id)
-			s.digest = ""
+			s.changed()
 		}
 	}
 	for id, t := range s.Tombstones {
@@ -275,6 +276,14 @@ func (s *State) Save(path string) error {
 	}
 	return nil
 }
+
+func (s *State) changed() {
+	s.digest = ""
+	s.version++
+}
+
+// Version changes whenever the state does.
+func (s *State) Version() int { return s.version }
 
 // Digest is proto.Digest of the state's bans and limits, cached until the next change.
 func (s *State) Digest() string {
