@@ -132,7 +132,7 @@ func TestBanBatchAndSnapshot(t *testing.T) {
 			t.Errorf("snapshot %+v", snap.Bans)
 		}
 		for _, b := range snap.Bans {
-			if b.Prefix.Addr().Is4() && b.Expires.Sub(time.Now()) < 59*time.Minute {
+			if b.Prefix.Addr().Is4() && time.Until(b.Expires) < 59*time.Minute {
 				t.Errorf("v4 ban expires %v, want about an hour", b.Expires)
 			}
 			if b.Prefix.Addr().Is6() && !b.Expires.IsZero() {

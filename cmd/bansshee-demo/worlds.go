@@ -81,7 +81,7 @@ func (w *realWorld) Attacker() (netip.Addr, netip.Addr) { return w.f.Attacker.IP
 func (w *realWorld) Controller() *controller.Controller { return w.c }
 func (w *realWorld) Table() string                      { return w.table }
 func (w *realWorld) Clients() awstest.Clients           { return w.f.Clients }
-func (w *realWorld) Close()                             { w.f.Close() }
+func (w *realWorld) Close()                             { w.once.Do(w.f.Close) }
 func (w *realWorld) Logs() string {
 	var b strings.Builder
 	for _, n := range w.f.Nodes() {
