@@ -25,8 +25,9 @@ fuzz:
 demo:
 	$(GO) run ./cmd/bansshee-demo
 
-## bench: every benchmark suite, as a table (add ARGS=--json for JSON lines).
+## bench: Go micro-benchmarks, then every bansshee-bench suite as a table (ARGS=--json for JSON lines).
 bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./proto ./controller
 	$(GO) run ./cmd/bansshee-bench all $(ARGS)
 
 faults:
