@@ -156,12 +156,12 @@ func (a *Agent) Restore(ctx context.Context) error {
 		return fmt.Errorf("restore kernel state: %w", err)
 	}
 	a.setGauges()
-	a.log.Info("restored state", "bans", len(st.Bans), "limits", len(st.Limits), "rev", st.AppliedRev, "added", res.Added, "removed", res.Removed)
+	a.log.Info("restored state", "bans", st.BanCount(), "limits", len(st.Limits), "rev", st.AppliedRev, "added", res.Added, "removed", res.Removed)
 	return nil
 }
 
 func (a *Agent) setGauges() {
-	a.Metrics.BansActive.Set(float64(len(a.state.Bans)))
+	a.Metrics.BansActive.Set(float64(a.state.BanCount()))
 	a.Metrics.AppliedRev.Set(float64(a.state.AppliedRev))
 }
 
@@ -355,7 +355,7 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	if err == nil {
 		err = a.state.Save(a.statePath())
 	}
-	if ch.Full && len(a.state.Bans) > 10000 {
+	if ch.Full && a.state.BanCount() > 10000 {
 		// A large sync briefly needs tens of MB (parts, JSON, ipset batches); give them back so
 		// an idle agent stays small.
 		debug.FreeOSMemory()
@@ -414,7 +414,7 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	}
 	a.setGauges()
 	a.collectEscalations(ctx)
-	if full && len(a.state.Bans) > 10000 {
+	if full && a.state.BanCount() > 10000 {
 		debug.FreeOSMemory() // a full pass of a large state allocates tens of MB for a moment
 	}
 }
@@ -457,7 +457,7 @@ func (a *Agent) Status() proto.AgentStatus {
 	}
 	a.escalations = kept
 	a.state.Prune(now)
-	return proto.AgentStatus{PK: pk, SK: sk, InstanceID: a.cfg.InstanceID, AppliedRev: a.state.AppliedRev, Bans: len(a.state.Bans), Digest: a.state.Digest(),
+	return proto.AgentStatus{PK: pk, SK: sk, InstanceID: a.cfg.InstanceID, AppliedRev: a.state.AppliedRev, Bans: a.state.BanCount(), Digest: a.state.Digest(),
 		Limits: len(a.state.Limits), Heartbeat: now, LastError: a.lastErr, Version: a.cfg.Version,
 		Escalations: append([]proto.Escalation(nil), kept...), ExpiresAt: now.Add(24 * time.Hour).Unix()}
 }

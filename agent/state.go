@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,21 +19,82 @@ import (
 
 // State is the agent's desired state: what it was told, with the revisions that decide conflicts.
 // It is what state.json holds and what the kernel is made to match.
+//
+// Bans are held compactly, keyed by prefix (a ban's id is proto.BanID of its prefix, which
+// proto's validation enforces): about 70 bytes a ban, so 100 000 bans take 7 MB, not 20.
 type State struct {
-	AppliedRev int64                      `json:"applied_rev"`
-	Bans       map[string]proto.Ban       `json:"bans"`
-	Limits     map[string]proto.Limit     `json:"limits"`
-	Tombstones map[string]proto.Tombstone `json:"tombstones"` // ban and limit ids removed, until expiry
+	AppliedRev int64
+	bans       map[netip.Prefix]banEntry
+	Limits     map[string]proto.Limit
+	Tombstones map[string]proto.Tombstone // ban and limit ids removed, until expiry
 	// Parts of a sync still arriving, by set id.
-	Pending map[string][]proto.Message `json:"pending,omitempty"`
+	Pending map[string][]proto.Message
 
-	digest  string // cache of Digest; "" when a change may have altered it
-	version int    // bumped on every change, for caches of derived forms
+	metas   map[banMeta]*banMeta // interned reasons and sources
+	digest  string               // cache of Digest; "" when a change may have altered it
+	version int                  // bumped on every change, for caches of derived forms
 }
+
+type banEntry struct {
+	exp  int64 // unix seconds; 0: never
+	rev  int64
+	meta *banMeta
+}
+
+type banMeta struct{ reason, source string }
 
 // NewState returns an empty state.
 func NewState() *State {
-	return &State{Bans: map[string]proto.Ban{}, Limits: map[string]proto.Limit{}, Tombstones: map[string]proto.Tombstone{}, Pending: map[string][]proto.Message{}}
+	return &State{bans: map[netip.Prefix]banEntry{}, Limits: map[string]proto.Limit{}, Tombstones: map[string]proto.Tombstone{},
+		Pending: map[string][]proto.Message{}, metas: map[banMeta]*banMeta{}}
+}
+
+func (s *State) entry(b proto.Ban) (netip.Prefix, banEntry) {
+	e := banEntry{rev: b.Rev}
+	if !b.ExpiresAt.IsZero() {
+		e.exp = b.ExpiresAt.Unix()
+	}
+	if b.Reason != "" || b.Source != "" {
+		k := banMeta{b.Reason, b.Source}
+		if e.meta = s.metas[k]; e.meta == nil {
+			e.meta = &k
+			s.metas[k] = e.meta
+		}
+	}
+	return b.Prefix(), e
+}
+
+func wire(p netip.Prefix, e banEntry) proto.Ban {
+	b := proto.Ban{ID: proto.BanID(p), CIDR: p.String(), Rev: e.rev}
+	if e.exp != 0 {
+		b.ExpiresAt = time.Unix(e.exp, 0).UTC()
+	}
+	if e.meta != nil {
+		b.Reason, b.Source = e.meta.reason, e.meta.source
+	}
+	return b
+}
+
+// BanCount is the number of bans held.
+func (s *State) BanCount() int { return len(s.bans) }
+
+// Ban returns the ban held for prefix p.
+func (s *State) Ban(p netip.Prefix) (proto.Ban, bool) {
+	e, ok := s.bans[p]
+	if !ok {
+		return proto.Ban{}, false
+	}
+	return wire(p, e), true
+}
+
+// Bans returns every ban held, in wire form (allocates; for reports and tests).
+func (s *State) Bans() []proto.Ban {
+	out := make([]proto.Ban, 0, len(s.bans))
+	for p, e := range s.bans {
+		out = append(out, wire(p, e))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // tombstoneTTL bounds how long a tombstone without an expiry is kept.
@@ -60,21 +124,26 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 	switch m.Kind {
 	case proto.KindBan:
 		for _, b := range m.Bans {
-			old, ok := s.Bans[b.ID]
-			if newer(b.ID, b.Rev, old.Rev, ok) {
-				s.Bans[b.ID] = b
+			p, e := s.entry(b)
+			old, ok := s.bans[p]
+			if newer(b.ID, b.Rev, old.rev, ok) {
+				s.bans[p] = e
 				delete(s.Tombstones, b.ID)
 				c.Added = append(c.Added, b)
 			}
 		}
 	case proto.KindUnban:
 		for _, t := range m.Unbans {
-			old, ok := s.Bans[t.ID]
-			if ok && old.Rev < t.Rev {
-				delete(s.Bans, t.ID)
-				c.Removed = append(c.Removed, old.Prefix())
-				if t.ExpiresAt.IsZero() {
-					t.ExpiresAt = old.ExpiresAt
+			p, err := proto.ParseBanID(t.ID)
+			if err != nil {
+				continue // not a ban id: nothing of ours to remove (validation lets limit ids through)
+			}
+			old, ok := s.bans[p]
+			if ok && old.rev < t.Rev {
+				delete(s.bans, p)
+				c.Removed = append(c.Removed, p)
+				if t.ExpiresAt.IsZero() && old.exp != 0 {
+					t.ExpiresAt = time.Unix(old.exp, 0)
 				}
 			}
 			s.bury(t, now)
@@ -153,20 +222,27 @@ func (s *State) collect(m *proto.Message) (proto.Message, bool) {
 // replace makes the state the ledger's view at sync revision R, keeping what is newer than R
 // (it arrived after the sync was computed) and honouring newer tombstones.
 func (s *State) replace(m proto.Message) {
-	bans := map[string]proto.Ban{}
-	for id, b := range s.Bans {
-		if b.Rev > m.Rev {
-			bans[id] = b
+	bans := make(map[netip.Prefix]banEntry, len(m.Bans))
+	for p, e := range s.bans {
+		if e.rev > m.Rev {
+			bans[p] = e
+		}
+	}
+	s.metas = map[banMeta]*banMeta{} // forget reasons no ban uses any more
+	for _, e := range bans {
+		if e.meta != nil {
+			s.metas[*e.meta] = e.meta
 		}
 	}
 	for _, b := range m.Bans {
 		if t, dead := s.Tombstones[b.ID]; dead && t.Rev >= b.Rev {
 			continue
 		}
-		if old, ok := bans[b.ID]; ok && old.Rev >= b.Rev {
+		p, e := s.entry(b)
+		if old, ok := bans[p]; ok && old.rev >= b.Rev {
 			continue
 		}
-		bans[b.ID] = b
+		bans[p] = e
 	}
 	limits := map[string]proto.Limit{}
 	for id, l := range s.Limits {
@@ -180,15 +256,16 @@ func (s *State) replace(m proto.Message) {
 		}
 		limits[l.ID] = l
 	}
-	s.Bans, s.Limits = bans, limits
+	s.bans, s.Limits = bans, limits
 }
 
 // Prune drops expired bans and tombstones. Expired bans need no kernel action: their ipset
 // entries time out by themselves.
 func (s *State) Prune(now time.Time) {
-	for id, b := range s.Bans {
-		if !b.ExpiresAt.IsZero() && !b.ExpiresAt.After(now) {
-			delete(s.Bans, id)
+	sec := now.Unix()
+	for p, e := range s.bans {
+		if e.exp != 0 && e.exp <= sec {
+			delete(s.bans, p)
 			s.changed()
 		}
 	}
@@ -201,9 +278,13 @@ func (s *State) Prune(now time.Time) {
 
 // Firewall returns the kernel state for s and the allowlist.
 func (s *State) Firewall(allow []netip.Prefix) firewall.State {
-	fs := firewall.State{Allow: allow}
-	for _, b := range s.Bans {
-		fs.Bans = append(fs.Bans, firewall.Ban{Prefix: b.Prefix(), Expires: b.ExpiresAt})
+	fs := firewall.State{Allow: allow, Bans: make([]firewall.Ban, 0, len(s.bans))}
+	for p, e := range s.bans {
+		b := firewall.Ban{Prefix: p}
+		if e.exp != 0 {
+			b.Expires = time.Unix(e.exp, 0)
+		}
+		fs.Bans = append(fs.Bans, b)
 	}
 	ids := make([]string, 0, len(s.Limits))
 	for id := range s.Limits {
@@ -216,47 +297,60 @@ func (s *State) Firewall(allow []netip.Prefix) firewall.State {
 	return fs
 }
 
+// stateFile is state.json: bans as an array of wire-form bans.
+type stateFile struct {
+	AppliedRev int64                      `json:"applied_rev"`
+	Limits     map[string]proto.Limit     `json:"limits"`
+	Tombstones map[string]proto.Tombstone `json:"tombstones"`
+	Pending    map[string][]proto.Message `json:"pending,omitempty"`
+	Bans       []proto.Ban                `json:"bans"`
+}
+
 // Load reads a state file; a missing file is an empty state.
 func Load(path string) (*State, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return NewState(), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read state: %w", err)
 	}
-	s := NewState()
-	if err := json.Unmarshal(b, s); err != nil {
+	defer f.Close()
+	var sf stateFile
+	if err := json.NewDecoder(bufio.NewReader(f)).Decode(&sf); err != nil {
 		return nil, fmt.Errorf("state file %s is corrupt: %w (move it away to start empty; the controller's next sync restores it)", path, err)
 	}
-	if s.Bans == nil {
-		s.Bans = map[string]proto.Ban{}
+	s := NewState()
+	s.AppliedRev = sf.AppliedRev
+	for k, v := range sf.Limits {
+		s.Limits[k] = v
 	}
-	if s.Limits == nil {
-		s.Limits = map[string]proto.Limit{}
+	for k, v := range sf.Tombstones {
+		s.Tombstones[k] = v
 	}
-	if s.Tombstones == nil {
-		s.Tombstones = map[string]proto.Tombstone{}
+	for k, v := range sf.Pending {
+		s.Pending[k] = v
 	}
-	if s.Pending == nil {
-		s.Pending = map[string][]proto.Message{}
+	for _, b := range sf.Bans {
+		if _, err := proto.ParseCIDR(b.CIDR); err != nil {
+			return nil, fmt.Errorf("state file %s: ban %q: %w", path, b.ID, err)
+		}
+		p, e := s.entry(b)
+		s.bans[p] = e
 	}
 	return s, nil
 }
 
-// Save writes the state atomically: temp file, fsync, rename, fsync of the directory.
+// Save writes the state atomically (temp file, fsync, rename, fsync of the directory), streaming
+// the bans so that a large state needs no large buffer.
 func (s *State) Save(path string) error {
-	b, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, ".state-*.json")
 	if err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
+	if err := s.write(tmp); err != nil {
 		tmp.Close()
 		return fmt.Errorf("save state: %w", err)
 	}
@@ -277,6 +371,31 @@ func (s *State) Save(path string) error {
 	return nil
 }
 
+func (s *State) write(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	head, err := json.Marshal(stateFile{AppliedRev: s.AppliedRev, Limits: s.Limits, Tombstones: s.Tombstones, Pending: s.Pending})
+	if err != nil {
+		return err
+	}
+	// head ends with `"bans":null}`: replace that with the streamed array.
+	head = bytes.TrimSuffix(head, []byte(`null}`))
+	bw.Write(head)
+	bw.WriteByte('[')
+	enc := json.NewEncoder(bw)
+	first := true
+	for p, e := range s.bans {
+		if !first {
+			bw.WriteByte(',')
+		}
+		first = false
+		if err := enc.Encode(wire(p, e)); err != nil {
+			return err
+		}
+	}
+	bw.WriteString("]}\n")
+	return bw.Flush()
+}
+
 func (s *State) changed() {
 	s.digest = ""
 	s.version++
@@ -294,13 +413,20 @@ func (s *State) Digest() string {
 }
 
 func (s *State) digestNow() string {
-	bans := make([]proto.Ban, 0, len(s.Bans))
-	for _, b := range s.Bans {
-		bans = append(bans, b)
+	bans := make([]proto.Ban, 0, len(s.bans))
+	for p, e := range s.bans {
+		bans = append(bans, proto.Ban{ID: proto.BanID(p), ExpiresAt: expTime(e.exp)})
 	}
 	limits := make([]proto.Limit, 0, len(s.Limits))
 	for _, l := range s.Limits {
 		limits = append(limits, l)
 	}
 	return proto.Digest(bans, limits)
+}
+
+func expTime(sec int64) time.Time {
+	if sec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0)
 }

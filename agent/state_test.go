@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,9 +11,15 @@ import (
 
 var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
-func ban(id string, rev int64) proto.Ban {
-	return proto.Ban{ID: id, CIDR: "10.0.0.1/32", ExpiresAt: t0.Add(time.Hour), Rev: rev}
+// Test bans by name: a is 10.0.0.1, b 10.0.0.2, x 10.0.0.3.
+var names = map[string]netip.Prefix{"a": netip.MustParsePrefix("10.0.0.1/32"), "b": netip.MustParsePrefix("10.0.0.2/32"), "x": netip.MustParsePrefix("10.0.0.3/32")}
+
+func ban(name string, rev int64) proto.Ban {
+	p := names[name]
+	return proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: t0.Add(time.Hour), Rev: rev}
 }
+
+func id(name string) string { return proto.BanID(names[name]) }
 
 func TestRevisionRule(t *testing.T) {
 	cases := []struct {
@@ -23,9 +30,9 @@ func TestRevisionRule(t *testing.T) {
 	}{
 		{"ban", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("a", 1)}}}, []string{"a"}, 1},
 		{"duplicate", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("a", 1)}}, {Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("a", 1)}}}, []string{"a"}, 1},
-		{"unban then older ban", []proto.Message{{Kind: proto.KindUnban, Rev: 5, Unbans: []proto.Tombstone{{ID: "a", Rev: 5}}}, {Kind: proto.KindBan, Rev: 3, Bans: []proto.Ban{ban("a", 3)}}}, nil, 5},
-		{"unban then newer ban", []proto.Message{{Kind: proto.KindUnban, Rev: 5, Unbans: []proto.Tombstone{{ID: "a", Rev: 5}}}, {Kind: proto.KindBan, Rev: 7, Bans: []proto.Ban{ban("a", 7)}}}, []string{"a"}, 7},
-		{"older unban ignored", []proto.Message{{Kind: proto.KindBan, Rev: 9, Bans: []proto.Ban{ban("a", 9)}}, {Kind: proto.KindUnban, Rev: 4, Unbans: []proto.Tombstone{{ID: "a", Rev: 4}}}}, []string{"a"}, 9},
+		{"unban then older ban", []proto.Message{{Kind: proto.KindUnban, Rev: 5, Unbans: []proto.Tombstone{{ID: id("a"), Rev: 5}}}, {Kind: proto.KindBan, Rev: 3, Bans: []proto.Ban{ban("a", 3)}}}, nil, 5},
+		{"unban then newer ban", []proto.Message{{Kind: proto.KindUnban, Rev: 5, Unbans: []proto.Tombstone{{ID: id("a"), Rev: 5}}}, {Kind: proto.KindBan, Rev: 7, Bans: []proto.Ban{ban("a", 7)}}}, []string{"a"}, 7},
+		{"older unban ignored", []proto.Message{{Kind: proto.KindBan, Rev: 9, Bans: []proto.Ban{ban("a", 9)}}, {Kind: proto.KindUnban, Rev: 4, Unbans: []proto.Tombstone{{ID: id("a"), Rev: 4}}}}, []string{"a"}, 9},
 		{"sync replaces", []proto.Message{{Kind: proto.KindBan, Rev: 2, Bans: []proto.Ban{ban("a", 2)}}, {Kind: proto.KindSync, Rev: 3, Bans: []proto.Ban{ban("b", 1)}}}, []string{"b"}, 3},
 		{"sync keeps newer", []proto.Message{{Kind: proto.KindBan, Rev: 8, Bans: []proto.Ban{ban("a", 8)}}, {Kind: proto.KindSync, Rev: 6}}, []string{"a"}, 8},
 		{"sync in parts", []proto.Message{
@@ -34,7 +41,7 @@ func TestRevisionRule(t *testing.T) {
 		}, []string{"a", "b"}, 4},
 		{"incomplete sync changes nothing", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{ban("x", 1)}},
 			{Kind: proto.KindSync, Rev: 4, Bans: []proto.Ban{ban("a", 1)}, Part: &proto.Part{Set: "s", Index: 1, Count: 2}}}, []string{"x"}, 1},
-		{"expired dropped", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{{ID: "old", CIDR: "10.0.0.2/32", ExpiresAt: t0.Add(-time.Second), Rev: 1}}}}, nil, 1},
+		{"expired dropped", []proto.Message{{Kind: proto.KindBan, Rev: 1, Bans: []proto.Ban{{ID: "b-10.0.0.9_32", CIDR: "10.0.0.9/32", ExpiresAt: t0.Add(-time.Second), Rev: 1}}}}, nil, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,12 +49,12 @@ func TestRevisionRule(t *testing.T) {
 			for i := range tc.msgs {
 				s.Apply(&tc.msgs[i], t0)
 			}
-			if len(s.Bans) != len(tc.want) {
-				t.Fatalf("bans %v, want %v", s.Bans, tc.want)
+			if s.BanCount() != len(tc.want) {
+				t.Fatalf("bans %v, want %v", s.Bans(), tc.want)
 			}
-			for _, id := range tc.want {
-				if _, ok := s.Bans[id]; !ok {
-					t.Fatalf("missing %s in %v", id, s.Bans)
+			for _, name := range tc.want {
+				if _, ok := s.Ban(names[name]); !ok {
+					t.Fatalf("missing %s in %v", name, s.Bans())
 				}
 			}
 			if s.AppliedRev != tc.rev {
@@ -69,11 +76,14 @@ func TestStateFileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if back.AppliedRev != 4 || len(back.Bans) != 1 || len(back.Limits) != 1 {
+	if back.AppliedRev != 4 || back.BanCount() != 1 || len(back.Limits) != 1 || back.Digest() != s.Digest() {
 		t.Fatalf("loaded %+v", back)
 	}
+	if got, _ := back.Ban(names["a"]); got != s.Bans()[0] {
+		t.Fatalf("ban round trip: %+v != %+v", got, s.Bans()[0])
+	}
 	missing, err := Load(filepath.Join(t.TempDir(), "none.json"))
-	if err != nil || len(missing.Bans) != 0 {
+	if err != nil || missing.BanCount() != 0 {
 		t.Fatalf("missing file: %v", err)
 	}
 }
@@ -96,8 +106,7 @@ func TestDigestFollowsChanges(t *testing.T) {
 	if s.Digest() == before {
 		t.Fatal("cached digest went stale")
 	}
-	bans := []proto.Ban{s.Bans["a"], s.Bans["b"]}
-	if s.Digest() != proto.Digest(bans, nil) {
+	if s.Digest() != proto.Digest(s.Bans(), nil) {
 		t.Fatal("agent digest differs from proto.Digest of the same entries")
 	}
 }

@@ -289,7 +289,7 @@ func TestRacingBanAndUnbanAgree(t *testing.T) {
 		for _, m := range e.drain(t, id) {
 			st.Apply(m, time.Now())
 		}
-		_, agentBanned := st.Bans[proto.BanID(mustParsePrefix(cidr))]
+		_, agentBanned := st.Ban(mustParsePrefix(cidr))
 		if agentBanned != ledgerBanned {
 			t.Errorf("%s: agent banned=%v, ledger banned=%v", name, agentBanned, ledgerBanned)
 		}

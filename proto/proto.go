@@ -92,6 +92,23 @@ func BanID(p netip.Prefix) string {
 	return "b-" + p.Addr().String() + "_" + fmt.Sprint(p.Bits())
 }
 
+// ParseBanID is the inverse of BanID.
+func ParseBanID(id string) (netip.Prefix, error) {
+	rest, ok := strings.CutPrefix(id, "b-")
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("%q is not a ban id", id)
+	}
+	i := strings.LastIndexByte(rest, '_')
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("%q is not a ban id", id)
+	}
+	p, err := netip.ParsePrefix(rest[:i] + "/" + rest[i+1:])
+	if err != nil || BanID(p.Masked()) != id {
+		return netip.Prefix{}, fmt.Errorf("%q is not a ban id", id)
+	}
+	return p, nil
+}
+
 // ParseCIDR parses an address or CIDR and returns it canonicalised (host bits cleared). A bare
 // address is a /32 or /128. IPv4-mapped IPv6 addresses are unmapped.
 func ParseCIDR(s string) (netip.Prefix, error) {

@@ -132,7 +132,7 @@ func TestSplitSync(t *testing.T) {
 	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }}
 	m := Message{ID: "sync1", Kind: KindSync, IssuedAt: now, Rev: 9, Limits: []Limit{{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 10, Seconds: 60, Rev: 2}}}
 	for i := 0; i < 6000; i++ {
-		m.Bans = append(m.Bans, Ban{ID: "b-x", CIDR: "10.0.0.1/32", Reason: strings.Repeat("r", 40), Rev: 5})
+		m.Bans = append(m.Bans, Ban{CIDR: "10.0.0.1/32", Reason: strings.Repeat("r", 40), Rev: 5})
 	}
 	parts, err := SplitSync(m, MaxBodyBytes)
 	if err != nil {
@@ -185,5 +185,20 @@ func TestReason(t *testing.T) {
 	}
 	if r := Reason(errors.New("x")); r != "other" {
 		t.Fatal(r)
+	}
+}
+
+func TestBanIDRoundTrip(t *testing.T) {
+	for _, c := range []string{"174.132.223.252/32", "10.1.2.0/24", "2001:db8:1:2::/64", "::1/128"} {
+		p, _ := ParseCIDR(c)
+		back, err := ParseBanID(BanID(p))
+		if err != nil || back != p {
+			t.Errorf("%s: %v %v", c, back, err)
+		}
+	}
+	for _, bad := range []string{"l-pop3", "b-", "b-1.2.3.4", "b-1.2.3.4_33", "b-1.2.3.5_24"} {
+		if _, err := ParseBanID(bad); err == nil {
+			t.Errorf("%q parsed as a ban id", bad)
+		}
 	}
 }

@@ -166,8 +166,8 @@ func (b *Ban) validate(l Limits, now time.Time, msgRev int64) error {
 	b.CIDR = p.String()
 	if b.ID == "" {
 		b.ID = BanID(p)
-	} else if !idRe.MatchString(b.ID) {
-		return fieldErr("id", "bad id %q", b.ID)
+	} else if b.ID != BanID(p) {
+		return fieldErr("id", "%q must be %q, the id of %s", b.ID, BanID(p), p)
 	}
 	if !b.ExpiresAt.IsZero() {
 		if !b.ExpiresAt.After(now) {

@@ -270,7 +270,7 @@ with a one-line reason for a message the agent would refuse.`,
 			}
 			sort.Strings(lines)
 			if ch.Full {
-				lines = append(lines, fmt.Sprintf("  = sync: %d bans, %d limits", len(st.Bans), len(st.Limits)))
+				lines = append(lines, fmt.Sprintf("  = sync: %d bans, %d limits", st.BanCount(), len(st.Limits)))
 			}
 			if ch.Limits {
 				lines = append(lines, fmt.Sprintf("  ~ rate limits: %d policies", len(st.Limits)))
