@@ -6,12 +6,14 @@ package agent
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -149,6 +151,9 @@ func (a *Agent) Restore(ctx context.Context) error {
 		return err
 	}
 	st.Prune(time.Now())
+	if err := a.loadParts(st); err != nil {
+		return err
+	}
 	a.state = st
 	a.allow = Allowlist(a.cfg.AdminCIDRs)
 	res, err := a.fw.Apply(ctx, st.Firewall(a.allow))
@@ -336,6 +341,12 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	defer a.mu.Unlock()
 	now := time.Now()
 	ch := a.state.Apply(m, now)
+	if m.Kind == proto.KindSync && m.Part != nil && m.Part.Count > 1 {
+		if !ch.Full {
+			// One part of several: keep it on disk before its message is deleted.
+			return a.savePart(m)
+		}
+	}
 	var err error
 	switch {
 	case ch.Full || ch.Limits:
@@ -361,10 +372,13 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		debug.FreeOSMemory()
 	}
 	if err != nil {
-		if st, lerr := Load(a.statePath()); lerr == nil {
+		if st, lerr := Load(a.statePath()); lerr == nil && a.loadParts(st) == nil {
 			a.state = st
 		}
 		return err
+	}
+	if ch.Full && m.Part != nil {
+		a.removeParts(m.Part.Set)
 	}
 	a.setGauges()
 	return nil
@@ -490,6 +504,73 @@ func (a *Agent) Healthy() error {
 	}
 	if time.Since(a.healthy) > 2*time.Minute {
 		return fmt.Errorf("no successful receive since %s", a.healthy.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Sync parts live in <state-dir>/sync-<set>-<index>.json until their sync is complete.
+func (a *Agent) partPath(set string, index int) string {
+	return filepath.Join(a.cfg.StateDir, fmt.Sprintf("sync-%s-%d.json", set, index))
+}
+
+func (a *Agent) savePart(m *proto.Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	path := a.partPath(m.Part.Set, m.Part.Index)
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("save sync part: %w", err)
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("save sync part: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) removeParts(set string) {
+	files, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, "sync-"+set+"-*.json"))
+	for _, f := range files {
+		os.Remove(f)
+	}
+}
+
+// loadParts puts the parts of unfinished syncs back in st; parts older than an hour belong to a
+// sync that will never finish (the reconciler has sent a newer one) and are removed.
+func (a *Agent) loadParts(st *State) error {
+	files, err := filepath.Glob(filepath.Join(a.cfg.StateDir, "sync-*.json"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		info, err := os.Stat(f)
+		if err != nil || time.Since(info.ModTime()) > time.Hour {
+			os.Remove(f)
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		m, err := proto.Unmarshal(b)
+		if err != nil || m.Part == nil {
+			a.log.Warn("dropping an unreadable sync part", "file", f, "err", err)
+			os.Remove(f)
+			continue
+		}
+		st.Pending[m.Part.Set] = append(st.Pending[m.Part.Set], *m)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -321,5 +322,30 @@ func TestFaultEmulatorOutage(t *testing.T) {
 	}
 	if !strings.Contains(r.node.Log.String(), "backing off") {
 		t.Fatal("outage not logged")
+	}
+}
+
+// A sync in two parts with the agent killed between them: the first part, already deleted from
+// the queue, survives on disk, and the sync completes when the second arrives.
+func TestAgentSyncPartsSurviveRestart(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	p1 := netip.MustParsePrefix("198.51.100.1/32")
+	p2 := netip.PrefixFrom(r.Attacker.IP4, 32)
+	exp := time.Now().Add(time.Hour)
+	part := func(i int, p netip.Prefix) *proto.Message {
+		return &proto.Message{Kind: proto.KindSync, Rev: 50, Bans: []proto.Ban{{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: exp, Rev: 50}},
+			Part: &proto.Part{Set: "s-restart", Index: i, Count: 2}}
+	}
+	r.send(part(1, p1))
+	r.waitQueueDepth(r.queue, 0)
+	r.KillAgent(r.node)
+	r.start()
+	r.send(part(2, p2))
+	r.waitDropped(true)
+	r.waitMetric("bansshee_agent_bans_active", "2")
+	r.waitMetric("bansshee_agent_applied_revision", "50")
+	if left, _ := filepath.Glob(filepath.Join(r.node.StateDir, "sync-*")); len(left) != 0 {
+		t.Fatalf("part files left: %v", left)
 	}
 }

@@ -27,7 +27,9 @@ type State struct {
 	bans       map[netip.Prefix]banEntry
 	Limits     map[string]proto.Limit
 	Tombstones map[string]proto.Tombstone // ban and limit ids removed, until expiry
-	// Parts of a sync still arriving, by set id.
+	// Parts of a sync still arriving, by set id. They are not in state.json: the agent keeps each
+	// part in a file of its own as it arrives (see Agent.apply), so a 40-part sync writes 40 parts,
+	// not 40 growing copies of them.
 	Pending map[string][]proto.Message
 
 	metas   map[banMeta]*banMeta // interned reasons and sources
@@ -302,7 +304,6 @@ type stateFile struct {
 	AppliedRev int64                      `json:"applied_rev"`
 	Limits     map[string]proto.Limit     `json:"limits"`
 	Tombstones map[string]proto.Tombstone `json:"tombstones"`
-	Pending    map[string][]proto.Message `json:"pending,omitempty"`
 	Bans       []proto.Ban                `json:"bans"`
 }
 
@@ -327,9 +328,6 @@ func Load(path string) (*State, error) {
 	}
 	for k, v := range sf.Tombstones {
 		s.Tombstones[k] = v
-	}
-	for k, v := range sf.Pending {
-		s.Pending[k] = v
 	}
 	for _, b := range sf.Bans {
 		if _, err := proto.ParseCIDR(b.CIDR); err != nil {
@@ -373,7 +371,7 @@ func (s *State) Save(path string) error {
 
 func (s *State) write(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	head, err := json.Marshal(stateFile{AppliedRev: s.AppliedRev, Limits: s.Limits, Tombstones: s.Tombstones, Pending: s.Pending})
+	head, err := json.Marshal(stateFile{AppliedRev: s.AppliedRev, Limits: s.Limits, Tombstones: s.Tombstones})
 	if err != nil {
 		return err
 	}

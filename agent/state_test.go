@@ -110,3 +110,16 @@ func TestDigestFollowsChanges(t *testing.T) {
 		t.Fatal("agent digest differs from proto.Digest of the same entries")
 	}
 }
+
+func TestSyncPartsAreNotInTheStateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s := NewState()
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 4, Bans: []proto.Ban{ban("a", 1)}, Part: &proto.Part{Set: "s", Index: 1, Count: 2}}, t0)
+	if err := s.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(path)
+	if err != nil || len(back.Pending) != 0 {
+		t.Fatalf("pending parts in the state file: %v %v", back.Pending, err)
+	}
+}

@@ -193,3 +193,23 @@ func TestStopResume(t *testing.T) {
 		t.Fatalf("after resume: %v", err)
 	}
 }
+
+func TestRunInstancesIsIdempotentByClientToken(t *testing.T) {
+	_, c := New(t)
+	in := &ec2.RunInstancesInput{ImageId: aws.String("ami-1"), MinCount: aws.Int32(2), MaxCount: aws.Int32(2), ClientToken: aws.String("tok-1")}
+	a, err := c.EC2.RunInstances(t.Context(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.EC2.RunInstances(t.Context(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aws.ToString(a.Instances[0].InstanceId) != aws.ToString(b.Instances[0].InstanceId) {
+		t.Fatal("a retry with the same ClientToken launched new instances")
+	}
+	out, err := c.EC2.DescribeInstances(t.Context(), &ec2.DescribeInstancesInput{})
+	if err != nil || len(out.Reservations) != 2 {
+		t.Fatalf("%d instances, want 2 (%v)", len(out.Reservations), err)
+	}
+}

@@ -22,6 +22,7 @@ type ec2Server struct {
 	seq       int
 	instances []*instance
 	vpcs      []vpc
+	tokens    map[string]runInstancesResponse // ClientToken -> first answer (idempotent retries)
 }
 
 type instance struct {
@@ -190,7 +191,20 @@ func (s *ec2Server) runInstances(f url.Values) (any, *ec2Error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The SDK fills ClientToken and retries with the same one: a retry must not launch again.
+	token := f.Get("ClientToken")
+	if prev, ok := s.tokens[token]; ok && token != "" {
+		return prev, nil
+	}
 	resp := runInstancesResponse{NS: ec2NS, RequestID: "req", ReservationID: fmt.Sprintf("r-%017x", s.seq+1), OwnerID: "000000000000"}
+	defer func() {
+		if token != "" {
+			if s.tokens == nil {
+				s.tokens = map[string]runInstancesResponse{}
+			}
+			s.tokens[token] = resp
+		}
+	}()
 	for i := 0; i < n; i++ {
 		s.seq++
 		// kumo keeps its state in process-wide storage, shared by every emulator in a test binary:
