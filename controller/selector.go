@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -93,9 +94,9 @@ func (s *Selector) Match(tags map[string]string) bool {
 		case opNe:
 			hit = !ok || v != t.values[0]
 		case opIn:
-			hit = ok && contains(t.values, v)
+			hit = ok && slices.Contains(t.values, v)
 		case opNotIn:
-			hit = !ok || !contains(t.values, v)
+			hit = !ok || !slices.Contains(t.values, v)
 		case opHas:
 			hit = ok
 		case opNotHas:
@@ -245,13 +246,4 @@ func (p *parser) term() (term, error) {
 		return term{}, p.errf("expected '=', '!=', 'in' or 'notin' after %q", key)
 	}
 	return term{}, p.errf("expected '=', '!=', 'in' or 'notin' after %q, got %q", key, p.peek())
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -257,7 +258,7 @@ func TestDriftRepair(t *testing.T) {
 			}
 			l.mustReach(t, l.src1, l.Victim.IP4, true)
 			res := l.apply(t, want)
-			if d.repair != "" && !contains(res.Repairs, d.repair) {
+			if d.repair != "" && !slices.Contains(res.Repairs, d.repair) {
 				t.Errorf("repairs %v, want %s", res.Repairs, d.repair)
 			}
 			if d.name == "set flushed" && res.Added != 1 {
@@ -344,15 +345,6 @@ func TestDetectMode(t *testing.T) {
 	if err != nil || (m != "nft" && m != "legacy") {
 		t.Fatalf("detectMode = %q, %v", m, err)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func TestQuickFindsCountDriftAndSkipsWhenClean(t *testing.T) {

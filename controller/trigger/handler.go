@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -246,7 +247,7 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 		var triggers []string
 		for i, d := range ds {
 			cidrs[i] = d.CIDR
-			if !contains(triggers, d.Trigger) {
+			if !slices.Contains(triggers, d.Trigger) {
 				triggers = append(triggers, d.Trigger)
 			}
 		}
@@ -262,15 +263,6 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 		out.Rev = max(out.Rev, res.Rev)
 	}
 	return errors.Join(errs...)
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // logs decodes a subscription batch (base64, gzip, bounded) and runs every jail on every line.
@@ -509,7 +501,7 @@ func remoteIPs(v any, inRemote bool, acc []string) []string {
 	case map[string]any:
 		for k, child := range t {
 			if inRemote && (k == "ipAddressV4" || k == "ipAddressV6") {
-				if s, ok := child.(string); ok && !contains(acc, s) {
+				if s, ok := child.(string); ok && !slices.Contains(acc, s) {
 					acc = append(acc, s)
 				}
 				continue

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -352,7 +353,7 @@ func (s *ec2Server) describeInstances(f url.Values) (any, *ec2Error) {
 	}
 	var matched []*instance
 	for _, in := range s.instances {
-		if len(ids) > 0 && !contains(ids, in.ID) {
+		if len(ids) > 0 && !slices.Contains(ids, in.ID) {
 			continue
 		}
 		ok := true
@@ -449,15 +450,6 @@ func (s *ec2Server) describeVpcs() any {
 		resp.Vpcs = append(resp.Vpcs, x)
 	}
 	return resp
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func cloneMap(m map[string]string) map[string]string {
