@@ -175,6 +175,30 @@ func TestRateLimitSeedScenario(t *testing.T) {
 	l.mustReach(t, l.oth, l.Victim.IP4, true)   // a second source has its own budget
 }
 
+// A UDP policy limits datagrams that open new flows (conntrack NEW), per source; a ban drops UDP too.
+func TestUDPLimitAndBan(t *testing.T) {
+	l := newLab(t)
+	udp := proto.Limit{ID: "l-dns", Proto: "udp", Ports: []int{110}, Hits: 2, Seconds: 60, Action: "drop", Rev: 1}
+	l.apply(t, State{Limits: []proto.Limit{udp}})
+	dst := netip.AddrPortFrom(l.Victim.IP4, 110)
+	// Each Echo uses a new source port: a new conntrack flow.
+	for i := 0; i < 2; i++ {
+		if err := netns.Echo(&l.Attacker.NS, l.src1, dst, time.Second); err != nil {
+			t.Fatalf("datagram %d: %v", i+1, err)
+		}
+	}
+	if err := netns.Echo(&l.Attacker.NS, l.src1, dst, 300*time.Millisecond); !errors.Is(err, netns.ErrBlocked) {
+		t.Fatalf("third new flow: %v, want dropped", err)
+	}
+	if err := netns.Echo(&l.Attacker.NS, l.oth, dst, time.Second); err != nil {
+		t.Fatalf("another source: %v", err)
+	}
+	l.apply(t, State{Bans: []Ban{ban(l.oth.String()+"/32", time.Hour)}, Limits: []proto.Limit{udp}})
+	if err := netns.Echo(&l.Attacker.NS, l.oth, dst, 300*time.Millisecond); !errors.Is(err, netns.ErrBlocked) {
+		t.Fatalf("banned source's datagram: %v", err)
+	}
+}
+
 func TestRateLimitWindowPasses(t *testing.T) {
 	l := newLab(t)
 	l.apply(t, State{Limits: []proto.Limit{pop3Limit(3)}})

@@ -20,8 +20,14 @@ func TestSmokeDropByHand(t *testing.T) {
 			t.Fatalf("before the drop: %v", err)
 		}
 	}
+	if err := Echo(&p.Attacker.NS, netip.Addr{}, netip.AddrPortFrom(p.Victim.IP4, 110), 2*time.Second); err != nil {
+		t.Fatalf("udp before the drop: %v", err)
+	}
 	if _, err := p.Victim.Run("iptables", "-I", "INPUT", "-s", p.Attacker.IP4.String(), "-j", "DROP"); err != nil {
 		t.Fatal(err)
+	}
+	if err := Echo(&p.Attacker.NS, netip.Addr{}, netip.AddrPortFrom(p.Victim.IP4, 110), 300*time.Millisecond); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("udp after the drop: want ErrBlocked, got %v", err)
 	}
 	err = Connect(&p.Attacker.NS, netip.Addr{}, netip.AddrPortFrom(p.Victim.IP4, 110), 300*time.Millisecond)
 	if !errors.Is(err, ErrBlocked) {

@@ -186,3 +186,39 @@ func dial(ns *NS, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (ne
 	})
 	return c, err
 }
+
+// Echo sends one UDP datagram from ns (from src, if valid) to dst and waits for the echo. An
+// answer that does not come within timeout is an error wrapping ErrBlocked.
+func Echo(ns *NS, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{}
+		if src.IsValid() {
+			d.LocalAddr = &net.UDPAddr{IP: src.AsSlice()}
+		}
+		var err error
+		c, err = d.Dial("udp", dst.String())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("bansshee")); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("udp %s -> %s: %w", src, dst, ErrBlocked)
+		}
+		return err
+	}
+	if string(buf[:n]) != "bansshee" {
+		return fmt.Errorf("udp echo %q", buf[:n])
+	}
+	return nil
+}
