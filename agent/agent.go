@@ -82,10 +82,25 @@ type Agent struct {
 }
 
 // desired returns the kernel form of the state, cached: an idle agent with 100 000 bans should
-// not rebuild it every pass. Callers hold a.mu.
+// not rebuild it every pass. Bans that cover this instance's allowlist (a sync is the whole
+// state and is not refused for one entry) stay in the state, so its digest matches the ledger's,
+// but are left out of the kernel and counted. Callers hold a.mu.
 func (a *Agent) desired() firewall.State {
 	if a.fwState.Bans == nil || a.fwVersion != a.state.Version() || !slices.Equal(a.fwAllow, a.allow) {
-		a.fwState, a.fwVersion, a.fwAllow = a.state.Firewall(a.allow), a.state.Version(), a.allow
+		fs := a.state.Firewall(a.allow)
+		kept := fs.Bans[:0]
+		refused := 0
+		for _, b := range fs.Bans {
+			if err := firewall.CheckAllow([]firewall.Ban{b}, a.allow); err != nil {
+				refused++
+				a.log.Error("not enforcing a ban that covers this instance's allowlist", "err", err)
+				continue
+			}
+			kept = append(kept, b)
+		}
+		fs.Bans = kept
+		a.Metrics.Refused.Set(float64(refused))
+		a.fwState, a.fwVersion, a.fwAllow = fs, a.state.Version(), a.allow
 	}
 	return a.fwState
 }
@@ -284,6 +299,7 @@ func (a *Agent) handle(ctx context.Context, sm sqstypes.Message) bool {
 	if err == nil && m.Kind == proto.KindBan {
 		err = a.checkAllow(m.Bans)
 	}
+
 	if err != nil {
 		reason := proto.Reason(err)
 		if errors.Is(err, firewall.ErrAllowlisted) {
@@ -353,9 +369,11 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		_, err = a.fw.Apply(ctx, a.desired())
 	default:
 		if len(ch.Added) > 0 {
-			fb := make([]firewall.Ban, len(ch.Added))
-			for i, b := range ch.Added {
-				fb[i] = firewall.Ban{Prefix: b.Prefix(), Expires: b.ExpiresAt}
+			fb := make([]firewall.Ban, 0, len(ch.Added))
+			for _, b := range ch.Added {
+				if a.checkAllow([]proto.Ban{b}) == nil { // the allowlist may have changed since handle checked
+					fb = append(fb, firewall.Ban{Prefix: b.Prefix(), Expires: b.ExpiresAt})
+				}
 			}
 			err = a.fw.Ban(ctx, fb)
 		}

@@ -349,3 +349,26 @@ func TestAgentSyncPartsSurviveRestart(t *testing.T) {
 		t.Fatalf("part files left: %v", left)
 	}
 }
+
+// A sync that carries a ban over the instance's own address applies; that ban is held (so the
+// state's digest matches the ledger's) but not enforced, and is counted.
+func TestAgentSyncLeavesOutAllowlistedBans(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	own := netip.PrefixFrom(r.node.Host.IP4, 32)
+	atk := netip.PrefixFrom(r.Attacker.IP4, 32)
+	exp := time.Now().Add(time.Hour)
+	r.send(&proto.Message{Kind: proto.KindSync, Rev: 7, Bans: []proto.Ban{
+		{ID: proto.BanID(own), CIDR: own.String(), ExpiresAt: exp, Rev: 7},
+		{ID: proto.BanID(atk), CIDR: atk.String(), ExpiresAt: exp, Rev: 7},
+	}})
+	r.waitDropped(true)
+	r.waitMetric("bansshee_agent_bans_refused", "1")
+	out, err := r.node.Host.Run("ipset", "list", "bansshee-ban4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, r.node.Host.IP4.String()) {
+		t.Fatalf("own address in the kernel's ban set:\n%s", out)
+	}
+}

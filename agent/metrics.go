@@ -10,6 +10,7 @@ type Metrics struct {
 	Registry     *prometheus.Registry
 	BansActive   prometheus.Gauge
 	AppliedRev   prometheus.Gauge
+	Refused      prometheus.Gauge
 	Applied      *prometheus.CounterVec
 	Rejected     *prometheus.CounterVec
 	ApplySeconds prometheus.Histogram
@@ -24,7 +25,9 @@ func NewMetrics() *Metrics {
 		Registry:   prometheus.NewRegistry(),
 		BansActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_agent_bans_active", Help: "Bans in the desired state (and so in the kernel)."}),
 		AppliedRev: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_agent_applied_revision", Help: "Highest ledger revision applied."}),
-		Applied:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_messages_applied_total", Help: "Messages applied, by kind."}, []string{"kind"}),
+		Refused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_agent_bans_refused",
+			Help: "Bans held (from a sync) but not enforced because they cover this instance's allowlist."}),
+		Applied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_messages_applied_total", Help: "Messages applied, by kind."}, []string{"kind"}),
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_messages_rejected_total",
 			Help: "Messages refused (left for the DLQ), by reason."}, []string{"reason"}),
 		ApplySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bansshee_agent_apply_duration_seconds",
@@ -34,7 +37,7 @@ func NewMetrics() *Metrics {
 		Repairs:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_drift_repairs_total", Help: "Kernel drift found and repaired, by what."}, []string{"what"}),
 		AWSErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_aws_errors_total", Help: "Failed AWS calls after SDK retries, by operation."}, []string{"op"}),
 	}
-	m.Registry.MustRegister(m.BansActive, m.AppliedRev, m.Applied, m.Rejected, m.ApplySeconds, m.LagSeconds, m.Repairs, m.AWSErrors,
+	m.Registry.MustRegister(m.BansActive, m.AppliedRev, m.Refused, m.Applied, m.Rejected, m.ApplySeconds, m.LagSeconds, m.Repairs, m.AWSErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"too_large", "unsigned", "bad_version", "unknown_key", "bad_signature", "malformed", "invalid", "stale", "allowlist"} {
 		m.Rejected.WithLabelValues(r)
