@@ -371,7 +371,8 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		if len(ch.Added) > 0 {
 			fb := make([]firewall.Ban, 0, len(ch.Added))
 			for _, b := range ch.Added {
-				if a.checkAllow([]proto.Ban{b}) == nil { // the allowlist may have changed since handle checked
+				// The allowlist may have changed since handle checked (a.mu is held here).
+				if firewall.CheckAllow([]firewall.Ban{{Prefix: b.Prefix()}}, a.allow) == nil {
 					fb = append(fb, firewall.Ban{Prefix: b.Prefix(), Expires: b.ExpiresAt})
 				}
 			}

@@ -153,11 +153,18 @@ func (r *rig) waitKernel(want map[string]bool, limit time.Duration) {
 						extra = append(extra, k)
 					}
 				}
-				r.t.Fatalf("%s kernel: %d bans, want %d; missing %d (%.5v), extra %v", n.ID, len(got), len(want), len(missing), missing, extra)
+				r.t.Fatalf("%s kernel: %d bans, want %d; missing %d (first: %v), extra %d (first: %v)", n.ID, len(got), len(want), len(missing), first(missing), len(extra), first(extra))
 			}
 			time.Sleep(100 * time.Millisecond) // polling interval
 		}
 	}
+}
+
+func first(list []string) []string {
+	if len(list) > 5 {
+		return list[:5]
+	}
+	return list
 }
 
 func sameSet(a, b map[string]bool) bool {
