@@ -28,8 +28,8 @@ demo:
 ## bench: Go micro-benchmarks (on stderr), then every bansshee-bench suite on stdout, as a table or,
 ## with ARGS=--json, one JSON object per line. About 13 minutes: the agent suite idles 2 x 300 s.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./proto ./controller >&2
-	$(GO) run ./cmd/bansshee-bench all $(ARGS)
+	@$(GO) test -run '^$$' -bench . -benchmem ./proto ./controller >&2
+	@$(GO) run ./cmd/bansshee-bench all $(ARGS)
 
 faults:
 	$(GO) test -timeout 9m -run 'Fault' ./...
