@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -295,6 +294,3 @@ func TestRacingBanAndUnbanAgree(t *testing.T) {
 		}
 	}
 }
-
-// keep imports used in helper-only builds
-var _ = context.Background

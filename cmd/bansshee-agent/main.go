@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
@@ -296,5 +295,3 @@ func expiry(t time.Time) string {
 	}
 	return t.Format(time.RFC3339)
 }
-
-var _ = slog.Default
