@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -431,5 +433,35 @@ func TestEscalationBansFleetWide(t *testing.T) {
 	}
 	if _, ok := r.WaitReachable(second, netip.Addr{}, false, 10*time.Second); !ok {
 		t.Fatal("the escalation did not reach the second instance")
+	}
+}
+
+// The operator's path: the real `bansshee ban --wait` binary against the fleet; it exits 0 once
+// every targeted agent reports the revision, and the attacker is dropped everywhere.
+func TestCLIBanWaitConverges(t *testing.T) {
+	r := newRig(t, 2)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bansshee")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/bansshee/bansshee/cmd/bansshee").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v %s", err, out)
+	}
+	key := filepath.Join(dir, "k")
+	if err := os.WriteFile(key, []byte(r.Signer.MarshalPrivate()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "ban", r.Attacker.IP4.String(), "--target", "Role=mail", "--ttl", "1h", "--reason", "cli", "--wait", "--timeout", "20s",
+		"--key", key, "--table", r.table, "--queue-prefix", r.Queues.Prefix, "--endpoint-url", r.Env.URL(), "--region", awstest.Region)
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bansshee ban --wait: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "all 2 instances at revision") || !strings.Contains(string(out), "waiting for agents: 2/2") {
+		t.Fatalf("output:\n%s", out)
+	}
+	for _, n := range r.Nodes() {
+		if r.Reachable(n, netip.Addr{}, 300*time.Millisecond) {
+			t.Fatalf("%s still answers the attacker after --wait returned", n.ID)
+		}
 	}
 }
