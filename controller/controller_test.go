@@ -294,3 +294,34 @@ func TestRacingBanAndUnbanAgree(t *testing.T) {
 		}
 	}
 }
+
+// Throttled sends are retried with backoff by the SDK: the fan-out still reaches every queue.
+func TestFanoutSurvivesThrottling(t *testing.T) {
+	e := newEnv(t)
+	for i := 1; i <= 3; i++ {
+		e.launch(t, fmt.Sprint("mail", i), map[string]string{"Role": "mail"})
+	}
+	if _, err := e.c.ReconcileOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range e.ids {
+		e.drain(t, id)
+	}
+	before := e.aws.Requests("sqs")
+	e.aws.Throttle("AmazonSQS.SendMessage", 4)
+	res, err := e.c.Ban(t.Context(), BanRequest{CIDRs: []string{"203.0.113.5"}, Target: "Role=mail", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Failed()) != 0 {
+		t.Fatalf("throttling lost deliveries: %+v", res.Failed())
+	}
+	if sent := e.aws.Requests("sqs") - before; sent < 3+4 {
+		t.Fatalf("%d SQS requests: the throttled sends were not retried", sent)
+	}
+	for name, id := range e.ids {
+		if msgs := e.drain(t, id); len(msgs) != 1 {
+			t.Errorf("%s got %d messages, want 1", name, len(msgs))
+		}
+	}
+}

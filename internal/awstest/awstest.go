@@ -50,6 +50,7 @@ type Env struct {
 	listeners map[string]*frontListener // by address
 	requests  map[string]int            // by service
 	held      map[string]chan struct{}  // X-Amz-Target -> closed on release
+	throttle  map[string]int            // X-Amz-Target -> requests still to throttle
 }
 
 type frontListener struct {
@@ -68,7 +69,7 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
-		listeners: map[string]*frontListener{}, requests: map[string]int{}, held: map[string]chan struct{}{}}
+		listeners: map[string]*frontListener{}, requests: map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
 	e.proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
@@ -89,8 +90,21 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	e.mu.Lock()
 	e.requests[service]++
-	hold := e.held[r.Header.Get("X-Amz-Target")]
+	target := r.Header.Get("X-Amz-Target")
+	hold := e.held[target]
+	throttled := e.throttle[target] > 0
+	if throttled {
+		e.throttle[target]--
+	}
 	e.mu.Unlock()
+	if throttled {
+		// As AWS answers an over-rate JSON-protocol call; the SDK retries it with backoff.
+		w.Header().Set("Content-Type", "application/x-amz-json-1.0")
+		w.Header().Set("X-Amzn-Query-Error", "RequestThrottled;Sender")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"__type":"com.amazonaws.sqs#RequestThrottled","message":"Rate exceeded (bansshee test harness)"}`)
+		return
+	}
 	if hold != nil {
 		select {
 		case <-hold:
@@ -124,6 +138,14 @@ func (e *Env) Hold(target string) (release func()) {
 			close(ch)
 		})
 	}
+}
+
+// Throttle answers the next n requests of a JSON-protocol operation (X-Amz-Target) with a
+// throttling error, as AWS does over a rate limit.
+func (e *Env) Throttle(target string, n int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.throttle[target] = n
 }
 
 // Requests returns how many requests the front server has seen for an AWS signing name ("sqs").
