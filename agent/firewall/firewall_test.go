@@ -468,3 +468,29 @@ func TestDetectPrefersTheBackendWithRules(t *testing.T) {
 		return nil
 	})
 }
+
+// Bans longer than ipset's largest timeout go in capped and are topped up by later applies.
+func TestLongBansAreCappedAndRefreshed(t *testing.T) {
+	now := time.Now()
+	if got, ok := timeout(now.Add(60*24*time.Hour), now); !ok || got != MaxTimeout {
+		t.Fatalf("60-day ban: timeout %d, want the cap %d", got, MaxTimeout)
+	}
+	if got, ok := timeout(time.Time{}, now); !ok || got != 0 {
+		t.Fatalf("permanent ban: timeout %d", got)
+	}
+	if _, ok := timeout(now.Add(-time.Second), now); ok {
+		t.Fatal("an expired ban was given a timeout")
+	}
+	for _, c := range []struct {
+		have, want int
+		refresh    bool
+	}{
+		{3600, 3600, false}, {3597, 3600, false}, {3000, 3600, true}, // drifted more than 5 s
+		{0, 3600, true}, {3600, 0, true}, // permanent <-> timed
+		{MaxTimeout - 3600, MaxTimeout, false}, {MaxTimeout - 2*86400, MaxTimeout, true}, // capped: topped up daily
+	} {
+		if got := needsRefresh(c.have, c.want); got != c.refresh {
+			t.Errorf("needsRefresh(%d, %d) = %v, want %v", c.have, c.want, got, c.refresh)
+		}
+	}
+}
