@@ -138,11 +138,17 @@ func New(cfg Config, sqsc *sqs.Client, ddb *dynamodb.Client, fw Firewall) (*Agen
 
 func (a *Agent) statePath() string { return filepath.Join(a.cfg.StateDir, "state.json") }
 
-// Allowlist is what no ban may cover on this instance: its own addresses, loopback, link-local
-// (IMDS) and the admin ranges.
+// Allowlist is what no ban may cover on this instance: proto.NeverBan (loopback, link-local and
+// IMDS, multicast, broadcast, EC2's IPv6 services), its own addresses and the admin ranges.
 func Allowlist(admin []netip.Prefix) []netip.Prefix {
-	allow := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"),
-		netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fe80::/10")}
+	var allow []netip.Prefix
+	for _, p := range proto.NeverBanPrefixes() {
+		// ipset cannot hold a zero address; nothing arrives from 0.0.0.0/8 or :: anyway, and no
+		// ban can cover them (the controller and the agent both refuse such bans).
+		if !p.Addr().IsUnspecified() {
+			allow = append(allow, p)
+		}
+	}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, ad := range addrs {
 			if ipn, ok := ad.(*net.IPNet); ok {

@@ -66,10 +66,11 @@ func DefaultLimits() Limits {
 	return Limits{MinPrefix4: 8, MinPrefix6: 32, MaxTTL: 365 * 24 * time.Hour, MaxHits: 10000, MaxSeconds: 86400, MaxEntries: 100000}
 }
 
-// CheckPrefix rejects the whole-internet prefixes and prefixes broader than the limits allow.
+// CheckPrefix rejects the whole-internet prefixes, the never-ban ranges and prefixes broader than
+// the limits allow.
 func (l Limits) CheckPrefix(p netip.Prefix) error {
-	if p.Bits() == 0 {
-		return fmt.Errorf("%s would match every address", p)
+	if err := CheckNeverBan(p); err != nil {
+		return err
 	}
 	min := l.MinPrefix4
 	if p.Addr().Is6() {

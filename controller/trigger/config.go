@@ -9,8 +9,6 @@ import (
 	"regexp"
 	"strings"
 	"time"
-
-	"github.com/bansshee/bansshee/proto"
 )
 
 // Duration is a time.Duration written as "10m" in JSON.
@@ -38,18 +36,21 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the duration as "10m0s".
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
-// Jail is fail2ban's idea: maxretry matching lines from one address within findtime ban it for
-// bantime on target.
+// Jail is fail2ban's idea: maxretry failures from one address within findtime ban it for bantime
+// on target. Patterns come from a builtin, from regex/failregex (fail2ban's <HOST> syntax or a
+// named group (?P<addr>...)), and lines matching an ignoreregex are not failures.
 type Jail struct {
-	Name     string   `json:"name"`
-	Builtin  string   `json:"builtin,omitempty"` // start from a built-in jail, override the rest
-	Regex    string   `json:"regex,omitempty"`   // must have a named group "addr"
-	MaxRetry int      `json:"maxretry,omitempty"`
-	FindTime Duration `json:"findtime,omitempty"`
-	BanTime  Duration `json:"bantime,omitempty"`
-	Target   string   `json:"target,omitempty"`
+	Name        string   `json:"name"`
+	Builtin     string   `json:"builtin,omitempty"` // start from a built-in jail, override the rest
+	Regex       string   `json:"regex,omitempty"`
+	FailRegex   []string `json:"failregex,omitempty"`
+	IgnoreRegex []string `json:"ignoreregex,omitempty"`
+	MaxRetry    int      `json:"maxretry,omitempty"`
+	FindTime    Duration `json:"findtime,omitempty"`
+	BanTime     Duration `json:"bantime,omitempty"`
+	Target      string   `json:"target,omitempty"`
 
-	re *regexp.Regexp
+	fail, ignore []*regexp.Regexp
 }
 
 // AlarmAction says what an alarm in ALARM state does: ban the addresses in its metric dimensions,
@@ -97,18 +98,6 @@ type Config struct {
 	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
 }
 
-// Builtin jails, by name. Their lines are the services' own failure lines.
-var Builtin = map[string]Jail{
-	// pop3[22145]: badlogin: host [174.132.223.252] plaintext user SASL(-13): authentication failure
-	"cyrus": {Regex: `(?:pop3|imap|pop3s|imaps|lmtp)[sd]?\[\d+\]: badlogin: .*\[(?P<addr>[0-9A-Fa-f.:]+)\] \S+ .*(?:authentication failure|SASL\(-13\))`},
-	// dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<a>, method=PLAIN, rip=1.2.3.4, lip=10.0.0.5
-	"dovecot": {Regex: `dovecot(?:\[\d+\])?: (?:pop3|imap|submission|managesieve)-login: .*(?:auth failed|Authentication failure|no auth attempts).*rip=(?P<addr>[0-9A-Fa-f.:]+)`},
-	// sshd[812]: Failed password for invalid user admin from 203.0.113.9 port 4242 ssh2
-	"sshd": {Regex: `sshd(?:-session)?\[\d+\]: (?:Failed (?:password|publickey|keyboard-interactive/pam) for (?:invalid user )?\S* ?from|Invalid user \S* from|Connection closed by authenticating user \S+) (?P<addr>[0-9A-Fa-f.:]+)`},
-	// postfix/smtpd[1234]: warning: unknown[198.51.100.4]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
-	"postfix-sasl": {Regex: `postfix/(?:submission/|smtps/)?smtpd\[\d+\]: warning: [-._\w]+\[(?P<addr>[0-9A-Fa-f.:]+)\]: SASL (?:LOGIN|PLAIN|CRAM-MD5|DIGEST-MD5) authentication failed`},
-}
-
 // DefaultJails are the built-in jails with fail2ban's defaults: 5 failures in 10 minutes ban for 2 hours.
 func DefaultJails() []Jail {
 	return []Jail{{Name: "cyrus", Builtin: "cyrus"}, {Name: "dovecot", Builtin: "dovecot"}, {Name: "sshd", Builtin: "sshd"}, {Name: "postfix-sasl", Builtin: "postfix-sasl"}}
@@ -153,26 +142,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("jails[%d]: duplicate name %q", i, j.Name)
 		}
 		seen[j.Name] = true
-		if j.Builtin != "" {
-			b, ok := Builtin[j.Builtin]
-			if !ok {
-				return fmt.Errorf("jail %s: unknown builtin %q (have cyrus, dovecot, sshd, postfix-sasl)", j.Name, j.Builtin)
-			}
-			if j.Regex == "" {
-				j.Regex = b.Regex
-			}
+		if err := j.compile(); err != nil {
+			return err
 		}
-		if j.Regex == "" {
-			return fmt.Errorf("jail %s: regex or builtin is required", j.Name)
-		}
-		re, err := regexp.Compile(j.Regex)
-		if err != nil {
-			return fmt.Errorf("jail %s: regex: %w", j.Name, err)
-		}
-		if re.SubexpIndex("addr") < 0 {
-			return fmt.Errorf("jail %s: regex needs a named group (?P<addr>...)", j.Name)
-		}
-		j.re = re
 		if j.MaxRetry == 0 {
 			j.MaxRetry = 5
 		}
@@ -236,18 +208,4 @@ func (c *Config) validate() error {
 		c.Alarms[name] = a
 	}
 	return nil
-}
-
-// Match returns the address a line names if the jail's regex matches it.
-func (j *Jail) Match(line string) (string, bool) {
-	m := j.re.FindStringSubmatch(line)
-	if m == nil {
-		return "", false
-	}
-	addr := m[j.re.SubexpIndex("addr")]
-	p, err := proto.ParseCIDR(addr)
-	if err != nil || p.Bits() != p.Addr().BitLen() {
-		return "", false
-	}
-	return p.Addr().String(), true
 }

@@ -15,12 +15,29 @@ import (
 // Counter counts a jail's failures per address over a window that starts at the first failure.
 type Counter interface {
 	Add(ctx context.Context, jail, addr string, n int, window time.Duration, now time.Time) (int, error)
+	// Seen records key and reports whether it was already recorded within ttl.
+	Seen(ctx context.Context, key string, ttl time.Duration, now time.Time) (bool, error)
 }
 
 // MemCounter counts in memory (dry runs, one invocation).
 type MemCounter struct {
-	mu sync.Mutex
-	m  map[string]memEntry
+	mu   sync.Mutex
+	m    map[string]memEntry
+	seen map[string]time.Time
+}
+
+// Seen implements Counter.
+func (c *MemCounter) Seen(_ context.Context, key string, ttl time.Duration, now time.Time) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]time.Time{}
+	}
+	if t, ok := c.seen[key]; ok && now.Sub(t) < ttl {
+		return true, nil
+	}
+	c.seen[key] = now
+	return false, nil
 }
 
 type memEntry struct {
@@ -82,4 +99,22 @@ func (c *LedgerCounter) Add(ctx context.Context, jail, addr string, n int, windo
 		return 0, err
 	}
 	return n, nil
+}
+
+// Seen implements Counter with a conditional put of pk "seen#<key>": the first writer wins.
+func (c *LedgerCounter) Seen(ctx context.Context, key string, ttl time.Duration, now time.Time) (bool, error) {
+	item := map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: "seen#" + key}, "sk": &ddbtypes.AttributeValueMemberS{Value: "-"},
+		"at": num(now.UnixMilli()), "expires_at": num(now.Add(ttl).Unix())}
+	_, err := c.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(c.Table), Item: item,
+		ConditionExpression:       aws.String("attribute_not_exists(pk) OR #at < :cutoff"),
+		ExpressionAttributeNames:  map[string]string{"#at": "at"},
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":cutoff": num(now.Add(-ttl).UnixMilli())}})
+	if err == nil {
+		return false, nil
+	}
+	var ccf *ddbtypes.ConditionalCheckFailedException
+	if asCCF(err, &ccf) {
+		return true, nil
+	}
+	return false, err
 }

@@ -6,18 +6,23 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 )
 
+var eventSeq atomic.Int64
+
 // EncodeLogsEvent builds a CloudWatch Logs subscription event (gzip, base64, as Lambda receives
 // it) holding lines from group, timestamped now: for tests, the demo and replaying logs by hand.
 func EncodeLogsEvent(group string, lines []string) []byte {
 	data := events.CloudwatchLogsData{Owner: "123456789012", LogGroup: group, LogStream: "bansshee", SubscriptionFilters: []string{"bansshee"}, MessageType: "DATA_MESSAGE"}
-	now := time.Now().UnixMilli()
-	for i, l := range lines {
-		data.LogEvents = append(data.LogEvents, events.CloudwatchLogsLogEvent{ID: fmt.Sprint(i), Timestamp: now, Message: l})
+	now := time.Now()
+	for _, l := range lines {
+		// CloudWatch Logs event ids are unique numbers; these are too (the handler dedupes by them).
+		id := fmt.Sprintf("%020d%020d", now.UnixNano(), eventSeq.Add(1))
+		data.LogEvents = append(data.LogEvents, events.CloudwatchLogsLogEvent{ID: id, Timestamp: now.UnixMilli(), Message: l})
 	}
 	plain, _ := json.Marshal(data)
 	var zb bytes.Buffer

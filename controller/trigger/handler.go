@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -296,19 +298,35 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 		return nil
 	}
 	now := h.Now()
+	if key := batchKey(&batch); key != "" {
+		dup, err := h.Counter.Seen(ctx, key, time.Hour, now)
+		if err != nil {
+			return fmt.Errorf("log batch: dedupe: %w", err)
+		}
+		if dup {
+			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("log batch of %d events already counted (a retried invocation)", len(batch.LogEvents))})
+			return nil
+		}
+	}
 	for i := range h.Cfg.Jails {
 		j := &h.Cfg.Jails[i]
 		hits := map[string]int{}
 		var order []string
 		for _, ev := range batch.LogEvents {
-			if addr, ok := j.Match(ev.Message); ok {
-				if hits[addr] == 0 {
-					order = append(order, addr)
-				}
-				hits[addr]++
+			addr, n, ok := j.Match(ev.Message)
+			if !ok {
+				continue
 			}
+			if hits[addr] == 0 {
+				order = append(order, addr)
+			}
+			hits[addr] += n
 		}
 		for _, addr := range order {
+			if err := proto.CheckNeverBan(netip.PrefixFrom(netip.MustParseAddr(addr), netip.MustParseAddr(addr).BitLen())); err != nil {
+				out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %v", j.Name, addr, err)})
+				continue
+			}
 			count, err := h.Counter.Add(ctx, j.Name, addr, hits[addr], time.Duration(j.FindTime), now)
 			if err != nil {
 				return fmt.Errorf("jail %s: count %s: %w", j.Name, addr, err)
@@ -321,6 +339,20 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 		}
 	}
 	return nil
+}
+
+// batchKey names a subscription batch by its log group, stream and event ids (CloudWatch Logs
+// gives every event a unique id), so a retried invocation of the same batch is counted once.
+func batchKey(b *events.CloudwatchLogsData) string {
+	if len(b.LogEvents) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", b.LogGroup, b.LogStream)
+	for _, ev := range b.LogEvents {
+		fmt.Fprintf(h, "%s\x00", ev.ID)
+	}
+	return "batch#" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 func (h *Handler) alarmAction(name string) (AlarmAction, bool) {
@@ -428,8 +460,8 @@ func (h *Handler) queryLogs(ctx context.Context, name string, act AlarmAction, o
 		}
 		for _, ev := range page.Events {
 			read++
-			if addr, ok := q.jail.Match(aws.ToString(ev.Message)); ok {
-				counts[addr]++
+			if addr, n, ok := q.jail.Match(aws.ToString(ev.Message)); ok {
+				counts[addr] += n
 			}
 		}
 	}

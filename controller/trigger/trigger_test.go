@@ -191,7 +191,7 @@ func FuzzJailMatch(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		for i := range cfg.Jails {
-			addr, ok := cfg.Jails[i].Match(line)
+			addr, _, ok := cfg.Jails[i].Match(line)
 			if !ok {
 				continue
 			}

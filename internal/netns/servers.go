@@ -222,3 +222,9 @@ func Echo(ns *NS, src netip.Addr, dst netip.AddrPort, timeout time.Duration) err
 	}
 	return nil
 }
+
+// Dial opens a TCP connection from inside ns, from address src if it is valid (for clients of
+// real daemons that the lab runs).
+func Dial(ns *NS, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	return dial(ns, src, dst, timeout)
+}
