@@ -4,15 +4,19 @@ BIN     ?= bin
 PKGS    ?= ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build test fuzz demo bench faults lint lambda clean
+.PHONY: all build deps test fuzz fixtures demo bench faults lint lambda clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## test: unit, kernel (network namespaces, needs root) and emulator tests, then a short fuzz run.
-test:
+## deps: install what the tests and the demo need (Debian, as root), if anything is missing.
+deps:
+	@bash .ci/deps.sh
+
+## test: unit, kernel (network namespaces, needs root), real-daemon and emulator tests, then a short fuzz run.
+test: deps
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) test -timeout 9m $(PKGS)
@@ -21,8 +25,12 @@ test:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./proto
 
+## fixtures: capture the real daemons' failure lines again (controller/trigger/testdata/real).
+fixtures: deps
+	$(GO) test -count=1 -run '^TestRealDaemons$$' ./controller/trigger -args -capture
+
 ## demo: the whole story on the embedded AWS emulator and network namespaces (needs root).
-demo:
+demo: deps
 	$(GO) run ./cmd/bansshee-demo
 
 ## bench: Go micro-benchmarks (on stderr), then every bansshee-bench suite on stdout, as a table or,

@@ -3,6 +3,7 @@ package agent
 import (
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -121,5 +122,19 @@ func TestSyncPartsAreNotInTheStateFile(t *testing.T) {
 	back, err := Load(path)
 	if err != nil || len(back.Pending) != 0 {
 		t.Fatalf("pending parts in the state file: %v %v", back.Pending, err)
+	}
+}
+
+func TestAllowlistHoldsNeverBan(t *testing.T) {
+	allow := Allowlist(nil)
+	for _, want := range []string{"127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32", "::1/128", "fe80::/10", "ff00::/8", "fd00:ec2::254/128", "fd00:ec2::253/128", "fd00:ec2::123/128"} {
+		if !slices.Contains(allow, netip.MustParsePrefix(want)) {
+			t.Errorf("kernel allowlist lacks %s", want)
+		}
+	}
+	for _, p := range allow {
+		if p.Addr().IsUnspecified() {
+			t.Errorf("allowlist holds %s, which ipset cannot store", p)
+		}
 	}
 }

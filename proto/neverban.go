@@ -47,7 +47,7 @@ func NeverBanPrefixes() []netip.Prefix {
 // The whole internet (/0) is refused here too, so no caller can forget it.
 func CheckNeverBan(p netip.Prefix) error {
 	if p.Bits() == 0 {
-		return fmt.Errorf("%w: %s would match every address", ErrNeverBan, p)
+		return fmt.Errorf("%s would match every address", p)
 	}
 	for _, r := range NeverBan {
 		if p.Overlaps(r.Prefix) {

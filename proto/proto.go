@@ -45,6 +45,9 @@ type Message struct {
 	Limits   []Limit     `json:"limits,omitempty"`   // limit, sync
 	Unlimits []Tombstone `json:"unlimits,omitempty"` // unlimit
 	Part     *Part       `json:"part,omitempty"`     // sync split over several messages
+
+	// Dropped counts the sync entries Validate left out because they expired in transit.
+	Dropped int `json:"-"`
 }
 
 // Ban drops all traffic from CIDR until ExpiresAt (zero: no expiry).

@@ -3,6 +3,7 @@ package proto
 import (
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -199,6 +200,56 @@ func TestBanIDRoundTrip(t *testing.T) {
 	for _, bad := range []string{"l-pop3", "b-", "b-1.2.3.4", "b-1.2.3.4_33", "b-1.2.3.5_24"} {
 		if _, err := ParseBanID(bad); err == nil {
 			t.Errorf("%q parsed as a ban id", bad)
+		}
+	}
+}
+
+func TestSyncDropsEntriesExpiredInTransit(t *testing.T) {
+	s := testSigner(t, "k1")
+	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }}
+	m := &Message{ID: "01SYNC", Kind: KindSync, IssuedAt: now.Add(-time.Minute), Rev: 7, Bans: []Ban{
+		{CIDR: "1.2.3.4", ExpiresAt: now.Add(-time.Second), Rev: 3}, // expired while queued
+		{CIDR: "5.6.7.8", ExpiresAt: now.Add(time.Hour), Rev: 4},    // still good
+		{CIDR: "127.0.0.1", ExpiresAt: now.Add(time.Hour), Rev: 5},  // an old ledger item: kept, the agent holds it unenforced
+		{CIDR: "9.9.9.0/24", Rev: 6},                                // permanent
+	}}
+	body, attrs, err := s.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ver.Decode(body, attrs)
+	if err != nil {
+		t.Fatalf("sync refused whole: %v", err)
+	}
+	var cidrs []string
+	for _, b := range got.Bans {
+		cidrs = append(cidrs, b.CIDR)
+	}
+	if strings.Join(cidrs, " ") != "5.6.7.8/32 127.0.0.1/32 9.9.9.0/24" || got.Dropped != 1 {
+		t.Fatalf("kept %v, dropped %d", cidrs, got.Dropped)
+	}
+	// The same entries in a ban message: refused (an operator's ban must be valid whole).
+	m.Kind, m.ID = KindBan, "01BAN"
+	m.Bans = m.Bans[2:3]
+	body, attrs, _ = s.Encode(m)
+	if _, err := ver.Decode(body, attrs); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "never banned: 127.0.0.1/32 is loopback") {
+		t.Fatalf("never-ban ban: %v", err)
+	}
+}
+
+func TestNeverBanList(t *testing.T) {
+	for _, c := range []string{"127.0.0.1", "169.254.169.254", "fd00:ec2::254", "fd00:ec2::253", "fd00:ec2::123", "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "ff02::1", "0.0.0.0", "0.0.0.0/0", "::/0", "126.0.0.0/7"} {
+		p, err := ParseCIDR(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if CheckNeverBan(p) == nil {
+			t.Errorf("%s may be banned", c)
+		}
+	}
+	for _, c := range []string{"198.51.100.7", "10.1.2.3", "2001:db8::1", "fd00:ec2::1"} {
+		if err := CheckNeverBan(netip.MustParsePrefix(c + map[bool]string{true: "/128", false: "/32"}[strings.Contains(c, ":")])); err != nil {
+			t.Errorf("%s: %v", c, err)
 		}
 	}
 }

@@ -42,10 +42,16 @@ func Reason(err error) string {
 type FieldError struct {
 	Field string // e.g. "bans[2].cidr"
 	Msg   string
+	also  error // a second sentinel, for callers that branch on it
 }
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
-func (e *FieldError) Unwrap() error { return ErrInvalid }
+func (e *FieldError) Unwrap() []error {
+	if e.also != nil {
+		return []error{ErrInvalid, e.also}
+	}
+	return []error{ErrInvalid}
+}
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
@@ -69,8 +75,15 @@ func DefaultLimits() Limits {
 // CheckPrefix rejects the whole-internet prefixes, the never-ban ranges and prefixes broader than
 // the limits allow.
 func (l Limits) CheckPrefix(p netip.Prefix) error {
-	if err := CheckNeverBan(p); err != nil {
+	if err := l.checkBits(p); err != nil {
 		return err
+	}
+	return CheckNeverBan(p)
+}
+
+func (l Limits) checkBits(p netip.Prefix) error {
+	if p.Bits() == 0 {
+		return fmt.Errorf("%s would match every address", p)
 	}
 	min := l.MinPrefix4
 	if p.Addr().Is6() {
@@ -122,11 +135,23 @@ func (m *Message) Validate(l Limits, now time.Time) error {
 	default:
 		return fieldErr("kind", "unknown kind %q (want ban, unban, limit, unlimit or sync)", m.Kind)
 	}
+	// A sync is the whole state: an entry that expired in transit is dropped and the rest applied,
+	// and a never-ban entry (an old ledger item) is kept for the agent to hold without enforcing
+	// it, so that its digest still matches the ledger's. Anything else refuses the message.
+	sync := m.Kind == KindSync
+	kept := m.Bans[:0]
 	for i := range m.Bans {
-		if err := m.Bans[i].validate(l, now, m.Rev); err != nil {
+		err := m.Bans[i].validate(l, now, m.Rev, sync)
+		if sync && errors.Is(err, errExpired) {
+			m.Dropped++
+			continue
+		}
+		if err != nil {
 			return prefixField(fmt.Sprintf("bans[%d].", i), err)
 		}
+		kept = append(kept, m.Bans[i])
 	}
+	m.Bans = kept
 	for i, t := range m.Unbans {
 		if err := t.validate(m.Rev); err != nil {
 			return prefixField(fmt.Sprintf("unbans[%d].", i), err)
@@ -148,20 +173,27 @@ func (m *Message) Validate(l Limits, now time.Time) error {
 func prefixField(prefix string, err error) error {
 	var fe *FieldError
 	if errors.As(err, &fe) {
-		return &FieldError{Field: prefix + fe.Field, Msg: fe.Msg}
+		return &FieldError{Field: prefix + fe.Field, Msg: fe.Msg, also: fe.also}
 	}
 	return err
 }
 
 // Validate checks one ban on its own and canonicalises its CIDR and id.
-func (b *Ban) Validate(l Limits, now time.Time) error { return b.validate(l, now, 0) }
+func (b *Ban) Validate(l Limits, now time.Time) error { return b.validate(l, now, 0, false) }
 
-func (b *Ban) validate(l Limits, now time.Time, msgRev int64) error {
+// errExpired marks a ban whose expiry has passed (a sync drops such an entry).
+var errExpired = errors.New("expired")
+
+func (b *Ban) validate(l Limits, now time.Time, msgRev int64, inSync bool) error {
 	p, err := ParseCIDR(b.CIDR)
 	if err != nil {
 		return fieldErr("cidr", "%v", err)
 	}
-	if err := l.CheckPrefix(p); err != nil {
+	check := l.CheckPrefix
+	if inSync {
+		check = l.checkBits
+	}
+	if err := check(p); err != nil {
 		return fieldErr("cidr", "%v", err)
 	}
 	b.CIDR = p.String()
@@ -172,7 +204,7 @@ func (b *Ban) validate(l Limits, now time.Time, msgRev int64) error {
 	}
 	if !b.ExpiresAt.IsZero() {
 		if !b.ExpiresAt.After(now) {
-			return fieldErr("expires_at", "%s is in the past", b.ExpiresAt.Format(time.RFC3339))
+			return &FieldError{Field: "expires_at", Msg: fmt.Sprintf("%s is in the past", b.ExpiresAt.Format(time.RFC3339)), also: errExpired}
 		}
 		if b.ExpiresAt.Sub(now) > l.MaxTTL {
 			return fieldErr("expires_at", "%s is more than the maximum TTL %s away", b.ExpiresAt.Format(time.RFC3339), l.MaxTTL)

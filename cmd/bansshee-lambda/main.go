@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,12 @@ In AWS Lambda (provided.al2023) it serves events. Locally:
 prints the decisions as JSON: {"bans":[...],"ignored":[...]}. With --dry-run nothing is written
 and jail counts live only for this run.
 
+  bansshee-lambda test-jail --jail NAME --log FILE [--config FILE]
+
+runs one jail on every line of a log file (- for stdin) and prints, per line, the address found
+and how many failures it counts, or why not, like fail2ban-regex. NAME is a configured jail or a
+built-in one (sshd, dovecot, cyrus, postfix-sasl, pam-generic).
+
 Configuration (environment):
   BANSSHEE_TABLE                 ledger table (default bansshee)
   BANSSHEE_QUEUE_PREFIX          queue prefix (default bansshee)
@@ -46,6 +53,7 @@ Configuration (environment):
                                  jails, alarms, GuardDuty: JSON text, a file, or an SSM parameter
   BANSSHEE_ADMIN_CIDRS           comma-separated CIDRs never to ban (the VPC CIDRs always are)
   BANSSHEE_MANAGED               selector of managed instances (default bansshee:managed=true)
+  BANSSHEE_GUARDDUTY_BANS        true|false: ban GuardDuty findings' attackers (overrides the config)
 `
 
 func main() {
@@ -53,6 +61,9 @@ func main() {
 	slog.SetDefault(log)
 	if len(os.Args) > 1 && os.Args[1] == "invoke" {
 		os.Exit(invoke(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "test-jail" {
+		os.Exit(testJail(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	if os.Getenv("AWS_LAMBDA_RUNTIME_API") == "" {
 		fmt.Fprint(os.Stderr, usage)
@@ -162,6 +173,16 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 	if err != nil {
 		return nil, err
 	}
+	// The stack's GuardDutyBans parameter (one switch) overrides the configuration text.
+	switch v := os.Getenv("BANSSHEE_GUARDDUTY_BANS"); v {
+	case "true":
+		tcfg.GuardDuty.Enabled = true
+	case "false":
+		tcfg.GuardDuty.Enabled = false
+	case "":
+	default:
+		return nil, fmt.Errorf("BANSSHEE_GUARDDUTY_BANS=%q: want true or false", v)
+	}
 	h := &trigger.Handler{Cfg: tcfg, Log: log, Counter: &trigger.MemCounter{}}
 	if dry {
 		return h, nil
@@ -211,4 +232,105 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 	h.Logs = cloudwatchlogs.NewFromConfig(awsCfg)
 	h.Counter = &trigger.LedgerCounter{DDB: c.Ledger.DDB, Table: table}
 	return h, nil
+}
+
+// testJail is fail2ban-regex for bansshee jails.
+func testJail(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("test-jail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("jail", "", "jail name (configured or built-in)")
+	logFile := fs.String("log", "", "log file, one line per event (- for stdin)")
+	cfgFile := fs.String("config", "", "trigger configuration JSON file (default: BANSSHEE_TRIGGER_CONFIG(_FILE), else the built-in jails)")
+	fs.Usage = func() { fmt.Fprint(stderr, usage, "\nflags:\n"); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *name == "" || *logFile == "" {
+		fmt.Fprintln(stderr, "bansshee-lambda test-jail: --jail and --log are required")
+		return 2
+	}
+	var text []byte
+	var err error
+	switch {
+	case *cfgFile != "":
+		text, err = os.ReadFile(*cfgFile)
+	case os.Getenv("BANSSHEE_TRIGGER_CONFIG") != "":
+		text = []byte(os.Getenv("BANSSHEE_TRIGGER_CONFIG"))
+	case os.Getenv("BANSSHEE_TRIGGER_CONFIG_FILE") != "":
+		text, err = os.ReadFile(os.Getenv("BANSSHEE_TRIGGER_CONFIG_FILE"))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bansshee-lambda test-jail: %v\n", err)
+		return 2
+	}
+	cfg, err := trigger.ParseConfig(text)
+	if err != nil {
+		fmt.Fprintf(stderr, "bansshee-lambda test-jail: %v\n", err)
+		return 2
+	}
+	var jail *trigger.Jail
+	for i := range cfg.Jails {
+		if cfg.Jails[i].Name == *name {
+			jail = &cfg.Jails[i]
+		}
+	}
+	if jail == nil {
+		// Not configured: a built-in of that name, with the defaults.
+		bcfg, err := trigger.ParseConfig([]byte(fmt.Sprintf(`{"jails":[{"name":%q,"builtin":%q}]}`, *name, *name)))
+		if err != nil {
+			fmt.Fprintf(stderr, "bansshee-lambda test-jail: no jail %q configured, and %v\n", *name, err)
+			return 2
+		}
+		jail = &bcfg.Jails[0]
+	}
+	var in io.Reader = os.Stdin
+	if *logFile != "-" {
+		f, err := os.Open(*logFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "bansshee-lambda test-jail: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		in = f
+	}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	lines, matched := 0, 0
+	perAddr := map[string]int{}
+	var order []string
+	for sc.Scan() {
+		lines++
+		v := jail.Check(sc.Text())
+		switch {
+		case v.Count > 0:
+			a := netip.MustParseAddr(v.Addr)
+			if err := proto.CheckNeverBan(netip.PrefixFrom(a, a.BitLen())); err != nil {
+				fmt.Fprintf(stdout, "%d: %s x%d (%s) NOT BANNABLE: %v\n", lines, v.Addr, v.Count, v.Why, err)
+				continue
+			}
+			matched++
+			if perAddr[v.Addr] == 0 {
+				order = append(order, v.Addr)
+			}
+			perAddr[v.Addr] += v.Count
+			fmt.Fprintf(stdout, "%d: %s x%d (%s)\n", lines, v.Addr, v.Count, v.Why)
+		case v.Addr != "":
+			fmt.Fprintf(stdout, "%d: - %s: %s\n", lines, v.Addr, v.Why)
+		default:
+			fmt.Fprintf(stdout, "%d: - %s\n", lines, v.Why)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		fmt.Fprintf(stderr, "bansshee-lambda test-jail: read %s: %v\n", *logFile, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "\njail %s: %d lines, %d failure lines, %d addresses (maxretry %d)\n", jail.Name, lines, matched, len(order), jail.MaxRetry)
+	for _, a := range order {
+		mark := ""
+		if perAddr[a] >= jail.MaxRetry {
+			mark = "  would be banned"
+		}
+		fmt.Fprintf(stdout, "  %s: %d failures%s\n", a, perAddr[a], mark)
+	}
+	return 0
 }

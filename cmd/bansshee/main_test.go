@@ -81,6 +81,11 @@ func TestCLIRefusalsWriteNothing(t *testing.T) {
 		want string
 	}{
 		{[]string{"ban", "0.0.0.0/0"}, "0.0.0.0/0 would match every address"},
+		{[]string{"ban", "127.0.0.1"}, "never banned: 127.0.0.1/32 is loopback"},
+		{[]string{"ban", "169.254.169.254"}, "never banned: 169.254.169.254/32 is link-local"},
+		{[]string{"ban", "fd00:ec2::254"}, "never banned: fd00:ec2::254/128 is the EC2 instance metadata service"},
+		{[]string{"ban", "224.0.0.1"}, "never banned: 224.0.0.1/32 is multicast"},
+		{[]string{"ban", "::/0"}, "would match every address"},
 		{[]string{"ban", "172.31.9.9"}, "covers allowlisted 172.31.0.0/16"},
 		{[]string{"ban", "10.1.2.3", "--admin", "10.1.0.0/16"}, "covers allowlisted 10.1.0.0/16"},
 		{[]string{"ban", "1.2.3.4", "--target", "Role in (mail"}, "expected ')' to close the list"},

@@ -501,6 +501,9 @@ func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {
 		Severity float64 `json:"severity"`
 		Type     string  `json:"type"`
 		ID       string  `json:"id"`
+		Service  struct {
+			ResourceRole string `json:"resourceRole"`
+		} `json:"service"`
 	}
 	if err := json.Unmarshal(detail, &d); err != nil || d.Type == "" {
 		out.Ignored = append(out.Ignored, Ignored{"GuardDuty finding without a type"})
@@ -508,6 +511,16 @@ func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {
 	}
 	if !h.Cfg.GuardDuty.Enabled {
 		out.Ignored = append(out.Ignored, Ignored{"GuardDuty bans are disabled (guardduty.enabled)"})
+		return
+	}
+	// Only a finding in which our instance is the TARGET names an attacker. Where it is the ACTOR
+	// (it brute-forced or scanned someone: compromised, or a misbehaving job), the remote address
+	// is the victim, and banning it fleet-wide would help the attack.
+	if role := d.Service.ResourceRole; role != "TARGET" {
+		if role == "" {
+			role = "missing"
+		}
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("finding %s: resource role %s: the instance is not the target, the remote address is not banned", d.Type, role)})
 		return
 	}
 	if d.Severity < h.Cfg.GuardDuty.MinSeverity {

@@ -84,6 +84,9 @@ var hostTags = strings.NewReplacer(
 // compilePattern compiles one failregex or ignoreregex, accepting fail2ban's <HOST>, <ADDR>, <IP4>,
 // <IP6> and %(__prefix_line)s. An error names the construct RE2 lacks.
 func compilePattern(jail, expr string, needAddr bool) (*regexp.Regexp, error) {
+	if tags := strings.Count(expr, "<HOST>") + strings.Count(expr, "<ADDR>") + strings.Count(expr, "<IP4>") + strings.Count(expr, "<IP6>"); tags > 1 {
+		return nil, fmt.Errorf("jail %s: pattern %q names the address more than once: use one <HOST>", jail, expr)
+	}
 	re, err := regexp.Compile(hostTags.Replace(expr))
 	if err != nil {
 		return nil, fmt.Errorf("jail %s: %s", jail, explainRE2(expr, err))
@@ -97,11 +100,6 @@ func compilePattern(jail, expr string, needAddr bool) (*regexp.Regexp, error) {
 var backref = regexp.MustCompile(`\\[1-9]|\(\?P=\w+\)`)
 
 func explainRE2(expr string, err error) string {
-	var se *syntax.Error
-	code := ""
-	if errors.As(err, &se) {
-		code = string(se.Code)
-	}
 	switch {
 	case strings.Contains(expr, "(?<=") || strings.Contains(expr, "(?<!"):
 		return fmt.Sprintf("pattern %q uses a look-behind ((?<= or (?<!), which RE2 does not support: match the text before the address instead", expr)
@@ -109,11 +107,10 @@ func explainRE2(expr string, err error) string {
 		return fmt.Sprintf("pattern %q uses a look-ahead ((?= or (?!), which RE2 does not support: put what it excludes in ignoreregex", expr)
 	case backref.MatchString(expr):
 		return fmt.Sprintf("pattern %q uses a back-reference (\\1 or (?P=name)), which RE2 does not support", expr)
-	case strings.Count(expr, "<HOST>")+strings.Count(expr, "<ADDR>")+strings.Count(expr, "<IP4>")+strings.Count(expr, "<IP6>") > 1:
-		return fmt.Sprintf("pattern %q names the address more than once: use one <HOST>", expr)
 	}
-	if code != "" {
-		return fmt.Sprintf("pattern %q: %s", expr, err)
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		return fmt.Sprintf("pattern %q: %s in %q", expr, se.Code, se.Expr)
 	}
 	return fmt.Sprintf("pattern %q: %v", expr, err)
 }
