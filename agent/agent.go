@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,17 +37,20 @@ type Firewall interface {
 	Unban(ctx context.Context, prefixes []netip.Prefix) error
 	// Quick is Apply for periodic reconciles: it may skip comparing every set member.
 	Quick(ctx context.Context, s firewall.State) (firewall.Result, error)
-	Tripped(ctx context.Context) ([]netip.Addr, error)
-	ClearTripped(ctx context.Context, addrs []netip.Addr) error
+	Tripped(ctx context.Context) ([]firewall.Trip, error)
+	ClearTripped(ctx context.Context, trips []firewall.Trip) error
 }
 
 // Config is everything the agent needs; cmd/bansshee-agent fills it from flags, env and file.
 type Config struct {
-	InstanceID        string
-	QueuePrefix       string // default bansshee
-	QueueURL          string // overrides the lookup by name
-	Keys              map[string]ed25519.PublicKey
-	AdminCIDRs        []netip.Prefix
+	InstanceID  string
+	QueuePrefix string // default bansshee
+	QueueURL    string // overrides the lookup by name
+	Keys        map[string]ed25519.PublicKey
+	AdminCIDRs  []netip.Prefix
+	// VPCCIDRs are the instance's VPC ranges (from IMDS): load balancers, NAT gateways and
+	// bastions live there, and a rate limit must not throttle every client behind them.
+	VPCCIDRs          []netip.Prefix
 	StateDir          string
 	Table             string // ledger table for the heartbeat; empty: no heartbeat
 	ReconcileInterval time.Duration
@@ -75,6 +79,9 @@ type Agent struct {
 	escalations []proto.Escalation
 	healthy     time.Time // last successful receive
 	passes      int       // reconcile passes
+	// rebuilding: the state file was corrupt; the kernel is left as it was until a sync arrives.
+	rebuilding bool
+	saveErr    error // the last state-file write failed (the kernel and memory hold the change)
 
 	fwState   firewall.State // a.state.Firewall(a.allow), rebuilt when either changes
 	fwVersion int
@@ -132,7 +139,7 @@ func New(cfg Config, sqsc *sqs.Client, ddb *dynamodb.Client, fw Firewall) (*Agen
 		cfg.Log = slog.Default()
 	}
 	a := &Agent{cfg: cfg, sqs: sqsc, ddb: ddb, fw: fw, Metrics: NewMetrics(), log: cfg.Log.With("instance", cfg.InstanceID),
-		verifier: &proto.Verifier{Keys: cfg.Keys, Limits: cfg.Limits, Window: cfg.Window}}
+		verifier: &proto.Verifier{Keys: cfg.Keys, Limits: cfg.Limits, Window: cfg.Window, To: cfg.InstanceID}}
 	return a, nil
 }
 
@@ -168,6 +175,19 @@ func (a *Agent) Restore(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st, err := Load(a.statePath())
+	if errors.Is(err, ErrCorrupt) {
+		// Not a reason to stop protecting the instance (and for systemd to restart us in a
+		// loop): keep the file for a post-mortem, leave the kernel's bans in place, and start
+		// empty; the heartbeat's digest no longer matches, so the reconciler sends a sync.
+		aside := fmt.Sprintf("%s.corrupt-%d", a.statePath(), time.Now().Unix())
+		if rerr := os.Rename(a.statePath(), aside); rerr != nil {
+			return fmt.Errorf("%w; moving it aside failed: %v", err, rerr)
+		}
+		a.Metrics.StateCorrupt.Inc()
+		a.log.Error("state file corrupt: moved aside; kernel left as it is until a sync arrives", "err", err, "moved_to", aside)
+		a.lastErr = "state file corrupt, moved to " + aside + "; waiting for a sync"
+		st, err, a.rebuilding = NewState(), nil, true
+	}
 	if err != nil {
 		return err
 	}
@@ -176,7 +196,10 @@ func (a *Agent) Restore(ctx context.Context) error {
 		return err
 	}
 	a.state = st
-	a.allow = Allowlist(a.cfg.AdminCIDRs)
+	a.allow = a.allowlist()
+	if a.rebuilding {
+		return nil
+	}
 	res, err := a.fw.Apply(ctx, st.Firewall(a.allow))
 	if err != nil {
 		return fmt.Errorf("restore kernel state: %w", err)
@@ -302,19 +325,25 @@ func (a *Agent) handle(ctx context.Context, sm sqstypes.Message) bool {
 	}
 	body := []byte(aws.ToString(sm.Body))
 	m, err := a.verifier.Decode(body, attrs)
-	if err == nil && m.Kind == proto.KindBan {
-		err = a.checkAllow(m.Bans)
+	if errors.Is(err, proto.ErrStale) {
+		// Signed by us but older than the replay window: an agent that was down comes back to
+		// a queue of these. Skipped, not poisoned (the DLQ is for what must be looked at); the
+		// reconciler sends a fresh sync once this agent's heartbeat shows it lagging.
+		a.Metrics.Rejected.WithLabelValues("stale").Inc()
+		a.log.Warn("skipped a message older than the replay window; a sync will follow", "err", err, "sqs_id", aws.ToString(sm.MessageId))
+		a.deleteMessage(ctx, sm, "")
+		return true
 	}
-
 	if err != nil {
 		reason := proto.Reason(err)
-		if errors.Is(err, firewall.ErrAllowlisted) {
-			reason = "allowlist"
-		}
 		a.Metrics.Rejected.WithLabelValues(reason).Inc()
 		a.log.Error("rejected message; it will go to the DLQ", "reason", reason, "err", err, "sqs_id", aws.ToString(sm.MessageId))
 		a.poison(ctx, sm)
 		return true
+	}
+	if m.Dropped > 0 {
+		a.Metrics.Dropped.Add(float64(m.Dropped))
+		a.log.Warn("sync entries expired in transit; applied the rest", "id", m.ID, "dropped", m.Dropped)
 	}
 	start := time.Now()
 	if err := a.apply(ctx, m); err != nil {
@@ -327,24 +356,17 @@ func (a *Agent) handle(ctx context.Context, sm sqstypes.Message) bool {
 	a.Metrics.ApplySeconds.Observe(time.Since(start).Seconds())
 	a.Metrics.LagSeconds.Observe(time.Since(m.IssuedAt).Seconds())
 	a.Metrics.Applied.WithLabelValues(string(m.Kind)).Inc()
-	if _, err := a.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(a.queueURL), ReceiptHandle: sm.ReceiptHandle}); err != nil {
-		// Applied but not deleted: it comes back and the revision rule makes it a no-op.
-		a.Metrics.AWSErrors.WithLabelValues("DeleteMessage").Inc()
-		a.log.Warn("delete failed after apply; a redelivery will be a no-op", "id", m.ID, "err", err)
-	}
+	a.deleteMessage(ctx, sm, m.ID)
 	a.log.Info("applied", "id", m.ID, "kind", m.Kind, "rev", m.Rev, "bans", len(m.Bans), "unbans", len(m.Unbans), "limits", len(m.Limits))
 	return true
 }
 
-func (a *Agent) checkAllow(bans []proto.Ban) error {
-	fb := make([]firewall.Ban, len(bans))
-	for i, b := range bans {
-		fb[i] = firewall.Ban{Prefix: b.Prefix()}
+func (a *Agent) deleteMessage(ctx context.Context, sm sqstypes.Message, id string) {
+	if _, err := a.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(a.queueURL), ReceiptHandle: sm.ReceiptHandle}); err != nil {
+		// Applied but not deleted: it comes back and the revision rule makes it a no-op.
+		a.Metrics.AWSErrors.WithLabelValues("DeleteMessage").Inc()
+		a.log.Warn("delete failed after apply; a redelivery will be a no-op", "id", id, "err", err)
 	}
-	a.mu.Lock()
-	allow := a.allow
-	a.mu.Unlock()
-	return firewall.CheckAllow(fb, allow)
 }
 
 // poison makes a message that can never apply visible again at once, so that it reaches the DLQ
@@ -389,7 +411,10 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		}
 	}
 	if err == nil {
-		err = a.state.Save(a.statePath())
+		if ch.Full {
+			a.rebuilding = false
+		}
+		a.save()
 	}
 	if ch.Full && a.state.BanCount() > 10000 {
 		// A large sync briefly needs tens of MB (parts, JSON, ipset batches); give them back so
@@ -407,6 +432,30 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	}
 	a.setGauges()
 	return nil
+}
+
+// save writes the state file. A failure (a full disk) leaves the kernel and the in-memory state
+// as they are, which is what the ledger wants; it is reported (metric, log, heartbeat) and
+// retried on every reconcile pass. Callers hold a.mu.
+func (a *Agent) save() {
+	err := a.state.Save(a.statePath())
+	switch {
+	case err != nil:
+		a.Metrics.SaveErrors.Inc()
+		if a.saveErr == nil {
+			a.log.Error("state file not written; the kernel keeps the change, retrying every reconcile", "err", err)
+		}
+		a.saveErr = err
+		a.lastErr = err.Error()
+	case a.saveErr != nil:
+		a.log.Info("state file written again")
+		a.saveErr, a.lastErr = nil, ""
+	}
+}
+
+// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs.
+func (a *Agent) allowlist() []netip.Prefix {
+	return Allowlist(append(slices.Clone(a.cfg.AdminCIDRs), a.cfg.VPCCIDRs...))
 }
 
 func (a *Agent) reconcileLoop(ctx context.Context) {
@@ -429,7 +478,13 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.state.Prune(time.Now())
-	a.allow = Allowlist(a.cfg.AdminCIDRs) // addresses can change (a new ENI)
+	a.allow = a.allowlist() // addresses can change (a new ENI)
+	if a.saveErr != nil {
+		a.save()
+	}
+	if a.rebuilding {
+		return // the state file was corrupt: the kernel stays as it was until a sync arrives
+	}
 	// Every tenth pass compares every set member; the others only count them (cheap with 100 000).
 	a.passes++
 	apply, full := a.fw.Quick, a.passes%10 == 1
@@ -458,25 +513,50 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	}
 }
 
+// MaxEscalations bounds the escalations one heartbeat carries (the status item must stay far
+// below DynamoDB's 400 KB, and the controller takes at most 20 per instance per pass anyway).
+const MaxEscalations = 100
+
+// collectEscalations reads the verified trips from the kernel and credits each to the escalating
+// limit whose rule matched it: the first by id (the rules' order) with its protocol and port.
 func (a *Agent) collectEscalations(ctx context.Context) {
-	var limitID string
-	for id, l := range a.state.Limits {
+	var limits []proto.Limit
+	for _, l := range a.state.Limits {
 		if l.Escalate {
-			limitID = id
-			break
+			limits = append(limits, l)
 		}
 	}
-	if limitID == "" {
+	if len(limits) == 0 {
 		return
 	}
+	slices.SortFunc(limits, func(x, y proto.Limit) int { return strings.Compare(x.ID, y.ID) })
 	tripped, err := a.fw.Tripped(ctx)
 	if err != nil || len(tripped) == 0 {
 		return
 	}
 	now := time.Now()
-	for _, ad := range tripped {
-		a.escalations = append(a.escalations, proto.Escalation{Addr: ad.String(), LimitID: limitID, Seen: now})
-		a.log.Warn("source tripped an escalating rate limit", "addr", ad, "limit", limitID)
+	for _, t := range tripped {
+		id := ""
+		for _, l := range limits {
+			if l.Proto == t.Proto && slices.Contains(l.Ports, t.Port) {
+				id = l.ID
+				break
+			}
+		}
+		if id == "" {
+			continue
+		}
+		dup := slices.ContainsFunc(a.escalations, func(e proto.Escalation) bool { return e.Addr == t.Addr.String() && e.LimitID == id })
+		if dup {
+			continue
+		}
+		if len(a.escalations) >= MaxEscalations {
+			a.Metrics.Escalations.WithLabelValues("dropped").Inc()
+			continue
+		}
+		a.Metrics.Escalations.WithLabelValues("reported").Inc()
+		a.escalations = append(a.escalations, proto.Escalation{Addr: t.Addr.String(), LimitID: id, Seen: now})
+		a.log.Warn("source tripped an escalating rate limit", "addr", t.Addr, "port", t.Port, "limit", id)
 	}
 	_ = a.fw.ClearTripped(ctx, tripped)
 }

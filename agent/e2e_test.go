@@ -77,6 +77,9 @@ func (r *rig) send(m *proto.Message) {
 	if m.IssuedAt.IsZero() {
 		m.IssuedAt = time.Now().UTC()
 	}
+	if m.To == "" {
+		m.To = r.node.ID
+	}
 	if err := controller.Send(r.t.Context(), r.Clients.SQS, r.Signer, r.queue, m); err != nil {
 		r.t.Fatal(err)
 	}
@@ -213,14 +216,14 @@ func TestAgentRejectsBadMessages(t *testing.T) {
 	r.start()
 	ctx := t.Context()
 	good := r.banMsg(r.Attacker.IP4, 5)
-	good.ID, good.IssuedAt = msgID(), time.Now().UTC()
+	good.ID, good.IssuedAt, good.To = msgID(), time.Now().UTC(), r.node.ID
 	body, _, err := r.Signer.Encode(good)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stranger, _ := proto.GenerateKey("stranger")
 	sbody, sattrs, _ := stranger.Encode(good)
-	world := &proto.Message{ID: msgID(), Kind: proto.KindBan, IssuedAt: time.Now().UTC(), Rev: 6, Bans: []proto.Ban{{CIDR: "0.0.0.0/0", Rev: 6}}}
+	world := &proto.Message{ID: msgID(), Kind: proto.KindBan, To: r.node.ID, IssuedAt: time.Now().UTC(), Rev: 6, Bans: []proto.Ban{{CIDR: "0.0.0.0/0", Rev: 6}}}
 	wbody, _ := jsonMarshal(world)
 	bad := []struct {
 		body  []byte

@@ -17,6 +17,10 @@ type Metrics struct {
 	LagSeconds   prometheus.Histogram
 	Repairs      *prometheus.CounterVec
 	AWSErrors    *prometheus.CounterVec
+	Dropped      prometheus.Counter
+	SaveErrors   prometheus.Counter
+	StateCorrupt prometheus.Counter
+	Escalations  *prometheus.CounterVec
 }
 
 // NewMetrics registers the agent's metrics on a new registry.
@@ -36,11 +40,21 @@ func NewMetrics() *Metrics {
 			Help: "From a message's issued_at to its application (queue lag).", Buckets: prometheus.ExponentialBuckets(0.01, 2, 16)}),
 		Repairs:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_drift_repairs_total", Help: "Kernel drift found and repaired, by what."}, []string{"what"}),
 		AWSErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_aws_errors_total", Help: "Failed AWS calls after SDK retries, by operation."}, []string{"op"}),
+		Dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_agent_sync_entries_dropped_total",
+			Help: "Sync entries left out because they expired in transit (the rest of the sync applied)."}),
+		SaveErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_agent_state_save_errors_total",
+			Help: "Failed writes of the state file (the kernel keeps the change; the write is retried every reconcile)."}),
+		StateCorrupt: prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_agent_state_corrupt_total",
+			Help: "Unreadable state files moved aside at start (the state is rebuilt from a sync)."}),
+		Escalations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_escalations_total",
+			Help: "Sources that tripped an escalating limit, by outcome (reported, dropped over the cap)."}, []string{"outcome"}),
 	}
 	m.Registry.MustRegister(m.BansActive, m.AppliedRev, m.Refused, m.Applied, m.Rejected, m.ApplySeconds, m.LagSeconds, m.Repairs, m.AWSErrors,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, r := range []string{"too_large", "unsigned", "bad_version", "unknown_key", "bad_signature", "malformed", "invalid", "stale", "allowlist"} {
+		m.Dropped, m.SaveErrors, m.StateCorrupt, m.Escalations, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"too_large", "unsigned", "bad_version", "unknown_key", "bad_signature", "malformed", "invalid", "stale", "misdirected"} {
 		m.Rejected.WithLabelValues(r)
 	}
+	m.Escalations.WithLabelValues("reported")
+	m.Escalations.WithLabelValues("dropped")
 	return m
 }

@@ -308,6 +308,9 @@ type stateFile struct {
 }
 
 // Load reads a state file; a missing file is an empty state.
+// ErrCorrupt is returned by Load for a state file that cannot be read as one.
+var ErrCorrupt = errors.New("state file is corrupt")
+
 func Load(path string) (*State, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -319,7 +322,7 @@ func Load(path string) (*State, error) {
 	defer f.Close()
 	var sf stateFile
 	if err := json.NewDecoder(bufio.NewReader(f)).Decode(&sf); err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt: %w (move it away to start empty; the controller's next sync restores it)", path, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
 	}
 	s := NewState()
 	s.AppliedRev = sf.AppliedRev
@@ -331,7 +334,7 @@ func Load(path string) (*State, error) {
 	}
 	for _, b := range sf.Bans {
 		if _, err := proto.ParseCIDR(b.CIDR); err != nil {
-			return nil, fmt.Errorf("state file %s: ban %q: %w", path, b.ID, err)
+			return nil, fmt.Errorf("%w: %s: ban %q: %v", ErrCorrupt, path, b.ID, err)
 		}
 		p, e := s.entry(b)
 		s.bans[p] = e

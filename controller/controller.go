@@ -37,6 +37,7 @@ type Config struct {
 	Concurrency        int           // fan-out (default 64)
 	QueueGrace         time.Duration // how long a gone instance's queue is kept (default 10 min)
 	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
+	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 5 min)
 	VisibilityTimeout  int
 	Log                *slog.Logger
 	Now                func() time.Time
@@ -78,6 +79,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.LagGrace == 0 {
 		cfg.LagGrace = 30 * time.Second
+	}
+	if cfg.SilentAfter == 0 {
+		cfg.SilentAfter = 5 * time.Minute
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -345,7 +349,7 @@ func (c *Controller) Limit(ctx context.Context, req LimitRequest) (*Result, erro
 		return nil, err
 	}
 	l.Rev = rev
-	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, Rev: rev, Updated: c.Now().UTC()}
+	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, EscalateUnverified: l.EscalateUnverified, Rev: rev, Updated: c.Now().UTC()}
 	if _, err := c.Ledger.PutLimit(ctx, it); err != nil {
 		return nil, err
 	}
@@ -400,7 +404,7 @@ func (c *Controller) fanout(ctx context.Context, sel *Selector, m *proto.Message
 	return c.fanoutAny(ctx, []*Selector{sel}, m, res)
 }
 
-// fanoutAny sends m to every instance matching any of sels, signed once, with bounded
+// fanoutAny sends m to every instance matching any of sels, signed for each, with bounded
 // concurrency. Failures are recorded per instance; the reconciler repairs them from the ledger.
 func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.Message, res *Result) error {
 	all, err := c.Discover(ctx, mustParse("*"))
@@ -418,12 +422,11 @@ func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.M
 	}
 	m.ID = ulid.Make().String()
 	m.IssuedAt = c.Now().UTC()
-	body, attrs, err := c.Signer.Encode(m)
-	if err != nil {
-		return err
-	}
-	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, url string) error {
-		return SendRaw(ctx, c.Queues.SQS, url, m.ID, body, attrs)
+	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, id, url string) error {
+		// Signed per instance: the body names its instance, so it cannot be replayed elsewhere.
+		one := *m
+		one.To = id
+		return Send(ctx, c.Queues.SQS, c.Signer, url, &one)
 	})
 	if failed := res.Failed(); len(failed) > 0 {
 		ids := make([]string, len(failed))
@@ -435,7 +438,7 @@ func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.M
 	return nil
 }
 
-func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(context.Context, string) error) []Delivery {
+func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(ctx context.Context, id, url string) error) []Delivery {
 	out := make([]Delivery, len(targets))
 	sem := make(chan struct{}, c.Concurrency)
 	var wg sync.WaitGroup
@@ -447,7 +450,7 @@ func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(
 			defer func() { <-sem }()
 			url, err := c.queueURL(ctx, in.ID)
 			if err == nil {
-				err = send(ctx, url)
+				err = send(ctx, in.ID, url)
 			}
 			out[i] = Delivery{InstanceID: in.ID, Err: err}
 		}()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -65,23 +66,25 @@ func (b BanItem) Wire() proto.Ban {
 
 // LimitItem is a rate-limit policy in the ledger.
 type LimitItem struct {
-	PK       string    `dynamodbav:"pk"`
-	SK       string    `dynamodbav:"sk"`
-	Target   string    `dynamodbav:"target"`
-	Proto    string    `dynamodbav:"proto"`
-	Ports    []int     `dynamodbav:"ports"`
-	Hits     int       `dynamodbav:"hits"`
-	Seconds  int       `dynamodbav:"seconds"`
-	Action   string    `dynamodbav:"action"`
-	Escalate bool      `dynamodbav:"escalate"`
-	Rev      int64     `dynamodbav:"rev"`
-	Updated  time.Time `dynamodbav:"updated"`
-	Deleted  bool      `dynamodbav:"deleted"`
+	PK       string `dynamodbav:"pk"`
+	SK       string `dynamodbav:"sk"`
+	Target   string `dynamodbav:"target"`
+	Proto    string `dynamodbav:"proto"`
+	Ports    []int  `dynamodbav:"ports"`
+	Hits     int    `dynamodbav:"hits"`
+	Seconds  int    `dynamodbav:"seconds"`
+	Action   string `dynamodbav:"action"`
+	Escalate bool   `dynamodbav:"escalate"`
+	// EscalateUnverified: see proto.Limit.
+	EscalateUnverified bool      `dynamodbav:"escalate_unverified,omitempty"`
+	Rev                int64     `dynamodbav:"rev"`
+	Updated            time.Time `dynamodbav:"updated"`
+	Deleted            bool      `dynamodbav:"deleted"`
 }
 
 // Wire is the policy as agents receive it.
 func (l LimitItem) Wire() proto.Limit {
-	return proto.Limit{ID: l.SK, Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, Rev: l.Rev}
+	return proto.Limit{ID: l.SK, Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, EscalateUnverified: l.EscalateUnverified, Rev: l.Rev}
 }
 
 // InstanceItem is the reconciler's memory of an instance.
@@ -284,7 +287,9 @@ func (l *Ledger) DeleteInstance(ctx context.Context, id string) error {
 	return err
 }
 
-// Statuses returns the agents' heartbeats by instance id.
+// Statuses returns the agents' heartbeats by instance id. The id is the item's key, which IAM
+// lets an agent write only for its own instance; the instance_id attribute inside the item is the
+// agent's to write and is not trusted (an item whose attribute names another instance is skipped).
 func (l *Ledger) Statuses(ctx context.Context) (map[string]proto.AgentStatus, error) {
 	out := map[string]proto.AgentStatus{}
 	p := dynamodb.NewScanPaginator(l.DDB, &dynamodb.ScanInput{TableName: aws.String(l.Table),
@@ -297,9 +302,14 @@ func (l *Ledger) Statuses(ctx context.Context) (map[string]proto.AgentStatus, er
 		}
 		for _, raw := range page.Items {
 			var st proto.AgentStatus
-			if err := attributevalue.UnmarshalMap(raw, &st); err == nil && st.InstanceID != "" {
-				out[st.InstanceID] = st
+			if err := attributevalue.UnmarshalMap(raw, &st); err != nil || st.SK != "status" {
+				continue
 			}
+			id, ok := strings.CutPrefix(st.PK, "agent#")
+			if !ok || id == "" || st.InstanceID != id {
+				continue
+			}
+			out[id] = st
 		}
 	}
 	return out, nil

@@ -48,12 +48,20 @@ func (q *Queues) EnsureDLQ(ctx context.Context) (string, error) {
 	if q.dlqArn != "" {
 		return q.dlqArn, nil
 	}
-	out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(q.DLQName()),
-		Attributes: map[string]string{"FifoQueue": "true", "MessageRetentionPeriod": "1209600"}})
-	if err != nil {
-		return "", fmt.Errorf("create DLQ %s: %w", q.DLQName(), err)
+	// The stack creates the DLQ; only a controller without one (tests, `bansshee init`) makes it,
+	// so the Lambda needs no CreateQueue permission on it.
+	url := ""
+	if got, err := q.SQS.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(q.DLQName())}); err == nil {
+		url = aws.ToString(got.QueueUrl)
+	} else {
+		out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(q.DLQName()),
+			Attributes: map[string]string{"FifoQueue": "true", "MessageRetentionPeriod": "1209600"}})
+		if err != nil {
+			return "", fmt.Errorf("create DLQ %s: %w", q.DLQName(), err)
+		}
+		url = aws.ToString(out.QueueUrl)
 	}
-	attrs, err := q.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: out.QueueUrl,
+	attrs, err := q.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: aws.String(url),
 		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn}})
 	if err != nil {
 		return "", fmt.Errorf("read DLQ ARN: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/bansshee/bansshee/proto"
@@ -18,7 +19,9 @@ type Report struct {
 	QueuesCreated []string
 	QueuesDeleted []string
 	Synced        []string // instances sent a full sync
+	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
 	Escalated     []string // CIDRs banned from agent escalations
+	Refused       []string // escalations refused, with why
 	Errors        []error
 }
 
@@ -158,6 +161,12 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		// differs from the ledger's view, for longer than the grace (a fan-out in flight is not
 		// lag). The digest catches what revisions cannot: a message lost to a race or a crash.
 		lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && st.Digest != proto.Digest(d.bans, d.limits)))
+		if reported && now.Sub(st.Heartbeat) > c.SilentAfter {
+			// A dead agent reads nothing: a sync every pass would only pile up in its queue (40
+			// messages each at 100 000 bans). It gets one when its heartbeat shows it back.
+			rep.Silent = append(rep.Silent, in.ID)
+			continue
+		}
 		if !lagging && !rec.LagSince.IsZero() {
 			rec.LagSince = time.Time{}
 			_ = c.Ledger.PutInstance(ctx, rec)
@@ -216,7 +225,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		_ = c.Ledger.DeleteInstance(ctx, id)
 		rep.QueuesDeleted = append(rep.QueuesDeleted, id)
 	}
-	c.escalate(ctx, view, statuses, rep)
+	c.escalate(ctx, view, statuses, instances, rep)
 	return rep, errors.Join(rep.Errors...)
 }
 
@@ -226,7 +235,7 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 	if err != nil {
 		return err
 	}
-	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, IssuedAt: c.Now().UTC(), Rev: rev, Bans: d.bans, Limits: d.limits}
+	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, To: id, IssuedAt: c.Now().UTC(), Rev: rev, Bans: d.bans, Limits: d.limits}
 	parts, err := proto.SplitSync(m, proto.MaxBodyBytes)
 	if err != nil {
 		return err
@@ -240,45 +249,121 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 	return nil
 }
 
-// escalate turns sources that tripped an escalating limit on some agent into bans on that
-// limit's whole target.
-func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses map[string]proto.AgentStatus, rep *Report) {
+// Escalation caps: a compromised or flooded agent cannot turn its heartbeat into a stream of
+// fleet-wide bans.
+const (
+	MaxEscalationsPerInstance = 20  // per agent, per reconcile pass
+	MaxEscalationsPerMinute   = 100 // fleet-wide, counted from the ledger
+)
+
+// escalate turns sources that tripped an escalating limit on an agent into bans on that limit's
+// whole target. Each escalation is checked as an operator's ban is (never-ban addresses,
+// allowlists, prefix limits) and accepted only from an instance the limit targets, credited to
+// that limit, capped per instance and per fleet minute, and banned in one batch per limit.
+func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses map[string]proto.AgentStatus, instances []Instance, rep *Report) {
 	limits := map[string]LimitItem{}
 	for _, l := range view.limits {
 		if l.Escalate && !l.Deleted {
 			limits[l.SK] = l
 		}
 	}
+	if len(limits) == 0 {
+		return
+	}
 	now := c.Now()
+	tags := map[string]map[string]string{}
+	for _, in := range instances {
+		tags[in.ID] = in.Tags
+	}
 	active := map[string]bool{}
+	recent := 0
 	for _, b := range view.bans {
 		if b.Active(now) {
 			active[b.CIDR+"|"+b.Target] = true
 		}
+		if strings.HasPrefix(b.Source, "escalation:") && now.Sub(b.Created) < time.Minute {
+			recent++
+		}
 	}
-	for id, st := range statuses {
-		for _, e := range st.Escalations {
+	budget := MaxEscalationsPerMinute - recent
+	ids := make([]string, 0, len(statuses))
+	for id := range statuses {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	byLimit := map[string][]string{}
+	refuse := func(format string, args ...any) {
+		if len(rep.Refused) < 100 {
+			rep.Refused = append(rep.Refused, fmt.Sprintf(format, args...))
+		}
+	}
+	for _, id := range ids {
+		taken := 0
+		for _, e := range statuses[id].Escalations {
 			l, ok := limits[e.LimitID]
 			if !ok {
+				refuse("%s: %s: limit %q is not an escalating limit", id, e.Addr, e.LimitID)
 				continue
 			}
-			a, err := netip.ParseAddr(e.Addr)
+			if sel := view.sel(l.Target); sel == nil || tags[id] == nil || !sel.Match(tags[id]) {
+				refuse("%s: %s: limit %s does not target this instance", id, e.Addr, l.SK)
+				continue
+			}
+			a, err := proto.ParseAddr(e.Addr)
 			if err != nil {
+				refuse("%s: %v", id, err)
 				continue
 			}
-			cidr := netip.PrefixFrom(a, a.BitLen()).String()
+			pfx := netip.PrefixFrom(a, a.BitLen())
+			if err := proto.CheckNeverBan(pfx); err != nil {
+				refuse("%s: %v", id, err)
+				continue
+			}
+			cidr := pfx.String()
 			if active[cidr+"|"+l.Target] {
 				continue
 			}
-			_, err = c.Ban(ctx, BanRequest{CIDRs: []string{cidr}, Target: l.Target, TTL: time.Hour,
-				Reason: fmt.Sprintf("tripped rate limit %s on %s", l.SK, id), Source: "escalation:" + id + "/" + l.SK})
-			if err != nil {
-				rep.Errors = append(rep.Errors, fmt.Errorf("escalate %s: %w", cidr, err))
+			if taken >= MaxEscalationsPerInstance || budget <= 0 {
+				refuse("%s: %s: over the escalation cap (%d per instance per pass, %d per minute)", id, cidr, MaxEscalationsPerInstance, MaxEscalationsPerMinute)
 				continue
 			}
+			taken++
+			budget--
 			active[cidr+"|"+l.Target] = true
-			rep.Escalated = append(rep.Escalated, cidr)
+			byLimit[l.SK] = append(byLimit[l.SK], cidr)
 		}
+	}
+	names := make([]string, 0, len(byLimit))
+	for k := range byLimit {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		l := limits[name]
+		ok, refused, err := c.FilterCIDRs(ctx, byLimit[name])
+		if err != nil {
+			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
+			continue
+		}
+		for cidr, why := range refused {
+			refuse("%s: %v", cidr, why)
+		}
+		if len(ok) == 0 {
+			continue
+		}
+		cidrs := make([]string, len(ok))
+		for i, p := range ok {
+			cidrs[i] = p.String()
+		}
+		if _, err := c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: l.Target, TTL: time.Hour,
+			Reason: "tripped escalating rate limit " + name, Source: "escalation:" + name}); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
+			continue
+		}
+		rep.Escalated = append(rep.Escalated, cidrs...)
+	}
+	for _, r := range rep.Refused {
+		c.Log.Warn("escalation refused", "why", r)
 	}
 }
 

@@ -103,3 +103,42 @@ func TestTemplateReferencesResolve(t *testing.T) {
 		t.Fatalf("only %d references checked: is the walker reading the template?", refs)
 	}
 }
+
+// The trigger Lambda's and the controller's queue permissions cover instance queues, not the DLQ
+// and not the queues of another stack whose prefix starts the same way.
+func TestQueuePermissionsCoverInstanceQueuesOnly(t *testing.T) {
+	b, err := os.ReadFile("cloudformation/bansshee.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	arn := regexp.MustCompile(`:\$\{AWS::AccountId\}:(\$\{Prefix\}-i-[^"]*)"`)
+	var pats []*regexp.Regexp
+	for _, m := range arn.FindAllStringSubmatch(string(b), -1) {
+		p := strings.ReplaceAll(m[1], "${Prefix}", "bansshee")
+		p = regexp.QuoteMeta(p)
+		p = strings.ReplaceAll(strings.ReplaceAll(p, `\?`, "."), `\*`, ".*")
+		pats = append(pats, regexp.MustCompile("^"+p+"$"))
+	}
+	if len(pats) < 2 {
+		t.Fatalf("found %d instance-queue patterns", len(pats))
+	}
+	if strings.Contains(string(b), `${AWS::AccountId}:${Prefix}-*"`) {
+		t.Fatal("a statement still grants ${Prefix}-* (the DLQ and other stacks' queues)")
+	}
+	match := func(name string) bool {
+		for _, p := range pats {
+			if p.MatchString(name) {
+				return true
+			}
+		}
+		return false
+	}
+	for name, want := range map[string]bool{
+		"bansshee-i-0123456789abcdef0.fifo": true, "bansshee-i-0123abcd.fifo": true,
+		"bansshee-dlq.fifo": false, "bansshee-other-queue.fifo": false, "bansshee-i-0123456789abcdef0-x.fifo": false,
+	} {
+		if match(name) != want {
+			t.Errorf("%s covered = %v, want %v", name, !want, want)
+		}
+	}
+}

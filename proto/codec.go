@@ -45,6 +45,9 @@ type Verifier struct {
 	Limits Limits
 	Window time.Duration // replay window on issued_at (default 15 minutes)
 	Now    func() time.Time
+	// To is this agent's instance id: messages for any other instance (or none) are refused.
+	// Empty: not checked (tools that only read messages).
+	To string
 }
 
 // Decode verifies, strictly decodes and validates one message. The error wraps one of the
@@ -79,6 +82,9 @@ func (v *Verifier) Decode(body []byte, attrs map[string]string) (*Message, error
 	window := v.Window
 	if window == 0 {
 		window = 15 * time.Minute
+	}
+	if v.To != "" && m.To != v.To {
+		return nil, fmt.Errorf("%w: to=%q, this is %s", ErrMisdirected, m.To, v.To)
 	}
 	if age := now.Sub(m.IssuedAt); age > window || age < -window {
 		return nil, fmt.Errorf("%w: issued_at %s is %s from now, window is %s", ErrStale, m.IssuedAt.Format(time.RFC3339), age.Round(time.Second), window)
@@ -126,13 +132,13 @@ func SplitSync(m Message, maxBytes int) ([]Message, error) {
 	base, _ := json.Marshal(head)
 	budget := maxBytes - len(base) - 64
 	var parts []Message
-	cur := Message{ID: m.ID, Kind: KindSync, IssuedAt: m.IssuedAt, Rev: m.Rev, Limits: m.Limits}
+	cur := Message{ID: m.ID, Kind: KindSync, To: m.To, IssuedAt: m.IssuedAt, Rev: m.Rev, Limits: m.Limits}
 	size := 0
 	for _, b := range m.Bans {
 		bb, _ := json.Marshal(b)
 		if size+len(bb)+1 > budget && len(cur.Bans) > 0 {
 			parts = append(parts, cur)
-			cur = Message{Kind: KindSync, IssuedAt: m.IssuedAt, Rev: m.Rev}
+			cur = Message{Kind: KindSync, To: m.To, IssuedAt: m.IssuedAt, Rev: m.Rev}
 			size = 0
 		}
 		if len(bb)+1 > budget {

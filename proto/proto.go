@@ -35,8 +35,11 @@ const (
 
 // Message is one command to an agent. Which slices may be set depends on Kind.
 type Message struct {
-	ID       string    `json:"id"`
-	Kind     Kind      `json:"kind"`
+	ID   string `json:"id"`
+	Kind Kind   `json:"kind"`
+	// To is the instance the message is for. It is inside the signed body, so a message read from
+	// one instance's queue cannot be replayed into another's.
+	To       string    `json:"to,omitempty"`
 	IssuedAt time.Time `json:"issued_at"`
 	Rev      int64     `json:"rev"`
 
@@ -80,7 +83,11 @@ type Limit struct {
 	Seconds  int    `json:"seconds"`
 	Action   string `json:"action"`
 	Escalate bool   `json:"escalate,omitempty"`
-	Rev      int64  `json:"rev"`
+	// EscalateUnverified lets a UDP limit escalate. A TCP source escalates only after it has
+	// completed a handshake, which a spoofed source cannot; UDP has no handshake, so any address
+	// can be forged into a fleet ban, and the operator must ask for it.
+	EscalateUnverified bool  `json:"escalate_unverified,omitempty"`
+	Rev                int64 `json:"rev"`
 }
 
 // Part numbers one message of a sync that did not fit in one body. Set names the whole sync.

@@ -19,6 +19,7 @@ var (
 	ErrMalformed    = errors.New("malformed message")
 	ErrInvalid      = errors.New("invalid message")
 	ErrStale        = errors.New("message outside the replay window")
+	ErrMisdirected  = errors.New("message for another instance")
 )
 
 // Reason returns a short, stable label for err ("bad_signature", "invalid", ...), or "other".
@@ -29,7 +30,7 @@ func Reason(err error) string {
 	}{
 		{ErrTooLarge, "too_large"}, {ErrUnsigned, "unsigned"}, {ErrBadVersion, "bad_version"},
 		{ErrUnknownKey, "unknown_key"}, {ErrBadSignature, "bad_signature"}, {ErrMalformed, "malformed"},
-		{ErrInvalid, "invalid"}, {ErrStale, "stale"},
+		{ErrInvalid, "invalid"}, {ErrStale, "stale"}, {ErrMisdirected, "misdirected"},
 	} {
 		if errors.Is(err, r.err) {
 			return r.label
@@ -97,10 +98,16 @@ func (l Limits) checkBits(p netip.Prefix) error {
 
 var idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/_-]{0,127}$`)
 
+// setRe is a sync's set id: it names files in the agent's state directory, so no '/' and no '.'.
+var setRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
 // Validate checks every field of m against l at time now and canonicalises ban CIDRs in place.
 func (m *Message) Validate(l Limits, now time.Time) error {
 	if m.ID == "" || !idRe.MatchString(m.ID) {
 		return fieldErr("id", "must be 1-128 characters of [A-Za-z0-9._:/-], got %q", m.ID)
+	}
+	if m.To != "" && !idRe.MatchString(m.To) {
+		return fieldErr("to", "bad instance id %q", m.To)
 	}
 	if m.IssuedAt.IsZero() {
 		return fieldErr("issued_at", "missing")
@@ -129,8 +136,8 @@ func (m *Message) Validate(l Limits, now time.Time) error {
 		if len(m.Unbans)+len(m.Unlimits) > 0 {
 			return fieldErr("unbans", "not allowed in a sync message")
 		}
-		if p := m.Part; p != nil && (p.Count < 1 || p.Index < 1 || p.Index > p.Count || !idRe.MatchString(p.Set)) {
-			return fieldErr("part", "want 1 <= index <= count and a set id, got %+v", *p)
+		if p := m.Part; p != nil && (p.Count < 1 || p.Index < 1 || p.Index > p.Count || p.Count > 10000 || !setRe.MatchString(p.Set)) {
+			return fieldErr("part", "want 1 <= index <= count <= 10000 and a set id of [A-Za-z0-9_-], got %+v", *p)
 		}
 	default:
 		return fieldErr("kind", "unknown kind %q (want ban, unban, limit, unlimit or sync)", m.Kind)
@@ -255,6 +262,9 @@ func (p *Limit) validate(l Limits, msgRev int64) error {
 	}
 	if p.Seconds < 1 || p.Seconds > l.MaxSeconds {
 		return fieldErr("seconds", "%d is not in 1-%d", p.Seconds, l.MaxSeconds)
+	}
+	if p.EscalateUnverified && (!p.Escalate || p.Proto != "udp") {
+		return fieldErr("escalate_unverified", "only for an escalating udp limit")
 	}
 	if p.Action == "" {
 		p.Action = "drop"

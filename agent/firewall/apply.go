@@ -32,7 +32,7 @@ func (f *Firewall) ensure(ctx context.Context, limits []proto.Limit) ([]string, 
 		return nil, err
 	}
 	for _, fam := range f.fams {
-		for _, name := range []string{fam.allowSet, fam.banSet, fam.tripSet} {
+		for _, name := range []string{fam.allowSet, fam.banSet, fam.tripSet, fam.suspect} {
 			if !existing[name] {
 				repairs = append(repairs, "set:"+name)
 			}
@@ -72,18 +72,35 @@ func (fam *family) n() string {
 
 // rules returns the chains' desired rules. Each carries a comment with a hash of its position
 // and text, so drift (a rule removed, added or changed by hand) is found by comparing comments.
+//
+// Order: the allowlist; then packets that answer a connection this host opened (an agent whose
+// AWS endpoint is banned must still hear the unban); then the ban set, which drops everything a
+// banned address starts, established connections included; then the rate limits.
+//
+// Escalation is verified: a source over an escalating TCP limit only becomes a suspect (its SYN is
+// dropped); it trips, and is reported, when a packet of an established connection from it arrives
+// at that port, which a spoofed source cannot produce. Both sets key on address and port, so the
+// agent credits the limit that tripped.
 func (fam *family) rules(limits []proto.Limit) (main, trip []string) {
 	main = []string{
 		fmt.Sprintf("-m set --match-set %s src -j RETURN", fam.allowSet),
+		"-m conntrack --ctstate ESTABLISHED --ctdir REPLY -j RETURN",
 		fmt.Sprintf("-m set --match-set %s src -j DROP", fam.banSet),
 	}
 	sorted := slices.Clone(limits)
 	slices.SortFunc(sorted, func(a, b proto.Limit) int { return strings.Compare(a.ID, b.ID) })
 	for _, l := range sorted {
+		if l.Escalate && l.Proto == "tcp" {
+			main = append(main, fmt.Sprintf("-p tcp -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -m set --match-set %s src,dst -j SET --add-set %s src,dst --exist", fam.suspect, fam.tripSet))
+			break
+		}
+	}
+	for _, l := range sorted {
 		main = append(main, fam.limitRule(l))
 	}
 	trip = []string{
-		fmt.Sprintf("-j SET --add-set %s src --exist", fam.tripSet),
+		fmt.Sprintf("-p udp -j SET --add-set %s src,dst --exist", fam.tripSet), // only limits with escalate_unverified jump here with udp
+		fmt.Sprintf("-j SET --add-set %s src,dst --exist", fam.suspect),
 		"-j DROP",
 	}
 	tag := func(rs []string, chain string) []string {
@@ -97,17 +114,19 @@ func (fam *family) rules(limits []proto.Limit) (main, trip []string) {
 }
 
 // limitRule is one hashlimit rule: each source may open Hits new connections per Seconds; the
-// rest are dropped (or rejected, or sent to the TRIP chain when the policy escalates).
+// rest are dropped (or rejected, or sent to the TRIP chain when the policy escalates). The
+// hashlimit name hashes the rate too: the kernel keeps a name's first rate for as long as any rule
+// uses it, so a limit changed under the same id must get a new name to take effect.
 func (fam *family) limitRule(l proto.Limit) string {
 	ports := make([]string, len(l.Ports))
 	for i, p := range l.Ports {
 		ports[i] = strconv.Itoa(p)
 	}
-	sum := sha256.Sum256([]byte(l.ID))
+	sum := sha256.Sum256([]byte(fmt.Sprint(l.ID, "|", l.Proto, "|", ports, "|", l.Hits, "/", l.Seconds)))
 	name := "bsh" + fam.n() + "-" + hex.EncodeToString(sum[:4]) // hashlimit names are at most 15 bytes
 	target := "DROP"
 	switch {
-	case l.Escalate:
+	case l.Escalate && (l.Proto == "tcp" || l.EscalateUnverified):
 		target = fam.tripChain
 	case l.Action == "reject" && l.Proto == "tcp":
 		target = "REJECT --reject-with tcp-reset"
@@ -458,30 +477,65 @@ func (f *Firewall) Snapshot(ctx context.Context) (Snapshot, error) {
 	return snap, nil
 }
 
+// Trip is a source that tripped an escalating limit, with the port (and protocol) it tripped on.
+type Trip struct {
+	Addr  netip.Addr
+	Proto string
+	Port  int
+}
+
 // Tripped returns the sources that tripped an escalating rate limit (and are still in the sets).
-func (f *Firewall) Tripped(ctx context.Context) ([]netip.Addr, error) {
-	var out []netip.Addr
+func (f *Firewall) Tripped(ctx context.Context) ([]Trip, error) {
+	var out []Trip
 	for _, fam := range f.fams {
-		m, err := f.readSet(ctx, fam.tripSet)
+		raw, err := run(ctx, nil, "ipset", "save", fam.tripSet)
 		if err != nil {
-			return nil, err
+			if strings.Contains(err.Error(), "does not exist") {
+				continue
+			}
+			return nil, fmt.Errorf("read set %s: %w", fam.tripSet, err)
 		}
-		for p := range m {
-			out = append(out, p.Addr())
+		for _, line := range strings.Split(string(raw), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 3 || f[0] != "add" {
+				continue
+			}
+			if t, ok := parseTrip(f[2]); ok {
+				out = append(out, t)
+			}
 		}
 	}
 	return out, nil
 }
 
-// ClearTripped removes addresses from the tripped sets once they have been reported.
-func (f *Firewall) ClearTripped(ctx context.Context, addrs []netip.Addr) error {
+// parseTrip reads a hash:ip,port member: "10.0.0.1,tcp:110" or "2001:db8::1,udp:53".
+func parseTrip(s string) (Trip, bool) {
+	i := strings.LastIndexByte(s, ',')
+	if i < 0 {
+		return Trip{}, false
+	}
+	a, err := netip.ParseAddr(s[:i])
+	if err != nil {
+		return Trip{}, false
+	}
+	proto, port, ok := strings.Cut(s[i+1:], ":")
+	n, err := strconv.Atoi(port)
+	if !ok || err != nil {
+		return Trip{}, false
+	}
+	return Trip{Addr: a.Unmap(), Proto: proto, Port: n}, true
+}
+
+// ClearTripped removes trips once they have been reported (and their suspect entries).
+func (f *Firewall) ClearTripped(ctx context.Context, trips []Trip) error {
 	var b bytes.Buffer
-	for _, a := range addrs {
+	for _, t := range trips {
 		fam := f.fams[0]
-		if a.Is6() {
+		if t.Addr.Is6() {
 			fam = f.fams[1]
 		}
-		fmt.Fprintf(&b, "del %s %s\n", fam.tripSet, a)
+		fmt.Fprintf(&b, "del %s %s,%s:%d\n", fam.tripSet, t.Addr, t.Proto, t.Port)
+		fmt.Fprintf(&b, "del %s %s,%s:%d\n", fam.suspect, t.Addr, t.Proto, t.Port)
 	}
 	if b.Len() == 0 {
 		return nil
@@ -523,7 +577,7 @@ func (f *Firewall) Uninstall(ctx context.Context) error {
 		return err
 	}
 	for _, fam := range f.fams {
-		for _, s := range []string{fam.banSet, fam.allowSet, fam.tripSet} {
+		for _, s := range []string{fam.banSet, fam.allowSet, fam.tripSet, fam.suspect, fam.legacy} {
 			if existing[s] {
 				if _, err := run(ctx, nil, "ipset", "destroy", s); err != nil {
 					return err
@@ -607,7 +661,8 @@ func (f *Firewall) ipsetRestore(ctx context.Context, body []byte) error {
 	for _, fam := range f.fams {
 		fmt.Fprintf(&b, "create %s hash:net family %s maxelem 65536\n", fam.allowSet, fam.inet)
 		fmt.Fprintf(&b, "create %s hash:net family %s hashsize 4096 maxelem %d timeout 0\n", fam.banSet, fam.inet, f.cfg.MaxSet)
-		fmt.Fprintf(&b, "create %s hash:ip family %s maxelem 65536 timeout 3600\n", fam.tripSet, fam.inet)
+		fmt.Fprintf(&b, "create %s hash:ip,port family %s maxelem 65536 timeout 3600\n", fam.tripSet, fam.inet)
+		fmt.Fprintf(&b, "create %s hash:ip,port family %s maxelem 65536 timeout 3600\n", fam.suspect, fam.inet)
 	}
 	b.Write(body)
 	_, err := run(ctx, b.Bytes(), "ipset", "restore", "-exist")

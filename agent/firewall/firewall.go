@@ -75,7 +75,9 @@ type family struct {
 	tripChain string
 	banSet    string
 	allowSet  string
-	tripSet   string
+	tripSet   string // hash:ip,port: sources that tripped an escalating limit, verified
+	suspect   string // hash:ip,port: sources over an escalating limit, not yet verified
+	legacy    string // the hash:ip trip set of earlier versions, removed by Uninstall
 	inet      string // ipset family
 }
 
@@ -140,7 +142,8 @@ func newFamily(cfg Config, mode string, v6 bool) (*family, error) {
 	}
 	return &family{v6: v6, ipt: ipt, restore: bin("-restore"), save: bin("-save"),
 		chain: cfg.Chain, tripChain: cfg.Chain + "-TRIP",
-		banSet: cfg.SetPrefix + "-ban" + n, allowSet: cfg.SetPrefix + "-allow" + n, tripSet: cfg.SetPrefix + "-tripped" + n,
+		banSet: cfg.SetPrefix + "-ban" + n, allowSet: cfg.SetPrefix + "-allow" + n, tripSet: cfg.SetPrefix + "-trip" + n,
+		suspect: cfg.SetPrefix + "-suspect" + n, legacy: cfg.SetPrefix + "-tripped" + n,
 		inet: inet}, nil
 }
 

@@ -214,24 +214,134 @@ func TestRateLimitWindowPasses(t *testing.T) {
 	}
 }
 
-func TestEscalatingLimitFillsTrippedSet(t *testing.T) {
+func (l *lab) tripped(t *testing.T) []Trip {
+	t.Helper()
+	var got []Trip
+	l.do(t, func() error {
+		var err error
+		got, err = l.fw.Tripped(t.Context())
+		return err
+	})
+	return got
+}
+
+// A source over an escalating limit trips only once it has shown a completed handshake (a packet
+// of an established connection to that port), and the trip names the port it tripped on.
+func TestEscalationNeedsAHandshake(t *testing.T) {
 	l := newLab(t)
 	lim := pop3Limit(60)
 	lim.Hits, lim.Escalate = 2, true
 	l.apply(t, State{Limits: []proto.Limit{lim}})
+	open, err := netns.Dial(&l.Attacker.NS, l.src1, netip.AddrPortFrom(l.Victim.IP4, 110), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	l.mustReach(t, l.src1, l.Victim.IP4, true)
+	l.mustReach(t, l.src1, l.Victim.IP4, false) // over the limit: a suspect, not yet tripped
+	if got := l.tripped(t); len(got) != 0 {
+		t.Fatalf("tripped before any established packet: %v", got)
+	}
+	if _, err := open.Write([]byte("USER x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := l.tripped(t)
+		if len(got) == 1 && got[0] == (Trip{Addr: l.src1, Proto: "tcp", Port: 110}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tripped = %v, want [%s tcp:110]", got, l.src1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// 2 000 forged sources, each over the limit, trip nothing: none can complete a handshake.
+func TestSpoofedSYNsDoNotTrip(t *testing.T) {
+	l := newLab(t)
+	lim := pop3Limit(60)
+	lim.Hits, lim.Escalate = 2, true
+	l.apply(t, State{Limits: []proto.Limit{lim}})
+	var srcs []netip.Addr
+	for i := 0; i < 2000; i++ {
+		srcs = append(srcs, netip.AddrFrom4([4]byte{10, 98, byte(i >> 8), byte(i)}))
+	}
+	if err := netns.SpoofSYN(&l.Attacker.NS, srcs, netip.AddrPortFrom(l.Victim.IP4, 110), 4); err != nil {
+		t.Fatal(err)
+	}
+	// The flood reached the limit: the forged sources are suspects (dropped), and none tripped.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var out string
+		l.do(t, func() error {
+			b, err := l.Victim.Run("ipset", "list", "-t", "bansshee-suspect4")
+			out = b
+			return err
+		})
+		if strings.Contains(out, "Number of entries: 2000") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("suspects after the flood:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := l.tripped(t); len(got) != 0 {
+		t.Fatalf("%d forged sources tripped the limit", len(got))
+	}
+}
+
+// Packets that answer a connection the host opened pass the ban set; what a banned address
+// starts does not, an established inbound connection included.
+func TestBanKeepsRepliesToOwnConnections(t *testing.T) {
+	l := newLab(t)
+	out, err := netns.Serve(&l.Attacker.NS, 8110) // "an AWS endpoint" at src1's host
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	inbound, err := netns.Dial(&l.Attacker.NS, l.src1, netip.AddrPortFrom(l.Victim.IP4, 110), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inbound.Close()
+	l.apply(t, State{Bans: []Ban{ban("10.97.200.0/24", time.Hour)}})
+	l.mustReach(t, l.src1, l.Victim.IP4, false)
+	// The victim connects out to the banned address: the handshake and the banner get through.
+	if err := netns.Connect(&l.Victim.NS, netip.Addr{}, netip.AddrPortFrom(l.src1, 8110), time.Second); err != nil {
+		t.Fatalf("outbound connection to a banned address: %v", err)
+	}
+	// The inbound connection the banned address opened before the ban is cut.
+	_ = inbound.SetDeadline(time.Now().Add(700 * time.Millisecond))
+	buf := make([]byte, 128)
+	_, _ = inbound.Read(buf) // the banner, sent before the ban
+	if _, err := inbound.Write([]byte("USER x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inbound.Read(buf); err == nil {
+		t.Fatal("an established inbound connection from a banned address still gets answers")
+	}
+	if n := l.srv.Logins(l.src1); n != 0 {
+		t.Fatalf("server saw %d logins from the banned address", n)
+	}
+}
+
+// The kernel keeps a hashlimit name's first rate: a loosened limit must take a new name.
+func TestLimitChangeTakesEffect(t *testing.T) {
+	l := newLab(t)
+	lim := pop3Limit(60)
+	lim.Hits = 2
+	l.apply(t, State{Limits: []proto.Limit{lim}})
 	l.mustReach(t, l.src1, l.Victim.IP4, true)
 	l.mustReach(t, l.src1, l.Victim.IP4, true)
 	l.mustReach(t, l.src1, l.Victim.IP4, false)
-	l.do(t, func() error {
-		got, err := l.fw.Tripped(t.Context())
-		if err != nil {
-			return err
-		}
-		if len(got) != 1 || got[0] != l.src1 {
-			t.Errorf("tripped = %v, want [%s]", got, l.src1)
-		}
-		return nil
-	})
+	lim.Hits, lim.Rev = 20, 2
+	l.apply(t, State{Limits: []proto.Limit{lim}})
+	for i := 0; i < 10; i++ {
+		l.mustReach(t, l.src1, l.Victim.IP4, true)
+	}
 }
 
 func TestAllowlistWins(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -100,6 +101,10 @@ func parseCIDRs(list []string) ([]netip.Prefix, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--allow: %w", err)
 		}
+		if p.Bits() == 0 {
+			// Allowing everything would switch every ban and rate limit off without a word.
+			return nil, fmt.Errorf("--allow %s: would allow every address, and so disable every ban", s)
+		}
 		out = append(out, p)
 	}
 	return out, nil
@@ -137,9 +142,14 @@ func runAgent(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	var vpcs []netip.Prefix
 	if o.instanceID == "" {
 		if o.instanceID, err = instanceFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
 			return err
+		}
+		// On EC2: the VPC's ranges join the kernel allowlist, as they do the controller's.
+		if vpcs, err = vpcFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
+			log.Warn("VPC CIDRs from IMDS: not allowlisted in the kernel", "err", err)
 		}
 	}
 	fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode, Log: log})
@@ -149,7 +159,7 @@ func runAgent(ctx context.Context, o *options) error {
 	log.Info("starting", "version", version, "instance", o.instanceID, "iptables", fw.Mode(), "keys", len(keys))
 	table := o.table
 	a, err := agent.New(agent.Config{InstanceID: o.instanceID, QueuePrefix: o.queuePrefix, QueueURL: o.queueURL, Keys: keys,
-		AdminCIDRs: admin, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
+		AdminCIDRs: admin, VPCCIDRs: vpcs, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
 		sqs.NewFromConfig(cfg), dynamodb.NewFromConfig(cfg), fw)
 	if err != nil {
 		return err
@@ -195,6 +205,48 @@ func instanceFromIMDS(ctx context.Context, c *imds.Client) (string, error) {
 		return "", fmt.Errorf("IMDSv2 returned %q, not an instance id", id)
 	}
 	return id, nil
+}
+
+// vpcFromIMDS reads the VPC CIDR blocks (IPv4 and IPv6) of every network interface.
+func vpcFromIMDS(ctx context.Context, c *imds.Client) ([]netip.Prefix, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	get := func(path string) (string, error) {
+		out, err := c.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
+		if err != nil {
+			return "", err
+		}
+		defer out.Content.Close()
+		b, err := io.ReadAll(io.LimitReader(out.Content, 64<<10))
+		return string(b), err
+	}
+	macs, err := get("network/interfaces/macs/")
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, mac := range strings.Fields(macs) {
+		mac = strings.TrimSuffix(mac, "/")
+		for _, key := range []string{"vpc-ipv4-cidr-blocks", "vpc-ipv6-cidr-blocks"} {
+			text, err := get("network/interfaces/macs/" + mac + "/" + key)
+			if err != nil {
+				continue // an interface without IPv6 has no such key
+			}
+			for _, f := range strings.Fields(text) {
+				p, err := proto.ParseCIDR(f)
+				if err != nil || p.Bits() == 0 {
+					return nil, fmt.Errorf("IMDS %s of %s: %q is not a VPC CIDR", key, mac, f)
+				}
+				if !slices.Contains(out, p) {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("IMDS lists no VPC CIDR block")
+	}
+	return out, nil
 }
 
 func uninstallCmd(o *options) *cobra.Command {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -33,6 +34,14 @@ func TestInstanceIDFromIMDSv2(t *testing.T) {
 				return
 			}
 			w.Write([]byte("i-0abc123def4567890"))
+		case r.URL.Path == "/latest/meta-data/network/interfaces/macs/":
+			w.Write([]byte("0e:aa:bb:cc:dd:01/\n0e:aa:bb:cc:dd:02/"))
+		case r.URL.Path == "/latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:01/vpc-ipv4-cidr-blocks":
+			w.Write([]byte("10.0.0.0/16\n100.64.0.0/16"))
+		case r.URL.Path == "/latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:01/vpc-ipv6-cidr-blocks":
+			w.Write([]byte("2600:1f18:abc::/56"))
+		case r.URL.Path == "/latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:02/vpc-ipv4-cidr-blocks":
+			w.Write([]byte("10.0.0.0/16"))
 		default:
 			http.NotFound(w, r)
 		}
@@ -47,6 +56,10 @@ func TestInstanceIDFromIMDSv2(t *testing.T) {
 	id, err := instanceFromIMDS(context.Background(), imds.NewFromConfig(cfg))
 	if err != nil || id != "i-0abc123def4567890" {
 		t.Fatalf("got %q, %v", id, err)
+	}
+	vpcs, err := vpcFromIMDS(context.Background(), imds.NewFromConfig(cfg))
+	if err != nil || fmt.Sprint(vpcs) != "[10.0.0.0/16 100.64.0.0/16 2600:1f18:abc::/56]" {
+		t.Fatalf("VPC CIDRs %v, %v", vpcs, err)
 	}
 	srv.Close() // off EC2: a clear error within the deadline
 	start := time.Now()

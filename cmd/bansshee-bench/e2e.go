@@ -147,7 +147,7 @@ func runAgent(ctx context.Context, emit func(Row)) error {
 		}
 		node := f.Nodes()[0]
 		if bans > 0 {
-			m := proto.Message{ID: "bench-sync", Kind: proto.KindSync, IssuedAt: time.Now().UTC(), Rev: 1000}
+			m := proto.Message{ID: "bench-sync", Kind: proto.KindSync, To: node.ID, IssuedAt: time.Now().UTC(), Rev: 1000}
 			exp := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 			for i := 0; i < bans; i++ {
 				p := netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)}), 32)

@@ -251,8 +251,8 @@ func (f *dryFirewall) Unban(_ context.Context, ps []netip.Prefix) error {
 	return nil
 }
 
-func (f *dryFirewall) Tripped(context.Context) ([]netip.Addr, error)    { return nil, nil }
-func (f *dryFirewall) ClearTripped(context.Context, []netip.Addr) error { return nil }
+func (f *dryFirewall) Tripped(context.Context) ([]firewall.Trip, error)    { return nil, nil }
+func (f *dryFirewall) ClearTripped(context.Context, []firewall.Trip) error { return nil }
 
 func (f *dryFirewall) bannedLocked(src netip.Addr) bool {
 	for _, a := range f.allow {

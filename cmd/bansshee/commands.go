@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -406,7 +409,8 @@ func limitCmd(g *globals) *cobra.Command {
 	f.IntVar(&l.Hits, "hits", 10, "new connections allowed per source per window")
 	f.IntVar(&l.Seconds, "seconds", 60, "window length")
 	f.StringVar(&l.Action, "action", "drop", "drop or reject the excess")
-	f.BoolVar(&l.Escalate, "escalate", false, "a source that trips the limit on one instance is banned on the whole target")
+	f.BoolVar(&l.Escalate, "escalate", false, "a source that trips the limit on one instance (after a completed TCP handshake) is banned on the whole target")
+	f.BoolVar(&l.EscalateUnverified, "escalate-udp", false, "with --escalate on a udp limit: escalate UDP sources too, which anyone can forge")
 	_ = c.MarkFlagRequired("port")
 	addWait(f, &wait, &timeout)
 	return c
@@ -490,32 +494,57 @@ func initCmd(g *globals) *cobra.Command {
 		}}
 }
 
+// writeNew creates path with mode and writes text, refusing an existing file or a symlink
+// (O_EXCL|O_NOFOLLOW: no check-then-write race, and a key is never written through a link).
+func writeNew(path, text string, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, mode)
+	if errors.Is(err, os.ErrExist) {
+		return usageError{fmt.Errorf("%s exists; not overwriting a key", path)}
+	}
+	if err != nil {
+		return err
+	}
+	if _, err = f.WriteString(text); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
+
 func keysCmd() *cobra.Command {
 	keys := &cobra.Command{Use: "keys", Short: "signing keys"}
 	var out, kid string
 	gen := &cobra.Command{Use: "gen --out FILE", Short: "make an Ed25519 signing key: FILE (private) and FILE.pub (for agents)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if kid == "" {
-				kid = time.Now().UTC().Format("2006-01-02")
+				// The date says when; the random part keeps two keys made on one day apart.
+				var r [3]byte
+				if _, err := rand.Read(r[:]); err != nil {
+					return err
+				}
+				kid = time.Now().UTC().Format("2006-01-02") + "-" + hex.EncodeToString(r[:])
 			}
 			s, err := proto.GenerateKey(kid)
 			if err != nil {
 				return err
 			}
-			if _, err := os.Stat(out); err == nil {
-				return usageError{fmt.Errorf("%s exists; not overwriting a key", out)}
-			}
-			if err := os.WriteFile(out, []byte(s.MarshalPrivate()), 0o600); err != nil {
+			if err := writeNew(out, s.MarshalPrivate(), 0o600); err != nil {
 				return err
 			}
-			if err := os.WriteFile(out+".pub", []byte(s.MarshalPublic()), 0o644); err != nil {
+			if err := writeNew(out+".pub", s.MarshalPublic(), 0o644); err != nil {
+				os.Remove(out)
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "key %s: private %s, public %s.pub\n", kid, out, out)
 			return nil
 		}}
 	gen.Flags().StringVar(&out, "out", "bansshee.key", "private key file")
-	gen.Flags().StringVar(&kid, "id", "", "key id (default: today's date)")
+	gen.Flags().StringVar(&kid, "id", "", "key id (default: today's date and a random suffix)")
 	keys.AddCommand(gen)
 	return keys
 }

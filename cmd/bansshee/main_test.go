@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,5 +105,44 @@ func TestCLIRefusalsWriteNothing(t *testing.T) {
 	code, out, _ := c.run(t, "list", "--json")
 	if code != 0 || !strings.Contains(out, `"bans":null`) {
 		t.Fatalf("ledger not empty after refusals: %s", out)
+	}
+}
+
+func TestKeysGenSafeFiles(t *testing.T) {
+	dir := t.TempDir()
+	run1 := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), args, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	a, b := filepath.Join(dir, "a.key"), filepath.Join(dir, "b.key")
+	if code, out := run1("keys", "gen", "--out", a); code != 0 {
+		t.Fatal(out)
+	}
+	if code, out := run1("keys", "gen", "--out", b); code != 0 {
+		t.Fatal(out)
+	}
+	ka, _ := os.ReadFile(a + ".pub")
+	kb, _ := os.ReadFile(b + ".pub")
+	if strings.Fields(string(ka))[0] == strings.Fields(string(kb))[0] {
+		t.Fatalf("two keys made on one day share a key id: %q %q", ka, kb)
+	}
+	if fi, _ := os.Stat(a); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("private key mode %v", fi.Mode().Perm())
+	}
+	if code, out := run1("keys", "gen", "--out", a); code != exitUsage || !strings.Contains(out, "exists") {
+		t.Fatalf("overwrite: %d %s", code, out)
+	}
+	// A symlink planted where the key goes is not followed.
+	target := filepath.Join(dir, "elsewhere")
+	link := filepath.Join(dir, "link.key")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := run1("keys", "gen", "--out", link); code == 0 {
+		t.Fatalf("wrote through a symlink: %s", out)
+	}
+	if _, err := os.Stat(target); err == nil {
+		t.Fatal("the symlink's target was created")
 	}
 }

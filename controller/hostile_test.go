@@ -1,0 +1,178 @@
+package controller
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/bansshee/bansshee/proto"
+)
+
+// putStatus writes a heartbeat item under key (an agent's own id), as an agent (or an attacker
+// holding that agent's credentials) can.
+func (e *env) putStatus(t *testing.T, key string, st proto.AgentStatus) {
+	t.Helper()
+	st.PK, st.SK = proto.StatusKey(key)
+	if st.InstanceID == "" {
+		st.InstanceID = key
+	}
+	if st.Heartbeat.IsZero() {
+		st.Heartbeat = e.c.Now()
+	}
+	item, err := attributevalue.MarshalMap(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.clients.DynamoDB.PutItem(t.Context(), &dynamodb.PutItemInput{TableName: aws.String(e.c.Table), Item: item}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A compromised instance writes, under its own key, a status that claims to be another
+// instance's: it does not hide that instance's lag.
+func TestForgedStatusIsIgnored(t *testing.T) {
+	e := newEnv(t)
+	e.putStatus(t, "i-0aaaaaaaaaaaaaaaa", proto.AgentStatus{InstanceID: "i-0bbbbbbbbbbbbbbbb", AppliedRev: 1 << 40, Digest: "forged"})
+	e.putStatus(t, "i-0cccccccccccccccc", proto.AgentStatus{AppliedRev: 7})
+	got, err := e.c.Ledger.Statuses(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got["i-0bbbbbbbbbbbbbbbb"]; ok {
+		t.Fatal("a status written under another instance's key was credited to it")
+	}
+	if _, ok := got["i-0aaaaaaaaaaaaaaaa"]; ok {
+		t.Fatal("a status whose instance_id disagrees with its key was used")
+	}
+	if got["i-0cccccccccccccccc"].AppliedRev != 7 || len(got) != 1 {
+		t.Fatalf("statuses %v", got)
+	}
+}
+
+func TestEscalationsAreCheckedCappedAndBatched(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	mail1 := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	mail2 := e.launch(t, "mail2", map[string]string{"Role": "mail"})
+	web1 := e.launch(t, "web1", map[string]string{"Role": "web"})
+	if _, err := e.c.Limit(ctx, LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 5, Seconds: 60, Escalate: true}, Target: "Role=mail"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Limit(ctx, LimitRequest{Limit: proto.Limit{ID: "l-plain", Proto: "tcp", Ports: []int{25}, Hits: 5, Seconds: 60}, Target: "Role=mail"}); err != nil {
+		t.Fatal(err)
+	}
+	now := e.c.Now()
+	esc := func(from, n int, limit string) []proto.Escalation {
+		var out []proto.Escalation
+		for i := from; i < from+n; i++ {
+			out = append(out, proto.Escalation{Addr: fmt.Sprintf("198.51.%d.%d", 100+i/250, 1+i%250), LimitID: limit, Seen: now})
+		}
+		return out
+	}
+	// mail1 reports 30 sources (cap 20), loopback and IMDS (never banned), and a source on a
+	// limit that does not escalate; web1 (not targeted by l-pop3) reports 5.
+	m1 := append(esc(0, 30, "l-pop3"), proto.Escalation{Addr: "127.0.0.1", LimitID: "l-pop3", Seen: now},
+		proto.Escalation{Addr: "169.254.169.254", LimitID: "l-pop3", Seen: now}, proto.Escalation{Addr: "203.0.113.9", LimitID: "l-plain", Seen: now})
+	e.putStatus(t, mail1, proto.AgentStatus{Escalations: m1})
+	e.putStatus(t, web1, proto.AgentStatus{Escalations: esc(1000, 5, "l-pop3")})
+	revBefore, _ := e.c.Ledger.CurrentRev(ctx)
+	rep, _ := e.c.ReconcileOnce(ctx)
+	if len(rep.Escalated) != MaxEscalationsPerInstance {
+		t.Fatalf("escalated %d: %v\nrefused: %v", len(rep.Escalated), rep.Escalated, rep.Refused)
+	}
+	refused := strings.Join(rep.Refused, "\n")
+	for _, want := range []string{"does not target this instance", "not an escalating limit", "over the escalation cap", "never banned: 127.0.0.1/32 is loopback", "169.254.169.254/32 is link-local"} {
+		if !strings.Contains(refused, want) {
+			t.Errorf("refused lacks %q:\n%s", want, refused)
+		}
+	}
+	bans, err := e.c.Ledger.Bans(ctx, e.c.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs := map[int64]bool{}
+	for _, b := range bans {
+		revs[b.Rev] = true
+		if b.Target != "Role=mail" || !strings.HasPrefix(b.Source, "escalation:l-pop3") {
+			t.Fatalf("ban %+v", b)
+		}
+	}
+	revAfter, _ := e.c.Ledger.CurrentRev(ctx)
+	if len(bans) != MaxEscalationsPerInstance || len(revs) != 1 {
+		t.Fatalf("%d bans over %d revisions, want one batch of %d", len(bans), len(revs), MaxEscalationsPerInstance)
+	}
+	if revAfter-revBefore > 3 { // the batch's revision and the first syncs'
+		t.Fatalf("the escalations took %d revisions", revAfter-revBefore)
+	}
+	// Fleet-wide: at most 100 escalation bans a minute, whatever the number of reporters.
+	e.putStatus(t, mail1, proto.AgentStatus{Escalations: esc(2000, 20, "l-pop3")})
+	e.putStatus(t, mail2, proto.AgentStatus{Escalations: esc(3000, 20, "l-pop3")})
+	for i := 0; i < 5; i++ {
+		e.putStatus(t, mail1, proto.AgentStatus{Escalations: esc(4000+40*i, 20, "l-pop3")})
+		e.putStatus(t, mail2, proto.AgentStatus{Escalations: esc(4020+40*i, 20, "l-pop3")})
+		if _, err := e.c.ReconcileOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bans, _ = e.c.Ledger.Bans(ctx, e.c.Now())
+	if len(bans) != MaxEscalationsPerMinute {
+		t.Fatalf("%d escalation bans within a minute, want the cap %d", len(bans), MaxEscalationsPerMinute)
+	}
+}
+
+// An agent that stopped heartbeating gets no syncs, however many passes run.
+func TestSilentAgentGetsNoSyncStorm(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if msgs := e.drain(t, id); len(msgs) != 1 || msgs[0].To != id {
+		t.Fatalf("first sync %+v", msgs)
+	}
+	e.putStatus(t, id, proto.AgentStatus{AppliedRev: 1, Digest: "old"}) // then the agent dies
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	// While its heartbeat is recent it looks lagging and gets syncs; once it is older than
+	// SilentAfter, ten more passes queue nothing.
+	for i := 0; i < 6; i++ {
+		e.advance(time.Minute)
+		if _, err := e.c.ReconcileOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.drain(t, id)
+	for i := 0; i < 10; i++ {
+		e.advance(time.Minute)
+		rep, err := e.c.ReconcileOnce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Synced) != 0 || len(rep.Silent) != 1 {
+			t.Fatalf("pass %d: synced %v, silent %v", i, rep.Synced, rep.Silent)
+		}
+	}
+	if msgs := e.drain(t, id); len(msgs) != 0 {
+		t.Fatalf("%d messages queued for a dead agent", len(msgs))
+	}
+	// It comes back: a fresh heartbeat with the old digest gets one sync.
+	synced := 0
+	for i := 0; i < 3; i++ {
+		e.putStatus(t, id, proto.AgentStatus{AppliedRev: 1, Digest: "old"})
+		rep, err := e.c.ReconcileOnce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		synced += len(rep.Synced)
+		e.advance(10 * time.Second)
+	}
+	if synced != 1 {
+		t.Fatalf("the returning agent got %d syncs, want 1", synced)
+	}
+}
