@@ -190,3 +190,22 @@ func TestGuardDutyByRole(t *testing.T) {
 		t.Fatalf("default config: %+v %v", out, err)
 	}
 }
+
+// A retried invocation delivers the same batch again: it is counted once.
+func TestRetriedBatchCountedOnce(t *testing.T) {
+	h := dryHandler(t, `{"jails":[{"name":"sshd","builtin":"sshd","maxretry":3}]}`)
+	line := "sshd[1]: Failed password for root from 198.51.100.31 port 22 ssh2"
+	ev := batch(t, "/auth", line, line)
+	out, err := h.Handle(t.Context(), ev)
+	if err != nil || len(out.Bans) != 0 {
+		t.Fatalf("first delivery: %+v %v", out, err)
+	}
+	out, err = h.Handle(t.Context(), ev) // the retry: same event ids
+	if err != nil || len(out.Bans) != 0 || len(out.Ignored) != 1 || !strings.Contains(out.Ignored[0].Reason, "already counted") {
+		t.Fatalf("retry: %+v %v", out, err)
+	}
+	out, err = h.Handle(t.Context(), batch(t, "/auth", line)) // a new line: the third failure
+	if err != nil || len(out.Bans) != 1 {
+		t.Fatalf("third failure: %+v %v", out, err)
+	}
+}

@@ -219,6 +219,13 @@ func TestLedgerCounterSpansInvocations(t *testing.T) {
 			t.Fatalf("step %d: %d %v, want %d", i, got, err, want)
 		}
 	}
+	// A batch key is recorded once (a conditional put): the retry sees it.
+	if dup, err := c.Seen(ctx, "batch#abc", time.Hour, now); err != nil || dup {
+		t.Fatalf("first Seen: %v %v", dup, err)
+	}
+	if dup, err := c.Seen(ctx, "batch#abc", time.Hour, now.Add(time.Minute)); err != nil || !dup {
+		t.Fatalf("second Seen: %v %v", dup, err)
+	}
 	// After the window the count starts again.
 	got, err := c.Add(ctx, "cyrus", "1.2.3.4", 1, 10*time.Minute, now.Add(20*time.Minute))
 	if err != nil || got != 1 {
