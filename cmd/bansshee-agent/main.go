@@ -134,11 +134,7 @@ func runAgent(ctx context.Context, o *options) error {
 	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	cfg, err := cli.AWSConfig(ctx, o.endpoint, o.region)
-	if err != nil && o.region == "" && o.instanceID == "" {
-		// On EC2 without a configured region, IMDS knows it.
-		cfg, err = cli.AWSConfig(ctx, o.endpoint, "us-east-1")
-	}
+	cfg, err := cli.AWSConfig(ctx, o.endpoint, o.region) // on EC2 without a region: IMDS's
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,7 @@ type Env struct {
 	mu        sync.Mutex
 	listeners map[string]*frontListener // by address
 	requests  map[string]int            // by service
+	regions   map[string]map[string]int // by front address (Host), by signing region
 	held      map[string]chan struct{}  // X-Amz-Target -> closed on release
 	throttle  map[string]int            // X-Amz-Target -> requests still to throttle
 }
@@ -69,7 +70,7 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
-		listeners: map[string]*frontListener{}, requests: map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}}
+		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
 	e.proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
@@ -81,15 +82,19 @@ func Start() (*Env, error) {
 	return e, nil
 }
 
-var scopeRe = regexp.MustCompile(`Credential=[^/]+/[0-9]+/[^/]+/([^/]+)/aws4_request`)
+var scopeRe = regexp.MustCompile(`Credential=[^/]+/[0-9]+/([^/]+)/([^/]+)/aws4_request`)
 
 func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
-	service := "unknown"
+	service, region := "unknown", "unknown"
 	if m := scopeRe.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
-		service = m[1]
+		region, service = m[1], m[2]
 	}
 	e.mu.Lock()
 	e.requests[service]++
+	if e.regions[r.Host] == nil {
+		e.regions[r.Host] = map[string]int{}
+	}
+	e.regions[r.Host][region]++
 	target := r.Header.Get("X-Amz-Target")
 	hold := e.held[target]
 	throttled := e.throttle[target] > 0
@@ -153,6 +158,18 @@ func (e *Env) Requests(service string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.requests[service]
+}
+
+// Regions returns how many requests that came to the front address host (as in an endpoint URL,
+// "10.97.0.1:4566") were signed for each region.
+func (e *Env) Regions(host string) map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range e.regions[host] {
+		out[k] = v
+	}
+	return out
 }
 
 // TCP binds a plain TCP listener in the caller's network namespace.

@@ -29,7 +29,9 @@ func Logger(level string) *slog.Logger {
 }
 
 // AWSConfig loads the standard AWS configuration (environment, profiles, instance role) with an
-// optional endpoint and region override, bounded HTTP timeouts and SDK retries with backoff.
+// optional endpoint and region override, bounded HTTP timeouts and SDK retries with backoff. With
+// no region configured (flag, AWS_REGION, profile) it asks the instance metadata service, as an
+// agent or a CLI on EC2 expects (the SDK does not unless asked to).
 func AWSConfig(ctx context.Context, endpoint, region string) (aws.Config, error) {
 	opts := []func(*config.LoadOptions) error{
 		// Above the 20 s long poll. A buildable client keeps AWS_CA_BUNDLE working.
@@ -40,8 +42,13 @@ func AWSConfig(ctx context.Context, endpoint, region string) (aws.Config, error)
 	}
 	if region != "" {
 		opts = append(opts, config.WithRegion(region))
+	} else {
+		opts = append(opts, config.WithEC2IMDSRegion())
 	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	// Bounded: off EC2 the metadata service does not answer.
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cfg, err := config.LoadDefaultConfig(lctx, opts...)
 	if err != nil {
 		return cfg, fmt.Errorf("load AWS configuration: %w", err)
 	}
@@ -49,7 +56,7 @@ func AWSConfig(ctx context.Context, endpoint, region string) (aws.Config, error)
 		cfg.BaseEndpoint = aws.String(endpoint)
 	}
 	if cfg.Region == "" {
-		return cfg, fmt.Errorf("no AWS region: set --region or AWS_REGION")
+		return cfg, fmt.Errorf("no AWS region: set --region or AWS_REGION (on EC2 the instance metadata service did not answer)")
 	}
 	return cfg, nil
 }

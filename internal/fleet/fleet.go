@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -217,14 +218,30 @@ func (f *Fleet) Nodes() []*Node {
 
 // StartAgent starts bansshee-agent inside the node's namespace.
 func (f *Fleet) StartAgent(n *Node, extra ...string) error {
-	args := []string{"run", "--instance-id", n.ID, "--endpoint-url", f.Endpoint, "--region", awstest.Region,
-		"--public-key", f.KeyFile, "--state-dir", n.StateDir, "--table", f.Table, "--queue-prefix", f.Queues.Prefix,
+	return f.startAgent(n, []string{"--instance-id", n.ID, "--region", awstest.Region}, []string{"AWS_EC2_METADATA_DISABLED=true"}, extra)
+}
+
+// StartAgentOnEC2 starts the agent as the documented install does on an instance: no instance id,
+// no region, both from the instance metadata service at imdsURL.
+func (f *Fleet) StartAgentOnEC2(n *Node, imdsURL string, extra ...string) error {
+	return f.startAgent(n, nil, []string{"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imdsURL, "AWS_EC2_METADATA_DISABLED=false"}, extra)
+}
+
+func (f *Fleet) startAgent(n *Node, identity, env, extra []string) error {
+	args := append([]string{"run", "--endpoint-url", f.Endpoint}, identity...)
+	args = append(args, "--public-key", f.KeyFile, "--state-dir", n.StateDir, "--table", f.Table, "--queue-prefix", f.Queues.Prefix,
 		"--metrics-addr", net.JoinHostPort(n.Host.IP4.String(), "9749"), "--reconcile-interval", "2s", "--log-level", "debug",
 		// kumo does not wake a waiting long poll for a message whose visibility timeout ends
 		// (real SQS does); a short wait keeps redeliveries quick here.
-		"--poll-wait", "3"}
+		"--poll-wait", "3")
 	cmd := exec.Command(f.AgentBin, append(args, extra...)...)
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = n.Log, n.Log
 	if err := f.Lab.Start(&n.Host.NS, cmd); err != nil {
 		return err

@@ -1,0 +1,70 @@
+package awstest
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// IMDS is an instance metadata service (IMDSv2 only: a PUT for a session token, then GETs that
+// carry it) for one instance, as much of it as bansshee reads: the instance id, the region (the
+// identity document) and each interface's VPC CIDR blocks.
+type IMDS struct {
+	InstanceID string
+	Region     string
+	MAC        string
+	VPC4, VPC6 []string
+
+	mu   sync.Mutex
+	gets int
+}
+
+const imdsToken = "bansshee-imds-token"
+
+// Gets counts the metadata reads that carried a valid token.
+func (m *IMDS) Gets() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gets
+}
+
+func (m *IMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
+		if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
+			http.Error(w, "missing ttl", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
+		w.Write([]byte(imdsToken))
+		return
+	}
+	if r.Method != http.MethodGet || r.Header.Get("X-Aws-Ec2-Metadata-Token") != imdsToken {
+		http.Error(w, "", http.StatusUnauthorized)
+		return
+	}
+	m.mu.Lock()
+	m.gets++
+	m.mu.Unlock()
+	mac := m.MAC
+	if mac == "" {
+		mac = "0e:00:00:00:00:01"
+	}
+	macs := "/latest/meta-data/network/interfaces/macs/"
+	switch p := r.URL.Path; {
+	case p == "/latest/meta-data/instance-id":
+		w.Write([]byte(m.InstanceID))
+	case p == "/latest/dynamic/instance-identity/document":
+		_ = json.NewEncoder(w).Encode(map[string]string{"instanceId": m.InstanceID, "region": m.Region, "accountId": "000000000000"})
+	case p == "/latest/meta-data/placement/region":
+		w.Write([]byte(m.Region))
+	case p == macs:
+		w.Write([]byte(mac + "/"))
+	case p == macs+mac+"/vpc-ipv4-cidr-blocks" && len(m.VPC4) > 0:
+		w.Write([]byte(strings.Join(m.VPC4, "\n")))
+	case p == macs+mac+"/vpc-ipv6-cidr-blocks" && len(m.VPC6) > 0:
+		w.Write([]byte(strings.Join(m.VPC6, "\n")))
+	default:
+		http.NotFound(w, r)
+	}
+}
