@@ -1,4 +1,6 @@
 # bansshee — fleet-wide IP bans for Amazon EC2.
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 GO      ?= go
 BIN     ?= bin
 PKGS    ?= ./...
@@ -15,11 +17,12 @@ build:
 deps:
 	@bash .ci/deps.sh
 
-## test: unit, kernel (network namespaces, needs root), real-daemon and emulator tests, then a short fuzz run.
+## test: unit, kernel (network namespaces, needs root), real-daemon and emulator tests, then a short
+## fuzz run. Ends with a table of tests run and skipped per suite; under CI=true any skip fails.
 test: deps
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
-	$(GO) test -timeout 9m $(PKGS)
+	$(GO) test -timeout 9m -json $(PKGS) | $(GO) run ./internal/testreport
 	$(MAKE) fuzz
 
 fuzz:

@@ -146,3 +146,12 @@ func TestKeysGenSafeFiles(t *testing.T) {
 		t.Fatal("the symlink's target was created")
 	}
 }
+
+func TestHelpShowsBoolFlagsPlain(t *testing.T) {
+	var out, errOut bytes.Buffer
+	run(context.Background(), []string{"ban", "--help"}, &out, &errOut)
+	help := out.String() + errOut.String()
+	if !strings.Contains(help, "--wait ") || strings.Contains(help, "[=true|false]") {
+		t.Fatalf("ban --help:\n%s", help)
+	}
+}
