@@ -5,13 +5,31 @@ GO      ?= go
 BIN     ?= bin
 PKGS    ?= ./...
 FUZZTIME ?= 10s
+# The version: the git tag (or commit) for binaries, heartbeats and packages.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Debian and RPM versions must start with a digit: v1.2.3 -> 1.2.3, a bare commit -> 0.0.0~git<hash>.
+PKGVERSION ?= $(shell echo '$(VERSION)' | sed -E -e 's/^v?([0-9]+\..*)$$/\1/' -e 't tag' -e 's/^/0.0.0~git/' -e ':tag' -e 's/-/~/g')
+LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps test fuzz fixtures demo bench faults lint lambda clean
+.PHONY: all build deps test fuzz fixtures demo bench faults lint lambda dist clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+## dist: the agent as .deb and .rpm packages for amd64 and arm64 (nfpm, pinned in go.mod as a tool).
+dist:
+	@mkdir -p $(BIN)/dist
+	@for arch in amd64 arm64; do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o infra/package/stage/bansshee-agent ./cmd/bansshee-agent || exit 1; \
+	  for fmt in deb rpm; do \
+	    ARCH=$$arch VERSION='$(PKGVERSION)' \
+	      $(GO) tool nfpm package --config infra/package/nfpm.yaml --packager $$fmt --target $(BIN)/dist/ || exit 1; \
+	  done; \
+	done
+	@rm -rf infra/package/stage
+	@ls -1 $(BIN)/dist/*.deb $(BIN)/dist/*.rpm
 
 ## deps: install what the tests and the demo need (Debian, as root), if anything is missing.
 deps:
@@ -54,7 +72,7 @@ lint:
 ## lambda: bootstrap for the provided.al2023 runtime, zipped.
 lambda:
 	mkdir -p $(BIN)/lambda
-	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -tags lambda.norpc -o $(BIN)/lambda/bootstrap ./cmd/bansshee-lambda
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -tags lambda.norpc -ldflags '$(LDFLAGS)' -o $(BIN)/lambda/bootstrap ./cmd/bansshee-lambda
 	cd $(BIN)/lambda && rm -f bansshee-lambda.zip && zip -q bansshee-lambda.zip bootstrap && echo "$(BIN)/lambda/bansshee-lambda.zip"
 
 clean:

@@ -86,6 +86,7 @@ file given by --config (flag names as keys). Flags win over environment over fil
 		root.AddCommand(c)
 	}
 	root.AddCommand(&cobra.Command{Use: "version", Short: "print the version", Run: func(*cobra.Command, []string) { fmt.Println(version) }})
+	root.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
