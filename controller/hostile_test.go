@@ -176,3 +176,17 @@ func TestSilentAgentGetsNoSyncStorm(t *testing.T) {
 		t.Fatalf("the returning agent got %d syncs, want 1", synced)
 	}
 }
+
+func TestOldVersionsMarked(t *testing.T) {
+	sts := []InstanceStatus{{Version: "v1.4.0"}, {Version: "v1.3.9-2-gabc"}, {Version: "1.4.0"}, {Version: "dev"}, {}}
+	markOldVersions(sts)
+	got := fmt.Sprint(sts[0].OldVersion, sts[1].OldVersion, sts[2].OldVersion, sts[3].OldVersion, sts[4].OldVersion)
+	if got != "false true false true false" {
+		t.Fatalf("old = %s", got)
+	}
+	dev := []InstanceStatus{{Version: "abc123"}, {Version: "abc123"}, {Version: "def456"}}
+	markOldVersions(dev)
+	if dev[0].OldVersion || !dev[2].OldVersion {
+		t.Fatalf("unreleased versions: %+v", dev)
+	}
+}

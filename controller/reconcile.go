@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -377,6 +378,9 @@ type InstanceStatus struct {
 	Heartbeat  time.Time
 	LastError  string
 	Converged  bool
+	Silent     bool   // the agent reported once but its heartbeat is older than SilentAfter
+	Version    string // the agent's version
+	OldVersion bool   // older than the newest version in the fleet (or than most of it)
 }
 
 // Status reports, per managed instance, how far its agent has converged on the ledger.
@@ -402,11 +406,81 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	for _, in := range instances {
 		d := view.forTags(in.Tags, now)
 		st := statuses[in.ID]
-		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError}
+		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError, Version: st.Version}
 		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || st.Digest == proto.Digest(d.bans, d.limits))
+		is.Silent = !st.Heartbeat.IsZero() && now.Sub(st.Heartbeat) > c.SilentAfter
 		out = append(out, is)
 	}
+	markOldVersions(out)
 	return out, view.rev, nil
+}
+
+// markOldVersions flags agents behind the fleet's newest release (vX.Y.Z, as make dist stamps
+// them), or, when no version is a release, those that differ from the most common one.
+func markOldVersions(sts []InstanceStatus) {
+	var newest [3]int
+	released := false
+	count := map[string]int{}
+	for _, s := range sts {
+		if s.Version == "" {
+			continue
+		}
+		count[s.Version]++
+		if v, ok := semver(s.Version); ok && (!released || less(newest, v)) {
+			newest, released = v, true
+		}
+	}
+	common, best := "", 0
+	for v, n := range count {
+		if n > best || n == best && v < common {
+			common, best = v, n
+		}
+	}
+	for i := range sts {
+		v := sts[i].Version
+		if v == "" {
+			continue
+		}
+		if released {
+			sv, ok := semver(v)
+			sts[i].OldVersion = !ok || less(sv, newest)
+		} else {
+			sts[i].OldVersion = v != common
+		}
+	}
+}
+
+// semver reads the leading vX.Y.Z (or X.Y.Z) of a version; "v1.4.0-3-gabc" is 1.4.0.
+func semver(v string) ([3]int, bool) {
+	var out [3]int
+	v = strings.TrimPrefix(v, "v")
+	for i := 0; i < 3; i++ {
+		j := 0
+		for j < len(v) && v[j] >= '0' && v[j] <= '9' {
+			j++
+		}
+		if j == 0 {
+			return out, false
+		}
+		n, _ := strconv.Atoi(v[:j])
+		out[i], v = n, v[j:]
+		if i < 2 {
+			if !strings.HasPrefix(v, ".") {
+				return out, false
+			}
+			v = v[1:]
+		}
+	}
+	return out, true
+}
+
+func less(a, b [3]int) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] < b[i]
+		}
+	}
+	return false
 }
 
 // Wait polls agent statuses until every instance in ids reports rev or later, or ctx ends. It

@@ -310,14 +310,25 @@ func statusCmd(g *globals) *cobra.Command {
 			}
 			converged := 0
 			w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(w, "INSTANCE\tTAGS\tAPPLIED\tWANT\tBANS\tHEARTBEAT\tSTATE")
+			fmt.Fprintln(w, "INSTANCE\tTAGS\tAPPLIED\tWANT\tBANS\tHEARTBEAT\tVERSION\tSTATE")
+			old := 0
 			for _, s := range sts {
 				state := "converged"
 				switch {
 				case s.Heartbeat.IsZero():
 					state = "no agent report"
+				case s.Silent:
+					state = "silent"
 				case !s.Converged:
 					state = fmt.Sprintf("lagging %d revisions", s.WantRev-s.AppliedRev)
+				}
+				ver := s.Version
+				if ver == "" {
+					ver = "-"
+				}
+				if s.OldVersion {
+					ver += " (old)"
+					old++
 				}
 				if s.Converged {
 					converged++
@@ -329,9 +340,12 @@ func statusCmd(g *globals) *cobra.Command {
 				if !s.Heartbeat.IsZero() {
 					hb = time.Since(s.Heartbeat).Round(time.Second).String() + " ago"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d/%d\t%s\t%s\n", s.ID, tagString(s.Tags), s.AppliedRev, s.WantRev, s.Bans, s.WantBans, hb, state)
+				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d/%d\t%s\t%s\t%s\n", s.ID, tagString(s.Tags), s.AppliedRev, s.WantRev, s.Bans, s.WantBans, hb, ver, state)
 			}
 			fmt.Fprintf(w, "\n%d of %d instances converged; ledger revision %d\n", converged, len(sts), rev)
+			if old > 0 {
+				fmt.Fprintf(w, "%d agents run an old version: upgrade them (docs/OPERATIONS.md, \"Upgrade the fleet\")\n", old)
+			}
 			return w.Flush()
 		}}
 	c.Flags().StringVarP(&target, "target", "t", "*", "only these instances")
