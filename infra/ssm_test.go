@@ -1,0 +1,115 @@
+package infra
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bansshee/bansshee/internal/netns"
+	"gopkg.in/yaml.v3"
+)
+
+// installScript is the shell of the stack's Run Command document, with its parameters filled in
+// the way SSM does ({{ Name }} replaced by the value).
+func installScript(t *testing.T, params map[string]string) string {
+	t.Helper()
+	b, err := os.ReadFile("cloudformation/bansshee.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Resources map[string]struct {
+			Properties struct {
+				Content struct {
+					Parameters map[string]any `yaml:"parameters"`
+					MainSteps  []struct {
+						Inputs struct {
+							RunCommand []string `yaml:"runCommand"`
+						} `yaml:"inputs"`
+					} `yaml:"mainSteps"`
+				} `yaml:"Content"`
+			} `yaml:"Properties"`
+		} `yaml:"Resources"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	c := doc.Resources["AgentDocument"].Properties.Content
+	if len(c.MainSteps) != 1 || len(c.MainSteps[0].Inputs.RunCommand) < 5 {
+		t.Fatalf("document steps: %+v", c.MainSteps)
+	}
+	script := strings.Join(c.MainSteps[0].Inputs.RunCommand, "\n") + "\n"
+	for name := range c.Parameters {
+		v, ok := params[name]
+		if !ok {
+			t.Fatalf("no value for document parameter %s", name)
+		}
+		script = strings.ReplaceAll(script, "{{ "+name+" }}", v)
+	}
+	if strings.Contains(script, "{{") {
+		t.Fatalf("unfilled parameter in:\n%s", script)
+	}
+	return script
+}
+
+// The document installs a package, then upgrades it; the upgrade keeps the agent's bans in the
+// kernel (its pre-remove script uninstalls only on removal).
+func TestSSMDocumentInstallsAndUpgrades(t *testing.T) {
+	if _, err := exec.LookPath("dpkg"); err != nil {
+		t.Skipf("SKIP (dpkg): %v", err)
+	}
+	if out, err := exec.Command("dpkg", "-s", "bansshee-agent").CombinedOutput(); err == nil {
+		t.Skipf("SKIP: bansshee-agent is installed on this machine already:\n%s", out)
+	}
+	lab := netns.NewLab(t)
+	host, err := lab.AddHost("ssm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	repo := t.TempDir()
+	for _, v := range []string{"1.0.0", "1.1.0~rc1"} {
+		deb := buildDeb(ctx, t, v)
+		if err := os.Rename(deb, filepath.Join(repo, filepath.Base(deb))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _, _ = host.Run("dpkg", "--purge", "bansshee-agent") })
+	runDoc := func(version string) string {
+		t.Helper()
+		script := filepath.Join(t.TempDir(), "run.sh")
+		os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": version})), 0o755)
+		out, err := host.Run("bash", script)
+		if err != nil {
+			t.Fatalf("document for %s: %v\n%s", version, err, out)
+		}
+		return out
+	}
+	if out := runDoc("1.0.0"); !strings.Contains(out, "installed: bansshee-agent version 1.0.0") {
+		t.Fatalf("install: %s", out)
+	}
+	// The installed agent's chain (what a running agent has in place).
+	if out, err := host.Run("bansshee-agent", "--help"); err != nil {
+		t.Fatal(out)
+	}
+	if _, err := host.Run("iptables", "-N", "BANSSHEE"); err != nil {
+		t.Fatal(err)
+	}
+	if out := runDoc("1.1.0~rc1"); !strings.Contains(out, "installed: bansshee-agent version 1.1.0-rc1") {
+		t.Fatalf("upgrade: %s", out)
+	}
+	if out, _ := host.Run("iptables", "-S"); !strings.Contains(out, "-N BANSSHEE") {
+		t.Fatalf("the upgrade removed the agent's chain:\n%s", out)
+	}
+	// A version that is not there fails loudly.
+	script := filepath.Join(t.TempDir(), "bad.sh")
+	os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": "7.7.7"})), 0o755)
+	if out, err := host.Run("bash", script); err == nil {
+		t.Fatalf("a missing package did not fail the document:\n%s", out)
+	}
+}
