@@ -11,7 +11,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGVERSION ?= $(shell echo '$(VERSION)' | sed -E -e 's/^v?([0-9]+\..*)$$/\1/' -e 't tag' -e 's/^/0.0.0~git/' -e ':tag' -e 's/-/~/g')
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps test fuzz fixtures demo bench faults lint lambda dist clean
+.PHONY: all build deps test fuzz fixtures demo sandbox bench faults lint lambda dist clean
 
 all: build
 
@@ -53,6 +53,12 @@ fixtures: deps
 ## demo: the whole story on the embedded AWS emulator and network namespaces (needs root).
 demo: deps
 	$(GO) run ./cmd/bansshee-demo
+
+## sandbox: the emulator and a small fleet left running for the bansshee CLI (and the AWS CLI) until
+## Ctrl-C; prints the endpoint, the key file and the export lines. Needs root.
+sandbox: deps
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/bansshee ./cmd/bansshee-demo
+	$(BIN)/bansshee-demo --sandbox
 
 ## bench: Go micro-benchmarks (on stderr), then every bansshee-bench suite on stdout, as a table or,
 ## with ARGS=--json, one JSON object per line. About 13 minutes: the agent suite idles 2 x 300 s.

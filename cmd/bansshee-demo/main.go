@@ -15,20 +15,34 @@ import (
 
 func main() {
 	keep := flag.Bool("verbose", false, "print agent logs at the end")
+	sandboxMode := flag.Bool("sandbox", false, "start the emulator and a fleet and keep them running for the bansshee CLI, until Ctrl-C")
+	dir := flag.String("dir", "", "with --sandbox: where to write the key, env.sh and 'ready' (default: a temp dir)")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, `usage: bansshee-demo [--verbose]
+       bansshee-demo --sandbox [--dir DIR]
 
 Starts the embedded AWS emulator, a fleet of tagged EC2 instances (3 x Role=mail, 2 x Role=web,
 1 x Role=mail,Env=dev), one network namespace per instance with a POP3 server and a real
 bansshee-agent, and an attacker. Then: a brute force, a CloudWatch Logs batch through the Lambda
 handler, the attacker dropped on every Role=mail host, the classic POP3 rate limit, a new instance
 that receives the bans, the ban expiring. Needs root for namespaces and iptables; without root the
-same story runs with the firewall in dry-run.`)
+same story runs with the firewall in dry-run.
+
+With --sandbox it starts the emulator and a small fleet (real agents in namespaces, a reconciler
+every 5 s) and leaves them running: it prints the endpoint, the region, the key file and the
+export lines for the bansshee CLI and the AWS CLI, and an attack command. Ctrl-C removes it all.`)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *sandboxMode {
+		if err := sandbox(ctx, *dir); err != nil {
+			fmt.Fprintln(os.Stderr, "bansshee-demo --sandbox:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	start := time.Now()
 	d := &demo{verbose: *keep}
 	err := d.run(ctx)
