@@ -23,6 +23,7 @@ type Report struct {
 	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
 	Escalated     []string // CIDRs banned from agent escalations
 	Refused       []string // escalations refused, with why
+	Fleet         FleetCounts
 	Errors        []error
 }
 
@@ -130,6 +131,17 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	rep.Fleet.Instances = len(instances)
+	for _, b := range view.bans {
+		if b.Active(now) {
+			rep.Fleet.BansActive++
+		}
+	}
+	for _, l := range view.limits {
+		if !l.Deleted {
+			rep.Fleet.LimitsActive++
+		}
+	}
 	known, err := c.Ledger.Instances(ctx)
 	if err != nil {
 		return rep, err
@@ -162,6 +174,16 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		// differs from the ledger's view, for longer than the grace (a fan-out in flight is not
 		// lag). The digest catches what revisions cannot: a message lost to a race or a crash.
 		lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && st.Digest != proto.Digest(d.bans, d.limits)))
+		switch {
+		case !reported:
+			rep.Fleet.Unreported++
+		case now.Sub(st.Heartbeat) > c.SilentAfter:
+			rep.Fleet.Silent++
+		case lagging:
+			rep.Fleet.Lagging++
+		default:
+			rep.Fleet.Converged++
+		}
 		if reported && now.Sub(st.Heartbeat) > c.SilentAfter {
 			// A dead agent reads nothing: a sync every pass would only pile up in its queue (40
 			// messages each at 100 000 bans). It gets one when its heartbeat shows it back.

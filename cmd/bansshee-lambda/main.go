@@ -76,6 +76,7 @@ func main() {
 		log.Error("cold start", "err", err)
 		os.Exit(1)
 	}
+	h.EMF = os.Stdout // CloudWatch embedded metric format: metrics from log lines, no extra calls
 	lambda.Start(func(ctx context.Context, raw json.RawMessage) (*trigger.Output, error) {
 		return h.Handle(ctx, raw)
 	})

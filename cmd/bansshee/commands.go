@@ -24,7 +24,6 @@ import (
 	"github.com/bansshee/bansshee/internal/cli"
 	"github.com/bansshee/bansshee/internal/flagconf"
 	"github.com/bansshee/bansshee/proto"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 )
@@ -458,28 +457,21 @@ func serveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			log := cli.Logger(g.logLevel)
-			passes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_reconcile_passes_total", Help: "Reconcile passes, by result."}, []string{"result"})
-			synced := prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_reconcile_syncs_total", Help: "Full syncs sent."})
-			instances := prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_managed_instances", Help: "Managed running instances."})
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(passes, synced, instances)
+			m := controller.NewMetrics()
 			if metrics != "" {
-				srv := &http.Server{Addr: metrics, Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+				srv := &http.Server{Addr: metrics, Handler: promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
 				go func() { _ = srv.ListenAndServe() }()
 				defer srv.Close()
 			}
 			log.Info("reconciler started", "interval", interval)
 			c.Serve(ctx, interval, func(rep *controller.Report, err error) {
-				result := "ok"
+				m.Observe(rep, err)
 				if err != nil {
-					result = "error"
 					log.Error("reconcile pass", "err", err)
 				}
-				passes.WithLabelValues(result).Inc()
 				if rep != nil {
-					synced.Add(float64(len(rep.Synced)))
-					instances.Set(float64(rep.Instances))
-					log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "queues_created", len(rep.QueuesCreated), "queues_deleted", len(rep.QueuesDeleted), "escalated", len(rep.Escalated))
+					log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "queues_created", len(rep.QueuesCreated), "queues_deleted", len(rep.QueuesDeleted), "escalated", len(rep.Escalated),
+						"converged", rep.Fleet.Converged, "lagging", rep.Fleet.Lagging, "silent", rep.Fleet.Silent)
 				}
 			})
 			return nil

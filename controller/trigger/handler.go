@@ -71,6 +71,8 @@ type Handler struct {
 	Logs    LogsReader // for alarm queries; nil: such alarms are ignored with a reason
 	Log     *slog.Logger
 	Now     func() time.Time
+	// EMF receives the embedded-metric-format lines (the Lambda's stdout); nil: none.
+	EMF io.Writer
 }
 
 // ErrUnknownEvent is returned for JSON that is none of the shapes the handler knows.
@@ -142,7 +144,9 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 		if h.Actor != nil {
 			rep, err := h.Actor.ReconcileOnce(ctx)
 			if rep != nil {
-				h.Log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "escalated", len(rep.Escalated))
+				h.Log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "escalated", len(rep.Escalated),
+					"converged", rep.Fleet.Converged, "lagging", rep.Fleet.Lagging, "silent", rep.Fleet.Silent)
+				h.emf(out, rep)
 			}
 			out.Reconciled = err == nil
 			return out, err
@@ -179,7 +183,18 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 	if err != nil {
 		return out, err
 	}
-	return out, h.act(ctx, out)
+	err = h.act(ctx, out)
+	h.emf(out, nil)
+	return out, err
+}
+
+func (h *Handler) emf(out *Output, rep *controller.Report) {
+	if h.EMF == nil {
+		return
+	}
+	if err := writeEMF(h.EMF, out, rep, h.Now()); err != nil {
+		h.Log.Warn("metrics (EMF) not written", "err", err)
+	}
 }
 
 // decide adds a ban decision, or an ignored entry for an address that can never be banned.

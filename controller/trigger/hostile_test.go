@@ -1,8 +1,13 @@
 package trigger
 
 import (
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/bansshee/bansshee/controller"
 )
 
 // Lines in the shapes the real daemons write (testdata/real), with the user names an attacker
@@ -207,5 +212,44 @@ func TestRetriedBatchCountedOnce(t *testing.T) {
 	out, err = h.Handle(t.Context(), batch(t, "/auth", line)) // a new line: the third failure
 	if err != nil || len(out.Bans) != 1 {
 		t.Fatalf("third failure: %+v %v", out, err)
+	}
+}
+
+// The Lambda's metrics are EMF lines whose names are all in EMFMetrics.
+func TestEMFLines(t *testing.T) {
+	var buf strings.Builder
+	h := dryHandler(t, `{"jails":[{"name":"sshd","builtin":"sshd","maxretry":1}]}`)
+	h.EMF = &buf
+	if _, err := h.Handle(t.Context(), batch(t, "/auth", "sshd[1]: Failed password for root from 198.51.100.41 port 22 ssh2")); err != nil {
+		t.Fatal(err)
+	}
+	rep := &controller.Report{Fleet: controller.FleetCounts{Instances: 3, Converged: 2, Silent: 1}}
+	if err := writeEMF(&buf, &Output{Kind: "schedule"}, rep, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("EMF lines: %q", lines)
+	}
+	for _, l := range lines {
+		var doc struct {
+			AWS struct {
+				CloudWatchMetrics []struct {
+					Namespace string
+					Metrics   []struct{ Name string }
+				}
+			} `json:"_aws"`
+		}
+		if err := json.Unmarshal([]byte(l), &doc); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range doc.AWS.CloudWatchMetrics[0].Metrics {
+			if !slices.Contains(EMFMetrics, m.Name) || doc.AWS.CloudWatchMetrics[0].Namespace != EMFNamespace {
+				t.Errorf("metric %s/%s is not in EMFMetrics", doc.AWS.CloudWatchMetrics[0].Namespace, m.Name)
+			}
+		}
+	}
+	if !strings.Contains(lines[0], `"Decisions":1`) || !strings.Contains(lines[0], `"Trigger":"cloudwatch-logs"`) || !strings.Contains(lines[1], `"AgentsSilent":1`) {
+		t.Fatalf("values: %q", lines)
 	}
 }
