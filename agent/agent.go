@@ -43,7 +43,10 @@ type Firewall interface {
 
 // Config is everything the agent needs; cmd/bansshee-agent fills it from flags, env and file.
 type Config struct {
-	InstanceID  string
+	InstanceID string
+	// Principal keys the status item (proto.StatusPrincipal): "<role id>:<instance id>" on EC2,
+	// which the agent role's IAM policy pins; default the instance id.
+	Principal   string
 	QueuePrefix string // default bansshee
 	QueueURL    string // overrides the lookup by name
 	Keys        map[string]ed25519.PublicKey
@@ -565,7 +568,11 @@ func (a *Agent) collectEscalations(ctx context.Context) {
 func (a *Agent) Status() proto.AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	pk, sk := proto.StatusKey(a.cfg.InstanceID)
+	principal := a.cfg.Principal
+	if principal == "" {
+		principal = a.cfg.InstanceID
+	}
+	pk, sk := proto.StatusKey(principal)
 	now := time.Now().UTC()
 	// Escalations are reported for ten minutes: the reconciler turns them into bans idempotently.
 	kept := a.escalations[:0]

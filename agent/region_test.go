@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/internal/awstest"
 	"github.com/bansshee/bansshee/internal/fleet"
@@ -44,7 +47,10 @@ func TestAgentRegionFromIMDS(t *testing.T) {
 	if _, err := c.ReconcileOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	imds := &awstest.IMDS{InstanceID: n.ID, Region: "eu-west-1", VPC4: []string{"172.31.0.0/16"}}
+	// The instance profile's credentials come from IMDS too; IAM knows their session as
+	// "<role id>:<instance id>", and the agent keys its status item by that.
+	imds := &awstest.IMDS{InstanceID: n.ID, Region: "eu-west-1", VPC4: []string{"172.31.0.0/16"}, Role: "bansshee-agent", AccessKeyID: "ASIABANSSHEE" + n.ID[2:10]}
+	f.Env.SetPrincipal(imds.AccessKeyID, "AROAEXAMPLEAGENT:"+n.ID)
 	var ln net.Listener
 	if err := f.Lab.Lan.Do(func() error {
 		var err error
@@ -75,6 +81,11 @@ func TestAgentRegionFromIMDS(t *testing.T) {
 	regions := f.Env.Regions(u.Host)
 	if regions["eu-west-1"] == 0 || len(regions) != 1 {
 		t.Fatalf("agent requests by signing region: %v, want all eu-west-1", regions)
+	}
+	item, err := f.Clients.DynamoDB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(table), Key: map[string]ddbtypes.AttributeValue{
+		"pk": &ddbtypes.AttributeValueMemberS{Value: "agent#AROAEXAMPLEAGENT:" + n.ID}, "sk": &ddbtypes.AttributeValueMemberS{Value: "status"}}})
+	if err != nil || len(item.Item) == 0 {
+		t.Fatalf("no status item under the agent's IAM principal (%v)", err)
 	}
 	if imds.Gets() == 0 || !strings.Contains(n.Log.String(), n.ID) {
 		t.Fatalf("the agent did not read its identity from IMDS (%d reads)", imds.Gets())

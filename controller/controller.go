@@ -39,8 +39,10 @@ type Config struct {
 	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
 	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 5 min)
 	VisibilityTimeout  int
-	Log                *slog.Logger
-	Now                func() time.Time
+	// AgentRoleID: see Queues.AgentRoleID.
+	AgentRoleID string
+	Log         *slog.Logger
+	Now         func() time.Time
 }
 
 // Controller is the control plane library.
@@ -95,7 +97,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed,
 		Ledger: &Ledger{DDB: cfg.DDB, Table: cfg.Table},
-		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout}}, nil
+		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout, AgentRoleID: cfg.AgentRoleID}}, nil
 }
 
 // BanRequest asks for bans.

@@ -1,7 +1,9 @@
 package controller
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/bansshee/bansshee/proto"
 )
 
@@ -188,5 +192,38 @@ func TestOldVersionsMarked(t *testing.T) {
 	markOldVersions(dev)
 	if dev[0].OldVersion || !dev[2].OldVersion {
 		t.Fatalf("unreleased versions: %+v", dev)
+	}
+}
+
+// With the agent role's id configured, each queue admits only its own instance's session.
+func TestQueuePolicyAdmitsOnlyItsInstance(t *testing.T) {
+	e := newEnv(t)
+	e.c.Queues.AgentRoleID = "AROAEXAMPLEAGENT"
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	if _, err := e.c.ReconcileOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	url, err := e.c.Queues.URL(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.clients.SQS.GetQueueAttributes(t.Context(), &sqs.GetQueueAttributesInput{QueueUrl: aws.String(url), AttributeNames: []sqstypes.QueueAttributeName{"Policy"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Statement []struct {
+			Effect    string
+			Action    []string
+			Condition map[string]map[string]string
+		}
+	}
+	if err := json.Unmarshal([]byte(out.Attributes["Policy"]), &doc); err != nil {
+		t.Fatalf("policy %q: %v", out.Attributes["Policy"], err)
+	}
+	st := doc.Statement[0]
+	if st.Effect != "Deny" || !slices.Contains(st.Action, "sqs:ReceiveMessage") ||
+		st.Condition["StringNotEquals"]["aws:userid"] != "AROAEXAMPLEAGENT:"+id || st.Condition["StringLike"]["aws:userid"] != "AROAEXAMPLEAGENT:*" {
+		t.Fatalf("queue policy %+v", doc)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -287,9 +286,10 @@ func (l *Ledger) DeleteInstance(ctx context.Context, id string) error {
 	return err
 }
 
-// Statuses returns the agents' heartbeats by instance id. The id is the item's key, which IAM
-// lets an agent write only for its own instance; the instance_id attribute inside the item is the
-// agent's to write and is not trusted (an item whose attribute names another instance is skipped).
+// Statuses returns the agents' heartbeats by instance id. The id comes from the item's key
+// (agent#<role id>:<instance id> on AWS), which IAM lets an agent write only for itself; the
+// instance_id attribute inside the item is the agent's to write and is not trusted (an item whose
+// attribute names another instance is skipped).
 func (l *Ledger) Statuses(ctx context.Context) (map[string]proto.AgentStatus, error) {
 	out := map[string]proto.AgentStatus{}
 	p := dynamodb.NewScanPaginator(l.DDB, &dynamodb.ScanInput{TableName: aws.String(l.Table),
@@ -305,8 +305,8 @@ func (l *Ledger) Statuses(ctx context.Context) (map[string]proto.AgentStatus, er
 			if err := attributevalue.UnmarshalMap(raw, &st); err != nil || st.SK != "status" {
 				continue
 			}
-			id, ok := strings.CutPrefix(st.PK, "agent#")
-			if !ok || id == "" || st.InstanceID != id {
+			id, ok := proto.InstanceOfStatusKey(st.PK)
+			if !ok || st.InstanceID != id {
 				continue
 			}
 			out[id] = st

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -19,6 +20,9 @@ type Queues struct {
 	Prefix string // default "bansshee"
 	// VisibilityTimeout of instance queues, seconds (default 30).
 	VisibilityTimeout int
+	// AgentRoleID is the agent role's unique id (AROA...; the stack's AgentRoleId output). Set, each
+	// queue gets a resource policy that lets only its own instance's session read it.
+	AgentRoleID string
 	// MaxReceiveCount before a message moves to the DLQ (default 5).
 	MaxReceiveCount int
 
@@ -70,12 +74,35 @@ func (q *Queues) EnsureDLQ(ctx context.Context) (string, error) {
 	return q.dlqArn, nil
 }
 
+// queuePolicy is the queue's resource policy: it denies reading the queue to every session of the
+// agent role but the one of this instance. An instance-profile session's aws:userid is
+// "<role id>:<instance id>" (IAM User Guide, "IAM policy elements: Variables and tags", request
+// information table), so the policy needs no policy variable; the explicit deny wins over the
+// agent role's Allow on every instance queue.
+func (q *Queues) queuePolicy(instanceID string) string {
+	doc := map[string]any{"Version": "2012-10-17", "Statement": []any{map[string]any{
+		"Sid": "OnlyThisInstanceReads", "Effect": "Deny", "Principal": "*",
+		"Action":    []string{"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
+		"Resource":  "*",
+		"Condition": map[string]any{"StringLike": map[string]string{"aws:userid": q.AgentRoleID + ":*"}, "StringNotEquals": map[string]string{"aws:userid": q.AgentRoleID + ":" + instanceID}},
+	}}}
+	b, _ := json.Marshal(doc)
+	return string(b)
+}
+
 // Ensure creates an instance's queue (FIFO, tagged, redrive to the DLQ) if needed and returns its URL.
 // CreateQueue is idempotent for identical attributes.
 func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) {
 	dlq, err := q.EnsureDLQ(ctx)
 	if err != nil {
 		return "", err
+	}
+	attrs := map[string]string{
+		"FifoQueue":              "true",
+		"MessageRetentionPeriod": "345600",
+	}
+	if q.AgentRoleID != "" {
+		attrs["Policy"] = q.queuePolicy(instanceID)
 	}
 	vis, maxRecv := q.VisibilityTimeout, q.MaxReceiveCount
 	if vis == 0 {
@@ -86,12 +113,11 @@ func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) 
 	}
 	out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{
 		QueueName: aws.String(q.QueueName(instanceID)),
-		Attributes: map[string]string{
-			"FifoQueue":              "true",
-			"VisibilityTimeout":      strconv.Itoa(vis),
-			"MessageRetentionPeriod": "345600",
-			"RedrivePolicy":          fmt.Sprintf(`{"deadLetterTargetArn":"%s","maxReceiveCount":"%d"}`, dlq, maxRecv),
-		},
+		Attributes: func() map[string]string {
+			attrs["VisibilityTimeout"] = strconv.Itoa(vis)
+			attrs["RedrivePolicy"] = fmt.Sprintf(`{"deadLetterTargetArn":"%s","maxReceiveCount":"%d"}`, dlq, maxRecv)
+			return attrs
+		}(),
 		Tags: map[string]string{TagInstance: instanceID, "bansshee:managed": "true"},
 	})
 	if err != nil {

@@ -142,3 +142,40 @@ func TestQueuePermissionsCoverInstanceQueuesOnly(t *testing.T) {
 		}
 	}
 }
+
+// documentedVariables are the IAM policy variables the templates may use, each with the page that
+// documents its value for the callers bansshee has (an EC2 instance-profile session).
+var documentedVariables = map[string]string{
+	"aws:userid": "https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html#policy-vars-infotouse",
+}
+
+// Every IAM policy variable in the template is a documented one, and its page is cited there.
+func TestIAMPolicyVariablesAreDocumented(t *testing.T) {
+	b, err := os.ReadFile("cloudformation/bansshee.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	// In !Sub strings an IAM variable is written ${!name}; elsewhere ${name}. CloudFormation's
+	// own references (parameters, resources, AWS:: pseudo parameters) carry no service prefix.
+	found := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\$\{!?([A-Za-z0-9]+:[A-Za-z0-9:/_-]+)\}`).FindAllStringSubmatch(text, -1) {
+		if strings.HasPrefix(m[1], "AWS::") {
+			continue
+		}
+		found[m[1]] = true
+	}
+	if !found["aws:userid"] {
+		t.Fatalf("the agent policy should scope its status item by ${aws:userid}; found %v", found)
+	}
+	for v := range found {
+		url, ok := documentedVariables[v]
+		if !ok {
+			t.Errorf("policy variable ${%s} is not one AWS documents for EC2 role credentials", v)
+			continue
+		}
+		if !strings.Contains(text, url) {
+			t.Errorf("${%s}: the template does not cite %s beside it", v, url)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -32,8 +33,33 @@ type Escalation struct {
 	Seen    time.Time `dynamodbav:"seen"`
 }
 
-// StatusKey returns the ledger key of an agent's status item.
-func StatusKey(instanceID string) (pk, sk string) { return "agent#" + instanceID, "status" }
+// StatusKey returns the ledger key of an agent's status item. principal is what IAM knows the
+// agent as, aws:userid: for an instance-profile role that is "<role id>:<instance id>" (the key
+// the agent role's policy pins with dynamodb:LeadingKeys = agent#${aws:userid}, so an instance can
+// write only its own); elsewhere (static credentials, tests) it is the instance id itself.
+func StatusKey(principal string) (pk, sk string) { return "agent#" + principal, "status" }
+
+// StatusPrincipal is the principal an agent keys its status with: its aws:userid when that names
+// this instance (role-id:instance-id), else the instance id.
+func StatusPrincipal(userID, instanceID string) string {
+	if i := strings.LastIndexByte(userID, ':'); i >= 0 && userID[i+1:] == instanceID {
+		return userID
+	}
+	return instanceID
+}
+
+// InstanceOfStatusKey returns the instance a status item's pk speaks for: the part after the last
+// ':' of a role-session principal, or the whole id.
+func InstanceOfStatusKey(pk string) (string, bool) {
+	id, ok := strings.CutPrefix(pk, "agent#")
+	if !ok || id == "" {
+		return "", false
+	}
+	if i := strings.LastIndexByte(id, ':'); i >= 0 {
+		id = id[i+1:]
+	}
+	return id, id != ""
+}
 
 // Digest summarises a desired state (ban ids with their expiry, limit ids with their revision) so
 // the reconciler can tell an agent that holds the same state from one that does not, whatever

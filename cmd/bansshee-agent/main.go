@@ -19,9 +19,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/bansshee/bansshee/agent"
 	"github.com/bansshee/bansshee/agent/firewall"
 	"github.com/bansshee/bansshee/internal/cli"
@@ -149,13 +151,26 @@ func runAgent(ctx context.Context, o *options) error {
 			log.Warn("VPC CIDRs from IMDS: not allowlisted in the kernel", "err", err)
 		}
 	}
+	// What IAM knows this agent as (aws:userid): its status item is keyed by it, which the agent
+	// role's policy allows for its own principal only.
+	principal := o.instanceID
+	{
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		id, err := sts.NewFromConfig(cfg).GetCallerIdentity(sctx, &sts.GetCallerIdentityInput{})
+		cancel()
+		if err != nil {
+			log.Warn("caller identity unknown; status keyed by instance id", "err", err)
+		} else {
+			principal = proto.StatusPrincipal(aws.ToString(id.UserId), o.instanceID)
+		}
+	}
 	fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode, Log: log})
 	if err != nil {
 		return err
 	}
 	log.Info("starting", "version", version, "instance", o.instanceID, "iptables", fw.Mode(), "keys", len(keys))
 	table := o.table
-	a, err := agent.New(agent.Config{InstanceID: o.instanceID, QueuePrefix: o.queuePrefix, QueueURL: o.queueURL, Keys: keys,
+	a, err := agent.New(agent.Config{InstanceID: o.instanceID, Principal: principal, QueuePrefix: o.queuePrefix, QueueURL: o.queueURL, Keys: keys,
 		AdminCIDRs: admin, VPCCIDRs: vpcs, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
 		sqs.NewFromConfig(cfg), dynamodb.NewFromConfig(cfg), fw)
 	if err != nil {

@@ -30,6 +30,7 @@ import (
 
 type globals struct {
 	endpoint, region, table, prefix, keyFile, logLevel, managed string
+	agentRoleID                                                 string
 	admin                                                       []string
 	noVPCAllow                                                  bool
 	concurrency                                                 int
@@ -79,6 +80,7 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.BoolVar(&g.noVPCAllow, "no-vpc-allow", false, "do not allowlist the VPC CIDRs (they are by default: load balancers and NAT speak from them)")
 	pf.StringVar(&g.managed, "managed", "bansshee:managed=true", "selector every managed instance matches")
 	pf.IntVar(&g.concurrency, "concurrency", 64, "parallel sends during fan-out")
+	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	root.AddCommand(banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
@@ -112,7 +114,7 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 	}
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
-		Concurrency: g.concurrency, Log: cli.Logger(g.logLevel)})
+		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, Log: cli.Logger(g.logLevel)})
 }
 
 func banCmd(g *globals) *cobra.Command {

@@ -8,12 +8,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +54,7 @@ type Env struct {
 	regions   map[string]map[string]int // by front address (Host), by signing region
 	held      map[string]chan struct{}  // X-Amz-Target -> closed on release
 	throttle  map[string]int            // X-Amz-Target -> requests still to throttle
+	principal map[string]string         // access key id -> aws:userid (sts:GetCallerIdentity)
 }
 
 type frontListener struct {
@@ -70,7 +73,7 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
-		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}}
+		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}, principal: map[string]string{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
 	e.proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
@@ -82,14 +85,23 @@ func Start() (*Env, error) {
 	return e, nil
 }
 
-var scopeRe = regexp.MustCompile(`Credential=[^/]+/[0-9]+/([^/]+)/([^/]+)/aws4_request`)
+var scopeRe = regexp.MustCompile(`Credential=([^/]+)/[0-9]+/([^/]+)/([^/]+)/aws4_request`)
+
+// SetPrincipal makes sts:GetCallerIdentity answer userID (an instance-profile session is
+// "<role id>:<instance id>") for requests signed with accessKeyID; kumo answers one fixed identity.
+func (e *Env) SetPrincipal(accessKeyID, userID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.principal[accessKeyID] = userID
+}
 
 func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
-	service, region := "unknown", "unknown"
+	service, region, key := "unknown", "unknown", ""
 	if m := scopeRe.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
-		region, service = m[1], m[2]
+		key, region, service = m[1], m[2], m[3]
 	}
 	e.mu.Lock()
+	userID := e.principal[key]
 	e.requests[service]++
 	if e.regions[r.Host] == nil {
 		e.regions[r.Host] = map[string]int{}
@@ -122,6 +134,17 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	if service == "ec2" {
 		e.EC2.ServeHTTP(w, r)
 		return
+	}
+	if service == "sts" && userID != "" {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+		if strings.Contains(string(body), "Action=GetCallerIdentity") {
+			w.Header().Set("Content-Type", "text/xml")
+			fmt.Fprintf(w, `<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetCallerIdentityResult>`+
+				`<Arn>arn:aws:sts::000000000000:assumed-role/bansshee-agent/%s</Arn><UserId>%s</UserId><Account>000000000000</Account>`+
+				`</GetCallerIdentityResult><ResponseMetadata><RequestId>bansshee</RequestId></ResponseMetadata></GetCallerIdentityResponse>`, userID, userID)
+			return
+		}
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
 	}
 	e.proxy.ServeHTTP(w, r)
 }

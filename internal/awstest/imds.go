@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 )
 
 // IMDS is an instance metadata service (IMDSv2 only: a PUT for a session token, then GETs that
@@ -15,6 +16,9 @@ type IMDS struct {
 	Region     string
 	MAC        string
 	VPC4, VPC6 []string
+	// Role and AccessKeyID: the instance profile's credentials (the SDK's default chain reads
+	// them when no others are configured).
+	Role, AccessKeyID string
 
 	mu   sync.Mutex
 	gets int
@@ -58,6 +62,12 @@ func (m *IMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"instanceId": m.InstanceID, "region": m.Region, "accountId": "000000000000"})
 	case p == "/latest/meta-data/placement/region":
 		w.Write([]byte(m.Region))
+	case p == "/latest/meta-data/iam/security-credentials/" && m.Role != "":
+		w.Write([]byte(m.Role))
+	case p == "/latest/meta-data/iam/security-credentials/"+m.Role && m.Role != "":
+		_ = json.NewEncoder(w).Encode(map[string]string{"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": m.AccessKeyID,
+			"SecretAccessKey": "imds-secret", "Token": "imds-session-token", "LastUpdated": time.Now().UTC().Format(time.RFC3339),
+			"Expiration": time.Now().Add(6 * time.Hour).UTC().Format(time.RFC3339)})
 	case p == macs:
 		w.Write([]byte(mac + "/"))
 	case p == macs+mac+"/vpc-ipv4-cidr-blocks" && len(m.VPC4) > 0:

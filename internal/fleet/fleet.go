@@ -218,11 +218,12 @@ func (f *Fleet) Nodes() []*Node {
 
 // StartAgent starts bansshee-agent inside the node's namespace.
 func (f *Fleet) StartAgent(n *Node, extra ...string) error {
-	return f.startAgent(n, []string{"--instance-id", n.ID, "--region", awstest.Region}, []string{"AWS_EC2_METADATA_DISABLED=true"}, extra)
+	return f.startAgent(n, []string{"--instance-id", n.ID, "--region", awstest.Region},
+		[]string{"AWS_EC2_METADATA_DISABLED=true", "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret"}, extra)
 }
 
 // StartAgentOnEC2 starts the agent as the documented install does on an instance: no instance id,
-// no region, both from the instance metadata service at imdsURL.
+// no region, no credentials: all from the instance metadata service at imdsURL.
 func (f *Fleet) StartAgentOnEC2(n *Node, imdsURL string, extra ...string) error {
 	return f.startAgent(n, nil, []string{"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imdsURL, "AWS_EC2_METADATA_DISABLED=false"}, extra)
 }
@@ -240,7 +241,6 @@ func (f *Fleet) startAgent(n *Node, identity, env, extra []string) error {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret")
 	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = n.Log, n.Log
 	if err := f.Lab.Start(&n.Host.NS, cmd); err != nil {
