@@ -227,3 +227,35 @@ func TestQueuePolicyAdmitsOnlyItsInstance(t *testing.T) {
 		t.Fatalf("queue policy %+v", doc)
 	}
 }
+
+// A sync's parts, with their signature attributes, stay under SQS's message size (the emulator
+// refuses bigger messages, as SQS does).
+func TestSyncPartsFitSQSMessageSize(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	var cidrs []string
+	for i := 0; i < 6000; i++ {
+		cidrs = append(cidrs, fmt.Sprintf("100.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255))
+	}
+	reason := strings.Repeat("credential stuffing from a botnet; ", 6)
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: "Role=mail", TTL: time.Hour, Reason: reason}); err != nil {
+		t.Fatal(err)
+	}
+	late := e.launch(t, "mail2", map[string]string{"Role": "mail"})
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatalf("reconcile (a part over the limit is refused): %v", err)
+	}
+	if !slices.Contains(rep.Synced, late) {
+		t.Fatalf("synced %v", rep.Synced)
+	}
+	msgs := e.drain(t, late)
+	total := 0
+	for _, m := range msgs {
+		total += len(m.Bans)
+	}
+	if len(msgs) < 2 || total != 6000 {
+		t.Fatalf("%d parts holding %d bans", len(msgs), total)
+	}
+}

@@ -59,7 +59,7 @@ func (q *Queues) EnsureDLQ(ctx context.Context) (string, error) {
 		url = aws.ToString(got.QueueUrl)
 	} else {
 		out, err := q.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(q.DLQName()),
-			Attributes: map[string]string{"FifoQueue": "true", "MessageRetentionPeriod": "1209600"}})
+			Attributes: map[string]string{"FifoQueue": "true", "MessageRetentionPeriod": "1209600", "MaximumMessageSize": strconv.Itoa(proto.MaxBodyBytes)}})
 		if err != nil {
 			return "", fmt.Errorf("create DLQ %s: %w", q.DLQName(), err)
 		}
@@ -100,6 +100,7 @@ func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) 
 	attrs := map[string]string{
 		"FifoQueue":              "true",
 		"MessageRetentionPeriod": "345600",
+		"MaximumMessageSize":     strconv.Itoa(proto.MaxBodyBytes), // explicit: what SplitSync sizes parts for
 	}
 	if q.AgentRoleID != "" {
 		attrs["Policy"] = q.queuePolicy(instanceID)

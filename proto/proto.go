@@ -19,8 +19,14 @@ const (
 	AttrSignature = "bansshee-sig"
 )
 
-// MaxBodyBytes is the largest body SQS takes, and so the largest we accept.
+// MaxBodyBytes is the largest message SQS takes (body and attributes together), and so the
+// largest body we accept.
 const MaxBodyBytes = 256 * 1024
+
+// AttributeHeadroom is what the signature attributes (names, types, values) may take of an SQS
+// message: sync parts are split to MaxBodyBytes - AttributeHeadroom, so that body and attributes
+// stay under SQS's limit.
+const AttributeHeadroom = 1024
 
 // Kind says what a message asks an agent to do.
 type Kind string

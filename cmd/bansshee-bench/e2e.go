@@ -153,7 +153,7 @@ func runAgent(ctx context.Context, emit func(Row)) error {
 				p := netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)}), 32)
 				m.Bans = append(m.Bans, proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: exp, Rev: 1000})
 			}
-			parts, err := proto.SplitSync(m, proto.MaxBodyBytes)
+			parts, err := proto.SplitSync(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
 			if err != nil {
 				f.Close()
 				return err

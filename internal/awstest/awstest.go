@@ -5,7 +5,9 @@
 package awstest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +57,8 @@ type Env struct {
 	held      map[string]chan struct{}  // X-Amz-Target -> closed on release
 	throttle  map[string]int            // X-Amz-Target -> requests still to throttle
 	principal map[string]string         // access key id -> aws:userid (sts:GetCallerIdentity)
+	ops       map[string]int            // by operation: "sqs:SendMessage", "ec2:DescribeInstances"
+	latency   time.Duration             // added to every request, as a region's round trip is
 }
 
 type frontListener struct {
@@ -73,7 +77,7 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
-		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}, principal: map[string]string{}}
+		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}, principal: map[string]string{}, ops: map[string]int{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
 	e.proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
@@ -100,8 +104,11 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	if m := scopeRe.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
 		key, region, service = m[1], m[2], m[3]
 	}
+	op, body := operation(service, r)
 	e.mu.Lock()
 	userID := e.principal[key]
+	latency := e.latency
+	e.ops[service+":"+op]++
 	e.requests[service]++
 	if e.regions[r.Host] == nil {
 		e.regions[r.Host] = map[string]int{}
@@ -122,6 +129,25 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `{"__type":"com.amazonaws.sqs#RequestThrottled","message":"Rate exceeded (bansshee test harness)"}`)
 		return
 	}
+	if latency > 0 {
+		t := time.NewTimer(latency) // the round trip to a region, not a synchronisation
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
+	if service == "sqs" && (op == "SendMessage") {
+		if size := sqsMessageSize(body); size > MaxMessageSize {
+			// As SQS refuses a message whose body and attributes pass the queue's maximum.
+			w.Header().Set("Content-Type", "application/x-amz-json-1.0")
+			w.Header().Set("X-Amzn-Query-Error", "InvalidParameterValue;Sender")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"__type":"com.amazonaws.sqs#InvalidParameterValue","message":"One or more parameters are invalid. Reason: Message must be shorter than %d bytes (body and attributes: %d)."}`, MaxMessageSize, size)
+			return
+		}
+	}
 	if hold != nil {
 		select {
 		case <-hold:
@@ -136,17 +162,74 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if service == "sts" && userID != "" {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
-		if strings.Contains(string(body), "Action=GetCallerIdentity") {
+		if op == "GetCallerIdentity" {
 			w.Header().Set("Content-Type", "text/xml")
 			fmt.Fprintf(w, `<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetCallerIdentityResult>`+
 				`<Arn>arn:aws:sts::000000000000:assumed-role/bansshee-agent/%s</Arn><UserId>%s</UserId><Account>000000000000</Account>`+
 				`</GetCallerIdentityResult><ResponseMetadata><RequestId>bansshee</RequestId></ResponseMetadata></GetCallerIdentityResponse>`, userID, userID)
 			return
 		}
-		r.Body = io.NopCloser(strings.NewReader(string(body)))
 	}
 	e.proxy.ServeHTTP(w, r)
+}
+
+// MaxMessageSize is SQS's largest message: body and attributes (names, types and values) together.
+const MaxMessageSize = 262144
+
+// operation names a request's AWS operation and returns its body (restored for the handlers):
+// X-Amz-Target for JSON protocols, Action= for query protocols (EC2, STS).
+func operation(service string, r *http.Request) (string, []byte) {
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if t := r.Header.Get("X-Amz-Target"); t != "" {
+		_, op, _ := strings.Cut(t, ".")
+		return op, body
+	}
+	if v, err := url.ParseQuery(string(body)); err == nil && v.Get("Action") != "" {
+		return v.Get("Action"), body
+	}
+	return "unknown", body
+}
+
+// sqsMessageSize is what SQS counts toward MaximumMessageSize for a JSON-protocol SendMessage.
+func sqsMessageSize(body []byte) int {
+	var in struct {
+		MessageBody       string
+		MessageAttributes map[string]struct{ DataType, StringValue string }
+	}
+	if json.Unmarshal(body, &in) != nil {
+		return 0
+	}
+	n := len(in.MessageBody)
+	for k, a := range in.MessageAttributes {
+		n += len(k) + len(a.DataType) + len(a.StringValue)
+	}
+	return n
+}
+
+// SetLatency adds d to every request from now on (15 ms is about a region's round trip).
+func (e *Env) SetLatency(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.latency = d
+}
+
+// Ops returns the requests counted by operation ("sqs:SendMessage") since the last ResetOps.
+func (e *Env) Ops() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]int, len(e.ops))
+	for k, v := range e.ops {
+		out[k] = v
+	}
+	return out
+}
+
+// ResetOps zeroes the operation counts.
+func (e *Env) ResetOps() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.ops = map[string]int{}
 }
 
 // Hold makes requests for a JSON-protocol operation (X-Amz-Target, e.g. "AmazonSQS.DeleteMessage")
