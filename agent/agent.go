@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -57,11 +58,14 @@ type Config struct {
 	StateDir          string
 	Table             string // ledger table for the heartbeat; empty: no heartbeat
 	ReconcileInterval time.Duration
-	WaitSeconds       int32 // long poll (default 20)
-	Window            time.Duration
-	Limits            proto.Limits
-	Version           string
-	Log               *slog.Logger
+	// KeepAlive: an unchanged status is written again after this long (default 4 min), so the
+	// reconciler can tell a silent agent (SilentAfter, 10 min) from an idle one.
+	KeepAlive   time.Duration
+	WaitSeconds int32 // long poll (default 20)
+	Window      time.Duration
+	Limits      proto.Limits
+	Version     string
+	Log         *slog.Logger
 }
 
 // Agent is one running daemon.
@@ -84,7 +88,9 @@ type Agent struct {
 	passes      int       // reconcile passes
 	// rebuilding: the state file was corrupt; the kernel is left as it was until a sync arrives.
 	rebuilding bool
-	saveErr    error // the last state-file write failed (the kernel and memory hold the change)
+	saveErr    error             // the last state-file write failed (the kernel and memory hold the change)
+	beatMu     sync.Mutex        // serialises heartbeats (the poll and reconcile loops both write)
+	lastBeat   proto.AgentStatus // the last status written
 
 	fwState   firewall.State // a.state.Firewall(a.allow), rebuilt when either changes
 	fwVersion int
@@ -131,6 +137,9 @@ func New(cfg Config, sqsc *sqs.Client, ddb *dynamodb.Client, fw Firewall) (*Agen
 	}
 	if cfg.ReconcileInterval == 0 {
 		cfg.ReconcileInterval = 30 * time.Second
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 4 * time.Minute
 	}
 	if cfg.WaitSeconds == 0 {
 		cfg.WaitSeconds = 20
@@ -588,11 +597,22 @@ func (a *Agent) Status() proto.AgentStatus {
 		Escalations: append([]proto.Escalation(nil), kept...), ExpiresAt: now.Add(24 * time.Hour).Unix()}
 }
 
+// heartbeat writes the status item when it changed (a revision applied, a digest, an error, an
+// escalation) or when the keep-alive interval has passed: an idle agent costs one write per
+// keep-alive, not one per reconcile pass.
 func (a *Agent) heartbeat(ctx context.Context) {
 	if a.ddb == nil || a.cfg.Table == "" {
 		return
 	}
-	item, err := attributevalue.MarshalMap(a.Status())
+	a.beatMu.Lock()
+	defer a.beatMu.Unlock()
+	st := a.Status()
+	same := st
+	same.Heartbeat, same.ExpiresAt = a.lastBeat.Heartbeat, a.lastBeat.ExpiresAt
+	if !a.lastBeat.Heartbeat.IsZero() && reflect.DeepEqual(same, a.lastBeat) && st.Heartbeat.Sub(a.lastBeat.Heartbeat) < a.cfg.KeepAlive {
+		return
+	}
+	item, err := attributevalue.MarshalMap(st)
 	if err != nil {
 		return
 	}
@@ -601,7 +621,9 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	if _, err := a.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(a.cfg.Table), Item: item}); err != nil {
 		a.Metrics.AWSErrors.WithLabelValues("PutItem").Inc()
 		a.log.Warn("heartbeat failed", "err", err)
+		return
 	}
+	a.lastBeat = st
 }
 
 // Heartbeat writes the status item now (after a change an operator waits for).

@@ -33,7 +33,7 @@ func TestAgentRegionFromIMDS(t *testing.T) {
 	}
 	t.Cleanup(f.Close)
 	c, err := controller.New(controller.Config{EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: table,
-		Prefix: f.Queues.Prefix, Signer: f.Signer, VisibilityTimeout: 2})
+		Prefix: f.Queues.Prefix, Signer: f.Signer, VisibilityTimeout: 2, AgentRoleID: "AROAEXAMPLEAGENT"})
 	if err != nil {
 		t.Fatal(err)
 	}

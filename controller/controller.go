@@ -37,7 +37,7 @@ type Config struct {
 	Concurrency        int           // fan-out (default 64)
 	QueueGrace         time.Duration // how long a gone instance's queue is kept (default 10 min)
 	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
-	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 5 min)
+	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 10 min: agents keep alive every 4)
 	VisibilityTimeout  int
 	// AgentRoleID: see Queues.AgentRoleID.
 	AgentRoleID string
@@ -53,7 +53,8 @@ type Controller struct {
 	Queues  *Queues
 	managed *Selector
 
-	urls sync.Map // instance id -> queue URL
+	urls       sync.Map // instance id -> queue URL
+	recordRole sync.Once
 }
 
 // New builds a controller. It makes no AWS call.
@@ -83,7 +84,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.LagGrace = 30 * time.Second
 	}
 	if cfg.SilentAfter == 0 {
-		cfg.SilentAfter = 5 * time.Minute
+		cfg.SilentAfter = 10 * time.Minute
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -96,7 +97,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("managed selector: %w", err)
 	}
 	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed,
-		Ledger: &Ledger{DDB: cfg.DDB, Table: cfg.Table},
+		Ledger: &Ledger{DDB: cfg.DDB, Table: cfg.Table, AgentRoleID: cfg.AgentRoleID},
 		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout, AgentRoleID: cfg.AgentRoleID}}, nil
 }
 

@@ -42,7 +42,7 @@ func TestForgedStatusIsIgnored(t *testing.T) {
 	e := newEnv(t)
 	e.putStatus(t, "i-0aaaaaaaaaaaaaaaa", proto.AgentStatus{InstanceID: "i-0bbbbbbbbbbbbbbbb", AppliedRev: 1 << 40, Digest: "forged"})
 	e.putStatus(t, "i-0cccccccccccccccc", proto.AgentStatus{AppliedRev: 7})
-	got, err := e.c.Ledger.Statuses(t.Context())
+	got, err := e.c.Ledger.Statuses(t.Context(), []string{"i-0aaaaaaaaaaaaaaaa", "i-0bbbbbbbbbbbbbbbb", "i-0cccccccccccccccc"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,13 +143,19 @@ func TestSilentAgentGetsNoSyncStorm(t *testing.T) {
 	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	// While its heartbeat is recent it looks lagging and gets syncs; once it is older than
-	// SilentAfter, ten more passes queue nothing.
-	for i := 0; i < 6; i++ {
+	// While its heartbeat is recent it looks lagging and gets one sync, not one per pass (it never
+	// answers it); once the heartbeat is older than SilentAfter, ten more passes queue nothing.
+	synced := 0
+	for i := 0; i < 11; i++ {
 		e.advance(time.Minute)
-		if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		rep, err := e.c.ReconcileOnce(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
+		synced += len(rep.Synced)
+	}
+	if synced > 1 {
+		t.Fatalf("%d syncs for an agent that answers none", synced)
 	}
 	e.drain(t, id)
 	for i := 0; i < 10; i++ {
@@ -166,7 +172,7 @@ func TestSilentAgentGetsNoSyncStorm(t *testing.T) {
 		t.Fatalf("%d messages queued for a dead agent", len(msgs))
 	}
 	// It comes back: a fresh heartbeat with the old digest gets one sync.
-	synced := 0
+	synced = 0
 	for i := 0; i < 3; i++ {
 		e.putStatus(t, id, proto.AgentStatus{AppliedRev: 1, Digest: "old"})
 		rep, err := e.c.ReconcileOnce(ctx)
@@ -257,5 +263,52 @@ func TestSyncPartsFitSQSMessageSize(t *testing.T) {
 	}
 	if len(msgs) < 2 || total != 6000 {
 		t.Fatalf("%d parts holding %d bans", len(msgs), total)
+	}
+}
+
+// The hot paths read by key: no table scan in a reconcile pass, `status` or `--wait`.
+func TestNoScansOnHotPaths(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.9"}, Target: "Role=mail", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.putStatus(t, id, proto.AgentStatus{AppliedRev: res.Rev})
+	e.aws.ResetOps()
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.c.Status(ctx, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if pending, err := e.c.Wait(ctx, []string{id}, res.Rev, nil); err != nil || len(pending) > 0 {
+		t.Fatalf("wait: %v %v", pending, err)
+	}
+	ops := e.aws.Ops()
+	if ops["dynamodb:Scan"] != 0 || ops["dynamodb:BatchGetItem"] == 0 {
+		t.Fatalf("operations: %v", ops)
+	}
+}
+
+// A controller without the agent role id (the operator's CLI) reads it from the ledger, where the
+// stack's Lambda recorded it, and finds statuses keyed by the agents' IAM principal.
+func TestAgentRoleIDFromTheLedger(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	e.c.AgentRoleID = "AROAEXAMPLEAGENT"
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.putStatus(t, "AROAEXAMPLEAGENT:"+id, proto.AgentStatus{InstanceID: id, AppliedRev: 9})
+	cli, err := New(Config{EC2: e.clients.EC2, SQS: e.clients.SQS, DDB: e.clients.DynamoDB, Table: e.c.Table, Prefix: e.c.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := cli.Ledger.Statuses(ctx, []string{id})
+	if err != nil || got[id].AppliedRev != 9 {
+		t.Fatalf("statuses %v %v", got, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -26,6 +27,7 @@ type Queues struct {
 	// MaxReceiveCount before a message moves to the DLQ (default 5).
 	MaxReceiveCount int
 
+	dlqMu  sync.Mutex // EnsureDLQ runs from many reconcile goroutines at once
 	dlqArn string
 }
 
@@ -49,6 +51,8 @@ func (q *Queues) DLQName() string { return q.prefix() + "-dlq.fifo" }
 
 // EnsureDLQ creates the shared DLQ if needed and remembers its ARN.
 func (q *Queues) EnsureDLQ(ctx context.Context) (string, error) {
+	q.dlqMu.Lock()
+	defer q.dlqMu.Unlock()
 	if q.dlqArn != "" {
 		return q.dlqArn, nil
 	}

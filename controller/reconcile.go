@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bansshee/bansshee/proto"
@@ -122,6 +123,13 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	rep := &Report{}
 	now := c.Now().UTC()
+	if c.AgentRoleID != "" {
+		c.recordRole.Do(func() {
+			if err := c.Ledger.RecordAgentRoleID(ctx, c.AgentRoleID); err != nil {
+				c.Log.Warn("could not record the agent role id in the ledger", "err", err)
+			}
+		})
+	}
 	instances, err := c.Discover(ctx, mustParse("*"))
 	if err != nil {
 		return rep, err
@@ -146,7 +154,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	statuses, err := c.Ledger.Statuses(ctx)
+	ids := make([]string, len(instances))
+	for i, in := range instances {
+		ids[i] = in.ID
+	}
+	statuses, err := c.Ledger.Statuses(ctx, ids)
 	if err != nil {
 		return rep, err
 	}
@@ -155,74 +167,54 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		return rep, err
 	}
 	running := map[string]bool{}
-	var syncRev int64
 	for _, in := range instances {
 		running[in.ID] = true
-		if _, ok := queues[in.ID]; !ok {
-			u, err := c.Queues.Ensure(ctx, in.ID)
-			if err != nil {
-				rep.Errors = append(rep.Errors, err)
-				continue
-			}
-			c.urls.Store(in.ID, u)
-			rep.QueuesCreated = append(rep.QueuesCreated, in.ID)
+	}
+	// A sync takes a revision of its own, newer than everything it was computed from: one per
+	// pass, taken when the first instance needs one.
+	var revOnce sync.Once
+	var syncRev int64
+	var revErr error
+	nextRev := func() (int64, error) {
+		revOnce.Do(func() { syncRev, revErr = c.Ledger.NextRev(ctx) })
+		return syncRev, revErr
+	}
+	// Instances with the same tags want the same state: compute it (and its digest) once.
+	var memoMu sync.Mutex
+	memo := map[string]*desiredDigest{}
+	desiredFor := func(tags map[string]string) *desiredDigest {
+		key := tagKey(tags)
+		memoMu.Lock()
+		defer memoMu.Unlock()
+		if d, ok := memo[key]; ok {
+			return d
 		}
-		d := view.forTags(in.Tags, now)
-		rec, seen := known[in.ID]
-		st, reported := statuses[in.ID]
-		// An agent lags when its applied revision stays below what concerns it, or what it holds
-		// differs from the ledger's view, for longer than the grace (a fan-out in flight is not
-		// lag). The digest catches what revisions cannot: a message lost to a race or a crash.
-		lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && st.Digest != proto.Digest(d.bans, d.limits)))
-		switch {
-		case !reported:
-			rep.Fleet.Unreported++
-		case now.Sub(st.Heartbeat) > c.SilentAfter:
-			rep.Fleet.Silent++
-		case lagging:
-			rep.Fleet.Lagging++
-		default:
-			rep.Fleet.Converged++
-		}
-		if reported && now.Sub(st.Heartbeat) > c.SilentAfter {
-			// A dead agent reads nothing: a sync every pass would only pile up in its queue (40
-			// messages each at 100 000 bans). It gets one when its heartbeat shows it back.
-			rep.Silent = append(rep.Silent, in.ID)
-			continue
-		}
-		if !lagging && !rec.LagSince.IsZero() {
-			rec.LagSince = time.Time{}
-			_ = c.Ledger.PutInstance(ctx, rec)
-		}
-		if lagging && rec.LagSince.IsZero() {
-			rec.SK, rec.LagSince = in.ID, now
-			_ = c.Ledger.PutInstance(ctx, rec)
-		}
-		if seen && !(lagging && now.Sub(rec.LagSince) >= c.LagGrace) {
-			if !rec.GoneSince.IsZero() {
-				rec.GoneSince = time.Time{}
-				_ = c.Ledger.PutInstance(ctx, rec)
-			}
-			continue
-		}
-		if syncRev == 0 {
-			// A sync takes a revision of its own, newer than everything it was computed from.
-			if syncRev, err = c.Ledger.NextRev(ctx); err != nil {
-				return rep, err
-			}
-		}
-		if err := c.sendSync(ctx, in.ID, syncRev, d); err != nil {
-			rep.Errors = append(rep.Errors, err)
-			continue
-		}
-		if rec.FirstSeen.IsZero() {
-			rec.FirstSeen = now
-		}
-		rec.SK, rec.SyncedRev, rec.GoneSince, rec.LagSince = in.ID, syncRev, time.Time{}, time.Time{}
-		if err := c.Ledger.PutInstance(ctx, rec); err != nil {
-			rep.Errors = append(rep.Errors, err)
-		}
-		rep.Synced = append(rep.Synced, in.ID)
+		d := view.forTags(tags, now)
+		dd := &desiredDigest{desired: d, digest: proto.Digest(d.bans, d.limits)}
+		memo[key] = dd
+		return dd
+	}
+	var mu sync.Mutex
+	sem := make(chan struct{}, max(c.Concurrency, 1))
+	var wg sync.WaitGroup
+	for _, in := range instances {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, hasQueue := queues[in.ID]
+			st, reported := statuses[in.ID]
+			rec, seen := known[in.ID]
+			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in.Tags), st, reported, rec, seen, now, nextRev)
+			mu.Lock()
+			defer mu.Unlock()
+			rep.merge(in.ID, o)
+		}()
+	}
+	wg.Wait()
+	if revErr != nil {
+		return rep, revErr
 	}
 	// Queues of instances that are gone: mark, then delete after the grace period.
 	for id, url := range queues {
@@ -250,6 +242,131 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	}
 	c.escalate(ctx, view, statuses, instances, rep)
 	return rep, errors.Join(rep.Errors...)
+}
+
+type desiredDigest struct {
+	desired
+	digest string
+}
+
+func tagKey(tags map[string]string) string {
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(tags[k])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// instanceOutcome is what reconciling one instance did.
+type instanceOutcome struct {
+	queueCreated, synced, silent bool
+	state                        string // converged, lagging, silent, unreported
+	errs                         []error
+}
+
+func (r *Report) merge(id string, o instanceOutcome) {
+	if o.queueCreated {
+		r.QueuesCreated = append(r.QueuesCreated, id)
+	}
+	if o.synced {
+		r.Synced = append(r.Synced, id)
+	}
+	if o.silent {
+		r.Silent = append(r.Silent, id)
+	}
+	switch o.state {
+	case "converged":
+		r.Fleet.Converged++
+	case "lagging":
+		r.Fleet.Lagging++
+	case "silent":
+		r.Fleet.Silent++
+	case "unreported":
+		r.Fleet.Unreported++
+	}
+	r.Errors = append(r.Errors, o.errs...)
+}
+
+// reconcileInstance creates a missing queue and sends a sync to an instance that is new or whose
+// agent lags; it runs for many instances at once.
+func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueue bool, dd *desiredDigest, st proto.AgentStatus, reported bool,
+	rec InstanceItem, seen bool, now time.Time, nextRev func() (int64, error)) instanceOutcome {
+	var o instanceOutcome
+	if !hasQueue {
+		u, err := c.Queues.Ensure(ctx, in.ID)
+		if err != nil {
+			o.errs = append(o.errs, err)
+			return o
+		}
+		c.urls.Store(in.ID, u)
+		o.queueCreated = true
+	}
+	d := dd.desired
+	// An agent lags when its applied revision stays below what concerns it, or what it holds
+	// differs from the ledger's view, for longer than the grace (a fan-out in flight is not
+	// lag). The digest catches what revisions cannot: a message lost to a race or a crash.
+	lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && st.Digest != dd.digest))
+	silent := reported && now.Sub(st.Heartbeat) > c.SilentAfter
+	switch {
+	case !reported:
+		o.state = "unreported"
+	case silent:
+		o.state = "silent"
+	case lagging:
+		o.state = "lagging"
+	default:
+		o.state = "converged"
+	}
+	if silent {
+		// A dead agent reads nothing: a sync every pass would only pile up in its queue (40
+		// messages each at 100 000 bans). It gets one when its heartbeat shows it back.
+		o.silent = true
+		return o
+	}
+	if !lagging && !rec.LagSince.IsZero() {
+		rec.LagSince = time.Time{}
+		_ = c.Ledger.PutInstance(ctx, rec)
+	}
+	if lagging && rec.LagSince.IsZero() {
+		rec.SK, rec.LagSince = in.ID, now
+		_ = c.Ledger.PutInstance(ctx, rec)
+	}
+	// A sync already sent that the agent has not answered (no heartbeat since) is not sent
+	// again: a dead or stuck agent gets one sync, not one per pass.
+	awaiting := reported && !rec.SyncedAt.IsZero() && st.Heartbeat.Before(rec.SyncedAt)
+	if seen && (awaiting || !(lagging && now.Sub(rec.LagSince) >= c.LagGrace)) {
+		if !rec.GoneSince.IsZero() {
+			rec.GoneSince = time.Time{}
+			_ = c.Ledger.PutInstance(ctx, rec)
+		}
+		return o
+	}
+	rev, err := nextRev()
+	if err != nil {
+		o.errs = append(o.errs, err)
+		return o
+	}
+	if err := c.sendSync(ctx, in.ID, rev, d); err != nil {
+		o.errs = append(o.errs, err)
+		return o
+	}
+	if rec.FirstSeen.IsZero() {
+		rec.FirstSeen = now
+	}
+	rec.SK, rec.SyncedRev, rec.SyncedAt, rec.GoneSince, rec.LagSince = in.ID, rev, now, time.Time{}, time.Time{}
+	if err := c.Ledger.PutInstance(ctx, rec); err != nil {
+		o.errs = append(o.errs, err)
+	}
+	o.synced = true
+	return o
 }
 
 // sendSync sends an instance its whole desired state, split into parts if needed.
@@ -419,7 +536,11 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	if err != nil {
 		return nil, 0, err
 	}
-	statuses, err := c.Ledger.Statuses(ctx)
+	ids := make([]string, len(instances))
+	for i, in := range instances {
+		ids[i] = in.ID
+	}
+	statuses, err := c.Ledger.Statuses(ctx, ids)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -510,13 +631,15 @@ func less(a, b [3]int) bool {
 func (c *Controller) Wait(ctx context.Context, ids []string, rev int64, progress func(done, total int)) ([]string, error) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	// Each poll reads only the statuses still awaited: the last agents cost one small batch.
+	waiting := ids
 	for {
-		statuses, err := c.Ledger.Statuses(ctx)
+		statuses, err := c.Ledger.Statuses(ctx, waiting)
 		if err != nil && ctx.Err() == nil {
-			return ids, err
+			return waiting, err
 		}
 		var pending []string
-		for _, id := range ids {
+		for _, id := range waiting {
 			if statuses[id].AppliedRev < rev {
 				pending = append(pending, id)
 			}
@@ -527,6 +650,7 @@ func (c *Controller) Wait(ctx context.Context, ids []string, rev int64, progress
 		if len(pending) == 0 {
 			return nil, nil
 		}
+		waiting = pending
 		select {
 		case <-ctx.Done():
 			return pending, nil

@@ -166,7 +166,7 @@ func TestHostileSpoofedFloodTripsNothing(t *testing.T) {
 	if escalated != 0 || len(bans) != 0 {
 		t.Fatalf("forged sources became %d escalations, %d ledger bans", escalated, len(bans))
 	}
-	sts, err := r.c.Ledger.Statuses(ctx)
+	sts, err := r.c.Ledger.Statuses(ctx, r.ids())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +285,7 @@ func TestHostileAgentDownNoSyncStorm(t *testing.T) {
 	}
 	queue, dlq := r.queueURL(n), r.dlqURL()
 	waitFor(t, "the dead agent's heartbeat to age past SilentAfter", 10*time.Second, func() bool {
-		sts, err := c.Ledger.Statuses(ctx)
+		sts, err := c.Ledger.Statuses(ctx, []string{n.ID})
 		return err == nil && time.Since(sts[n.ID].Heartbeat) > 2*time.Second
 	})
 	before, dlqBefore := r.queueDepth(queue), r.queueDepth(dlq)
@@ -413,7 +413,7 @@ func TestHostileFullDisk(t *testing.T) {
 	failed := time.Now()
 	var st proto.AgentStatus
 	waitFor(t, "a reconcile pass after the failure", 15*time.Second, func() bool {
-		sts, err := r.c.Ledger.Statuses(ctx)
+		sts, err := r.c.Ledger.Statuses(ctx, r.ids())
 		st = sts[n.ID]
 		return err == nil && st.Heartbeat.After(failed.Add(2500*time.Millisecond))
 	})

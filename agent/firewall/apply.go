@@ -84,14 +84,15 @@ func (fam *family) n() string {
 func (fam *family) rules(limits []proto.Limit) (main, trip []string) {
 	main = []string{
 		fmt.Sprintf("-m set --match-set %s src -j RETURN", fam.allowSet),
-		"-m conntrack --ctstate ESTABLISHED --ctdir REPLY -j RETURN",
+		// The set first: the connection-state lookup happens only for banned sources.
+		fmt.Sprintf("-m set --match-set %s src -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j RETURN", fam.banSet),
 		fmt.Sprintf("-m set --match-set %s src -j DROP", fam.banSet),
 	}
 	sorted := slices.Clone(limits)
 	slices.SortFunc(sorted, func(a, b proto.Limit) int { return strings.Compare(a.ID, b.ID) })
 	for _, l := range sorted {
 		if l.Escalate && l.Proto == "tcp" {
-			main = append(main, fmt.Sprintf("-p tcp -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -m set --match-set %s src,dst -j SET --add-set %s src,dst --exist", fam.suspect, fam.tripSet))
+			main = append(main, fmt.Sprintf("-p tcp -m set --match-set %s src,dst -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -j SET --add-set %s src,dst --exist", fam.suspect, fam.tripSet))
 			break
 		}
 	}

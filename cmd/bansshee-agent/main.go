@@ -41,7 +41,7 @@ type options struct {
 	stateDir, table, metricsAddr      string
 	endpoint, region, configFile      string
 	logLevel, iptablesMode            string
-	reconcile, window                 time.Duration
+	reconcile, window, keepAlive      time.Duration
 	pollWait                          int
 }
 
@@ -70,6 +70,7 @@ file given by --config (flag names as keys). Flags win over environment over fil
 	f.StringSliceVar(&o.allow, "allow", nil, "admin CIDRs that no ban may cover (repeatable); own addresses, loopback and link-local are always allowed")
 	f.StringVar(&o.table, "table", "bansshee", "ledger table for the status heartbeat (empty: none)")
 	f.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often the kernel is compared with the desired state and repaired")
+	f.DurationVar(&o.keepAlive, "heartbeat-keepalive", 4*time.Minute, "an unchanged status is written again after this long (changes are written at once)")
 	f.IntVar(&o.pollWait, "poll-wait", 20, "long-poll wait in seconds (1-20); new messages arrive at once either way")
 	f.DurationVar(&o.window, "replay-window", 15*time.Minute, "messages issued longer ago than this (or that far in the future) are refused")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9749", "address of /metrics and /healthz (empty: off)")
@@ -171,7 +172,7 @@ func runAgent(ctx context.Context, o *options) error {
 	log.Info("starting", "version", version, "instance", o.instanceID, "iptables", fw.Mode(), "keys", len(keys))
 	table := o.table
 	a, err := agent.New(agent.Config{InstanceID: o.instanceID, Principal: principal, QueuePrefix: o.queuePrefix, QueueURL: o.queueURL, Keys: keys,
-		AdminCIDRs: admin, VPCCIDRs: vpcs, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
+		AdminCIDRs: admin, VPCCIDRs: vpcs, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, KeepAlive: o.keepAlive, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
 		sqs.NewFromConfig(cfg), dynamodb.NewFromConfig(cfg), fw)
 	if err != nil {
 		return err

@@ -231,7 +231,7 @@ func (f *Fleet) StartAgentOnEC2(n *Node, imdsURL string, extra ...string) error 
 func (f *Fleet) startAgent(n *Node, identity, env, extra []string) error {
 	args := append([]string{"run", "--endpoint-url", f.Endpoint}, identity...)
 	args = append(args, "--public-key", f.KeyFile, "--state-dir", n.StateDir, "--table", f.Table, "--queue-prefix", f.Queues.Prefix,
-		"--metrics-addr", net.JoinHostPort(n.Host.IP4.String(), "9749"), "--reconcile-interval", "2s", "--log-level", "debug",
+		"--metrics-addr", net.JoinHostPort(n.Host.IP4.String(), "9749"), "--reconcile-interval", "2s", "--heartbeat-keepalive", "2s", "--log-level", "debug",
 		// kumo does not wake a waiting long poll for a message whose visibility timeout ends
 		// (real SQS does); a short wait keeps redeliveries quick here.
 		"--poll-wait", "3")
