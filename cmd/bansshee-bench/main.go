@@ -35,6 +35,7 @@ var suites = []suite{
 	{"fanout", "one ban to 1000 queues; 1000 bans to 50 queues (embedded emulator)", runFanout},
 	{"e2e", "N agents in namespaces: latency from ban to the attacker dropped everywhere (root)", runE2E},
 	{"agent", "RSS and CPU of an idle agent holding 0 / 100000 bans (root)", runAgent},
+	{"fleet", "control plane at 1000 and 10000 instances, 15 ms per AWS request and 0 ms: reconcile, status, list, one ban, --wait, requests (embedded emulator)", runFleet},
 }
 
 func main() {
