@@ -384,7 +384,9 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 // batchGet reads up to 100 keys, retrying what DynamoDB leaves unprocessed.
 func (l *Ledger) batchGet(ctx context.Context, keys []map[string]ddbtypes.AttributeValue) ([]map[string]ddbtypes.AttributeValue, error) {
 	var out []map[string]ddbtypes.AttributeValue
-	req := map[string]ddbtypes.KeysAndAttributes{l.Table: {Keys: keys, ConsistentRead: aws.Bool(true)}}
+	// Eventually consistent: half the read units (a heartbeat a second stale changes nothing), and
+	// the reconciler reads every status every pass.
+	req := map[string]ddbtypes.KeysAndAttributes{l.Table: {Keys: keys, ConsistentRead: aws.Bool(false)}}
 	for attempt := 0; len(req) > 0; attempt++ {
 		if attempt > 0 {
 			select { // backoff for unprocessed keys (throttling), as the SDK documents

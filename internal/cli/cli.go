@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 
@@ -35,7 +36,11 @@ func Logger(level string) *slog.Logger {
 func AWSConfig(ctx context.Context, endpoint, region string) (aws.Config, error) {
 	opts := []func(*config.LoadOptions) error{
 		// Above the 20 s long poll. A buildable client keeps AWS_CA_BUNDLE working.
-		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(40 * time.Second)),
+		// Keep enough idle connections for a fan-out's concurrency: the SDK's default of 10 per
+		// host makes a 64-wide fan-out open (and TLS-handshake) connections all the time.
+		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(40 * time.Second).WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConns, t.MaxIdleConnsPerHost = 512, 256
+		})),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = 5; o.MaxBackoff = 10 * time.Second })
 		}),
