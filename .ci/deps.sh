@@ -12,6 +12,8 @@ pairs=(
   /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules /usr/lib/postfix/sbin/master:postfix
 )
 need=()
+# dynalite (npm) is the second DynamoDB the ledger tests run against: node and npm from Debian.
+command -v dynalite >/dev/null 2>&1 || { command -v npm >/dev/null 2>&1 || need+=(nodejs npm); }
 for pair in "${pairs[@]}"; do
   thing="${pair%%:*}" pkg="${pair#*:}"
   if [[ "$thing" == /* ]]; then
@@ -26,7 +28,19 @@ for pair in "${pairs[@]}"; do
   fi
   need+=("$pkg")
 done
-[ "${#need[@]}" -eq 0 ] && exit 0
+install_dynalite() {
+  command -v dynalite >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: dynalite missing; install it with: sudo npm install -g dynalite@4.0.0" >&2
+    return 1
+  fi
+  echo "deps: installing dynalite (npm)"
+  npm install -g --no-fund --no-audit dynalite@4.0.0 >/dev/null
+}
+if [ "${#need[@]}" -eq 0 ]; then
+  install_dynalite
+  exit $?
+fi
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "deps: missing ${need[*]}; install them with:" >&2
@@ -44,3 +58,4 @@ fi
 trap '[ -n "$made_policy" ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}"
+install_dynalite

@@ -28,9 +28,16 @@ type env struct {
 	mu      sync.Mutex
 }
 
+// onDynalite makes newEnv serve DynamoDB from dynalite (TestLedgerAndReconcilerOnDynalite).
+var onDynalite bool
+
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e, clients := awstest.New(t)
+	newAWS := awstest.New
+	if onDynalite {
+		newAWS = awstest.NewWithDynalite
+	}
+	e, clients := newAWS(t)
 	signer, err := proto.GenerateKey("k1")
 	if err != nil {
 		t.Fatal(err)

@@ -202,8 +202,15 @@ func FuzzJailMatch(f *testing.F) {
 	})
 }
 
-func TestLedgerCounterSpansInvocations(t *testing.T) {
-	_, clients := awstest.New(t)
+func TestLedgerCounterSpansInvocations(t *testing.T) { ledgerCounterSpansInvocations(t, awstest.New) }
+
+// The same on dynalite, a second DynamoDB: the counter is conditional writes and atomic ADDs.
+func TestLedgerCounterOnDynalite(t *testing.T) {
+	ledgerCounterSpansInvocations(t, awstest.NewWithDynalite)
+}
+
+func ledgerCounterSpansInvocations(t *testing.T, newAWS func(testing.TB) (*awstest.Env, awstest.Clients)) {
+	_, clients := newAWS(t)
 	table := awstest.Unique("bansshee")
 	l := &controller.Ledger{DDB: clients.DynamoDB, Table: table}
 	if err := l.CreateTable(t.Context()); err != nil {

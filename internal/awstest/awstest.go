@@ -59,6 +59,7 @@ type Env struct {
 	principal map[string]string         // access key id -> aws:userid (sts:GetCallerIdentity)
 	ops       map[string]int            // by operation: "sqs:SendMessage", "ec2:DescribeInstances"
 	latency   time.Duration             // added to every request, as a region's round trip is
+	ddb       http.Handler              // DynamoDB elsewhere (dynalite); nil: kumo
 }
 
 type frontListener struct {
@@ -108,6 +109,7 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	userID := e.principal[key]
 	latency := e.latency
+	ddb := e.ddb
 	e.ops[service+":"+op]++
 	e.requests[service]++
 	if e.regions[r.Host] == nil {
@@ -159,6 +161,10 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if service == "ec2" {
 		e.EC2.ServeHTTP(w, r)
+		return
+	}
+	if service == "dynamodb" && ddb != nil {
+		ddb.ServeHTTP(w, r)
 		return
 	}
 	if service == "sts" && userID != "" {
