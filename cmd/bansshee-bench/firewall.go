@@ -24,6 +24,25 @@ func benchBans(n int, ttl time.Duration) []firewall.Ban {
 	return bans
 }
 
+// restoreFloor times one `ipset restore` of bans into a set of its own, created in the same batch.
+func restoreFloor(ctx context.Context, bans []firewall.Ban) (time.Duration, error) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "create bsh-floor hash:net family inet hashsize 4096 maxelem %d timeout 0\n", max(len(bans), 65536))
+	for _, ban := range bans {
+		fmt.Fprintf(&b, "add bsh-floor %s timeout 3600\n", ban.Prefix)
+	}
+	cmd := exec.CommandContext(ctx, "ipset", "restore")
+	cmd.Stdin = &b
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	d := time.Since(start)
+	_ = exec.Command("ipset", "destroy", "bsh-floor").Run()
+	if err != nil {
+		return 0, fmt.Errorf("ipset restore (floor): %v: %s", err, out)
+	}
+	return d, nil
+}
+
 func runFirewall(ctx context.Context, emit func(Row)) error {
 	if err := netns.Available(); err != nil {
 		return err
@@ -76,6 +95,14 @@ func benchApply(ctx context.Context, n int, emit func(Row)) error {
 				return fmt.Errorf("applied %d of %d bans", res.Added, n)
 			}
 			emit(Row{"firewall", strconv.Itoa(n), "apply_seconds", d.Seconds(), "s"})
+			// The floor in the same run: one raw `ipset restore` of the same entries into a fresh
+			// set, the least any apply through ipset can cost.
+			floor, err := restoreFloor(ctx, bans)
+			if err != nil {
+				return err
+			}
+			emit(Row{"firewall", strconv.Itoa(n), "floor_seconds", floor.Seconds(), "s"})
+			emit(Row{"firewall", strconv.Itoa(n), "apply_vs_floor", d.Seconds() / floor.Seconds(), "ratio"})
 			if n == 1000 {
 				var times []time.Duration
 				for i := 0; i < 21; i++ {
