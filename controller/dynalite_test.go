@@ -29,6 +29,7 @@ func TestLedgerAndReconcilerOnDynalite(t *testing.T) {
 		{"NoScansOnHotPaths", TestNoScansOnHotPaths},
 		{"AgentRoleIDFromTheLedger", TestAgentRoleIDFromTheLedger},
 		{"SyncPartsFitSQSMessageSize", TestSyncPartsFitSQSMessageSize},
+		{"BansToList", TestBansToList},
 	} {
 		t.Run(tc.name, tc.fn)
 	}

@@ -312,3 +312,33 @@ func TestAgentRoleIDFromTheLedger(t *testing.T) {
 		t.Fatalf("statuses %v %v", got, err)
 	}
 }
+
+// `bansshee list` reads only what it prints; what it gets is the same as the full read's.
+func TestBansToList(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.9", "198.51.100.10"}, Target: "Role=mail", TTL: time.Hour, Reason: "why", Source: "cli"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Unban(ctx, []string{"198.51.100.10"}); err != nil {
+		t.Fatal(err)
+	}
+	full, err := e.c.Ledger.Bans(ctx, e.c.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := e.c.Ledger.BansToList(ctx, e.c.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(full) != len(list) || len(list) != 2 {
+		t.Fatalf("full %d, list %d", len(full), len(list))
+	}
+	for i := range full {
+		f, l := full[i], list[i]
+		if f.CIDR != l.CIDR || f.Target != l.Target || f.Reason != l.Reason || f.Source != l.Source || f.Rev != l.Rev || f.Active(e.c.Now()) != l.Active(e.c.Now()) {
+			t.Fatalf("full %+v, list %+v", f, l)
+		}
+	}
+}

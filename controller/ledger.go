@@ -257,6 +257,33 @@ func (l *Ledger) Bans(ctx context.Context, now time.Time) ([]BanItem, error) {
 	return out, nil
 }
 
+// BansToList is Bans for `bansshee list`: only the attributes it prints, eventually consistent
+// (a listing a second stale is still a listing); a quarter less to encode and decode at 100 000.
+func (l *Ledger) BansToList(ctx context.Context, now time.Time) ([]BanItem, error) {
+	in := &dynamodb.QueryInput{TableName: aws.String(l.Table), KeyConditionExpression: aws.String("pk = :pk"),
+		ProjectionExpression:      aws.String("cidr, #t, expires_at, reason, #s, rev, deleted"),
+		ExpressionAttributeNames:  map[string]string{"#t": "target", "#s": "source"},
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s("ban")}}
+	var out []BanItem
+	p := dynamodb.NewQueryPaginator(l.DDB, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("query bans: %w", err)
+		}
+		var items []BanItem
+		if err := attributevalue.UnmarshalListOfMaps(page.Items, &items); err != nil {
+			return nil, err
+		}
+		for _, b := range items {
+			if b.ExpiresAt == 0 || b.ExpiresAt > now.Unix() {
+				out = append(out, b)
+			}
+		}
+	}
+	return out, nil
+}
+
 // PutLimit writes a policy unless the ledger holds it at a newer revision.
 func (l *Ledger) PutLimit(ctx context.Context, it LimitItem) (bool, error) {
 	it.PK = "limit"

@@ -287,7 +287,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		}
 		r.env.SetLatency(lat)
 		secs, err = timed(func() error {
-			bans, err := c.Ledger.Bans(ctx, time.Now())
+			bans, err := c.Ledger.BansToList(ctx, time.Now()) // what `bansshee list` reads
 			if err == nil {
 				_, err = c.Ledger.Limits(ctx)
 			}

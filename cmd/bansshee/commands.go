@@ -234,7 +234,7 @@ func listCmd(g *globals) *cobra.Command {
 				return err
 			}
 			now := time.Now()
-			bans, err := c.Ledger.Bans(ctx, now)
+			bans, err := c.Ledger.BansToList(ctx, now)
 			if err != nil {
 				return err
 			}
