@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -39,6 +40,11 @@ var suites = []suite{
 }
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// A fan-out allocates per message and the heap stays small: trade a little memory for
+		// less collector CPU (about 10 % of a 10 000-queue fan-out; set GOGC to override).
+		debug.SetGCPercent(200)
+	}
 	fs := flag.NewFlagSet("bansshee-bench", flag.ExitOnError)
 	jsonOut := fs.Bool("json", false, "print one JSON object per line instead of a table")
 	fs.Usage = func() {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/bansshee/bansshee/controller"
@@ -33,6 +34,11 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// A fan-out allocates per message and the heap stays small: trade a little memory for
+		// less collector CPU (about 10 % of a 10 000-queue fan-out; set GOGC to override).
+		debug.SetGCPercent(200)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
