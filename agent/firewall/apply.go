@@ -396,14 +396,22 @@ func (f *Firewall) Ban(ctx context.Context, bans []Ban) error {
 		return err
 	}
 	now := f.cfg.Now()
-	var b bytes.Buffer
+	var live []Ban
+	var timeouts []int
 	for _, ban := range bans {
 		if t, ok := timeout(ban.Expires, now); ok {
-			writeAdd(&b, f.famOf(ban.Prefix).banSet, ban.Prefix, t)
+			live, timeouts = append(live, ban), append(timeouts, t)
 		}
 	}
-	if b.Len() == 0 {
+	if len(live) == 0 {
 		return nil
+	}
+	if len(live) <= netlinkBatch && !f.cfg.NoNetlink && f.netlinkAdd(live, timeouts) == nil {
+		return nil
+	}
+	var b bytes.Buffer
+	for i, ban := range live {
+		writeAdd(&b, f.famOf(ban.Prefix).banSet, ban.Prefix, timeouts[i])
 	}
 	if err := f.ipsetRestore(ctx, b.Bytes()); err != nil {
 		return fmt.Errorf("add %d bans: %w", len(bans), err)
@@ -413,6 +421,9 @@ func (f *Firewall) Ban(ctx context.Context, bans []Ban) error {
 
 // Unban removes prefixes from the ban sets at once; prefixes not banned are ignored.
 func (f *Firewall) Unban(ctx context.Context, prefixes []netip.Prefix) error {
+	if len(prefixes) > 0 && len(prefixes) <= netlinkBatch && !f.cfg.NoNetlink && f.netlinkDel(prefixes) == nil {
+		return nil
+	}
 	var b bytes.Buffer
 	for _, p := range prefixes {
 		fmt.Fprintf(&b, "del %s %s\n", f.famOf(p).banSet, p)

@@ -41,6 +41,9 @@ type Result struct {
 
 // Config names what the firewall owns. The zero value uses the names of DESIGN.md.
 type Config struct {
+	// NoNetlink makes every set change go through `ipset restore` (small changes use ipset's
+	// netlink interface by default).
+	NoNetlink bool
 	Chain     string // default BANSSHEE
 	SetPrefix string // default bansshee
 	// Mode forces the iptables backend ("nft" or "legacy"); empty detects it.

@@ -622,3 +622,39 @@ func TestUDPEscalationOnlyWhenAsked(t *testing.T) {
 		}
 	}
 }
+
+// Small changes go over netlink, large ones through `ipset restore`; both behave the same,
+// including -exist (a ban added again takes the new timeout) and removing what is not there.
+func TestSmallChangesOverNetlink(t *testing.T) {
+	for _, noNetlink := range []bool{false, true} {
+		l := newLab(t)
+		l.do(t, func() error {
+			var err error
+			l.fw, err = New(Config{NoNetlink: noNetlink})
+			return err
+		})
+		l.apply(t, State{})
+		entry := func() string {
+			out, _ := l.Victim.Run("ipset", "save", "bansshee-ban4")
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, l.src1.String()) {
+					return line
+				}
+			}
+			return ""
+		}
+		l.do(t, func() error { return l.fw.Ban(t.Context(), []Ban{ban(l.src1.String()+"/32", 30*time.Second)}) })
+		l.mustReach(t, l.src1, l.Victim.IP4, false)
+		l.do(t, func() error { return l.fw.Ban(t.Context(), []Ban{ban(l.src1.String()+"/32", 2*time.Hour)}) })
+		if e := entry(); !strings.Contains(e, "timeout 7") { // 7200 or just under
+			t.Fatalf("netlink=%v: re-added ban kept its old timeout: %q", !noNetlink, e)
+		}
+		l.do(t, func() error {
+			return l.fw.Unban(t.Context(), []netip.Prefix{netip.MustParsePrefix(l.src1.String() + "/32"), netip.MustParsePrefix("10.97.222.0/24")})
+		})
+		l.mustReach(t, l.src1, l.Victim.IP4, true)
+		if e := entry(); e != "" {
+			t.Fatalf("netlink=%v: unbanned entry still there: %q", !noNetlink, e)
+		}
+	}
+}
