@@ -17,19 +17,7 @@ import (
 // act on that namespace's firewall), the agent runs and puts its chains and sets in place, and
 // removing the package leaves no chain, set or file behind.
 func TestDebInstallRemove(t *testing.T) {
-	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skipf("SKIP (dpkg): %v", err)
-	}
-	if out, err := exec.Command("dpkg", "-s", "bansshee-agent").CombinedOutput(); err == nil {
-		t.Skipf("SKIP: bansshee-agent is installed on this machine already:\n%s", out)
-	}
-	lab := netns.NewLab(t)
-	host, err := lab.AddHost("pkg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	host, ctx := packageHost(t, "pkg")
 	deb := buildDeb(ctx, t, "9.9.9~test")
 	in := func(args ...string) string {
 		t.Helper()
@@ -98,6 +86,26 @@ func TestDebInstallRemove(t *testing.T) {
 	if _, err := os.Stat("/etc/bansshee/agent.yaml"); err == nil {
 		t.Fatal("purge left the configuration behind")
 	}
+}
+
+// packageHost is a namespace to install packages in (dpkg's scripts then act on its firewall),
+// and a deadline for the test; it skips, saying why, where dpkg cannot run or the package is
+// already installed on this machine.
+func packageHost(t *testing.T, name string) (*netns.Host, context.Context) {
+	t.Helper()
+	if _, err := exec.LookPath("dpkg"); err != nil {
+		t.Skipf("SKIP (dpkg): %v", err)
+	}
+	if out, err := exec.Command("dpkg", "-s", "bansshee-agent").CombinedOutput(); err == nil {
+		t.Skipf("SKIP: bansshee-agent is installed on this machine already:\n%s", out)
+	}
+	host, err := netns.NewLab(t).AddHost(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return host, ctx
 }
 
 func jsonString(s string) string {

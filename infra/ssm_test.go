@@ -1,15 +1,11 @@
 package infra
 
 import (
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/bansshee/bansshee/internal/netns"
 	"gopkg.in/yaml.v3"
 )
 
@@ -59,19 +55,7 @@ func installScript(t *testing.T, params map[string]string) string {
 // The document installs a package, then upgrades it; the upgrade keeps the agent's bans in the
 // kernel (its pre-remove script uninstalls only on removal).
 func TestSSMDocumentInstallsAndUpgrades(t *testing.T) {
-	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skipf("SKIP (dpkg): %v", err)
-	}
-	if out, err := exec.Command("dpkg", "-s", "bansshee-agent").CombinedOutput(); err == nil {
-		t.Skipf("SKIP: bansshee-agent is installed on this machine already:\n%s", out)
-	}
-	lab := netns.NewLab(t)
-	host, err := lab.AddHost("ssm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	host, ctx := packageHost(t, "ssm")
 	repo := t.TempDir()
 	for _, v := range []string{"1.0.0", "1.1.0~rc1"} {
 		deb := buildDeb(ctx, t, v)

@@ -83,6 +83,22 @@ func (t *textConn) cmd(format string, args ...any) (string, error) {
 	return t.line()
 }
 
+// ehlo greets an SMTP server and reads its multi-line answer.
+func (t *textConn) ehlo() error {
+	if _, err := fmt.Fprintf(t, "EHLO client.lab.example\r\n"); err != nil {
+		return err
+	}
+	for {
+		l, err := t.line()
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(l, "250 ") {
+			return nil
+		}
+	}
+}
+
 // IMAP tries passwords with LOGIN commands on one Dovecot connection.
 func (c *Client) IMAP(user string, passwords ...string) (bool, int, error) {
 	t, err := c.dialText(IMAPPort)
@@ -183,17 +199,8 @@ func (c *Client) SMTP(port int, user string, passwords ...string) (bool, int, er
 		return false, 0, err
 	}
 	defer t.Close()
-	if _, err := fmt.Fprintf(t, "EHLO client.lab.example\r\n"); err != nil {
+	if err := t.ehlo(); err != nil {
 		return false, 0, err
-	}
-	for {
-		l, err := t.line()
-		if err != nil {
-			return false, 0, err
-		}
-		if strings.HasPrefix(l, "250 ") {
-			break
-		}
 	}
 	for i, pw := range passwords {
 		l, err := t.cmd("AUTH PLAIN %s", base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+pw)))
@@ -225,17 +232,8 @@ func (c *Client) SMTPMechanism(port int, mech string) error {
 		return err
 	}
 	defer t.Close()
-	if _, err := fmt.Fprintf(t, "EHLO client.lab.example\r\n"); err != nil {
+	if err := t.ehlo(); err != nil {
 		return err
-	}
-	for {
-		l, err := t.line()
-		if err != nil {
-			return err
-		}
-		if strings.HasPrefix(l, "250 ") {
-			break
-		}
 	}
 	l, err := t.cmd("AUTH %s", mech)
 	if err != nil {
