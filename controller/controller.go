@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/bansshee/bansshee/proto"
 	"github.com/oklog/ulid/v2"
+	"golang.org/x/sync/errgroup"
 )
 
 // Config wires a controller.
@@ -243,22 +244,19 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	items := make([]BanItem, len(prefixes))
 	written := make([]bool, len(prefixes))
 	errs := make([]error, len(prefixes))
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(16)
 	for i, p := range prefixes {
 		items[i] = BanItem{CIDR: p.String(), Target: sel.String(), Reason: req.Reason, Source: req.Source, Rev: rev, Created: now, Updated: now}
 		if req.TTL > 0 {
 			items[i].ExpiresAt = now.Add(req.TTL).Unix()
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
 			written[i], errs[i] = c.Ledger.PutBan(ctx, items[i])
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return res, err
 	}
@@ -443,22 +441,19 @@ func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.M
 
 func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(ctx context.Context, id, url string) error) []Delivery {
 	out := make([]Delivery, len(targets))
-	sem := make(chan struct{}, c.Concurrency)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(max(c.Concurrency, 1))
 	for i, in := range targets {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
 			url, err := c.queueURL(ctx, in.ID)
 			if err == nil {
 				err = send(ctx, in.ID, url)
 			}
 			out[i] = Delivery{InstanceID: in.ID, Err: err}
-		}()
+			return nil // one instance's failure is recorded, not fatal
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	return out
 }
 

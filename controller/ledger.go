@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/bansshee/bansshee/proto"
+	"golang.org/x/sync/errgroup"
 )
 
 // Ledger is the DynamoDB table of record. Key schema (both strings):
@@ -369,23 +370,17 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 	}
 	out := make(map[string]proto.AgentStatus, len(ids))
 	var mu sync.Mutex
-	var errs []error
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(16)
 	for i := 0; i < len(keys); i += 100 {
 		chunk := keys[i:min(i+100, len(keys))]
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
 			items, err := l.batchGet(ctx, chunk)
+			if err != nil {
+				return err
+			}
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
 			for _, raw := range items {
 				var st proto.AgentStatus
 				if err := attributevalue.UnmarshalMap(raw, &st); err != nil || st.SK != "status" {
@@ -399,10 +394,10 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 					out[id] = st
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("read agent statuses: %w", err)
 	}
 	return out, nil

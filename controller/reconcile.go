@@ -13,6 +13,7 @@ import (
 
 	"github.com/bansshee/bansshee/proto"
 	"github.com/oklog/ulid/v2"
+	"golang.org/x/sync/errgroup"
 )
 
 // Report says what one reconcile pass did.
@@ -195,14 +196,10 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		return dd
 	}
 	var mu sync.Mutex
-	sem := make(chan struct{}, max(c.Concurrency, 1))
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(max(c.Concurrency, 1))
 	for _, in := range instances {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
 			_, hasQueue := queues[in.ID]
 			st, reported := statuses[in.ID]
 			rec, seen := known[in.ID]
@@ -210,9 +207,10 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			rep.merge(in.ID, o)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	if revErr != nil {
 		return rep, revErr
 	}
