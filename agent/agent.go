@@ -698,7 +698,7 @@ func (a *Agent) loadParts(st *State) error {
 		if err != nil {
 			return err
 		}
-		m, err := proto.Unmarshal(b)
+		m, err := proto.UnmarshalStored(b)
 		if err != nil || m.Part == nil {
 			a.log.Warn("dropping an unreadable sync part", "file", f, "err", err)
 			os.Remove(f)

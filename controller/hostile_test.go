@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -244,9 +246,14 @@ func TestSyncPartsFitSQSMessageSize(t *testing.T) {
 	for i := 0; i < 6000; i++ {
 		cidrs = append(cidrs, fmt.Sprintf("100.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255))
 	}
-	reason := strings.Repeat("credential stuffing from a botnet; ", 6)
-	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: "Role=mail", TTL: time.Hour, Reason: reason}); err != nil {
-		t.Fatal(err)
+	// Reasons that do not compress (parts are gzipped), so the sync needs several parts.
+	for i := 0; i < len(cidrs); i += 500 {
+		noise := make([]byte, 150)
+		rand.Read(noise)
+		reason := base64.StdEncoding.EncodeToString(noise)
+		if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs[i : i+500], Target: "Role=mail", TTL: time.Hour, Reason: reason}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	late := e.launch(t, "mail2", map[string]string{"Role": "mail"})
 	rep, err := e.c.ReconcileOnce(ctx)

@@ -374,7 +374,7 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 		return err
 	}
 	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, To: id, IssuedAt: c.Now().UTC(), Rev: rev, Bans: d.bans, Limits: d.limits}
-	parts, err := proto.SplitSync(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
+	parts, err := proto.SplitSyncCompressed(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
 	if err != nil {
 		return err
 	}

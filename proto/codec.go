@@ -86,6 +86,9 @@ func (v *Verifier) Decode(body []byte, attrs map[string]string) (*Message, error
 	if v.To != "" && m.To != v.To {
 		return nil, fmt.Errorf("%w: to=%q, this is %s", ErrMisdirected, m.To, v.To)
 	}
+	if err := m.inflate(); err != nil {
+		return nil, err
+	}
 	if age := now.Sub(m.IssuedAt); age > window || age < -window {
 		return nil, fmt.Errorf("%w: issued_at %s is %s from now, window is %s", ErrStale, m.IssuedAt.Format(time.RFC3339), age.Round(time.Second), window)
 	}
@@ -105,6 +108,14 @@ func Unmarshal(body []byte) (*Message, error) {
 	if len(body) > MaxBodyBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(body), MaxBodyBytes)
 	}
+	return unmarshal(body)
+}
+
+// UnmarshalStored decodes a message the agent itself stored (a verified sync part, inflated): as
+// strict as Unmarshal, without the wire size limit.
+func UnmarshalStored(body []byte) (*Message, error) { return unmarshal(body) }
+
+func unmarshal(body []byte) (*Message, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	var m Message

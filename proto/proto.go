@@ -50,6 +50,7 @@ type Message struct {
 	Rev      int64     `json:"rev"`
 
 	Bans     []Ban       `json:"bans,omitempty"`     // ban, sync
+	BansZ    string      `json:"bans_z,omitempty"`   // sync: the bans compressed (see compress.go)
 	Unbans   []Tombstone `json:"unbans,omitempty"`   // unban
 	Limits   []Limit     `json:"limits,omitempty"`   // limit, sync
 	Unlimits []Tombstone `json:"unlimits,omitempty"` // unlimit

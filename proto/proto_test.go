@@ -1,6 +1,9 @@
 package proto
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/netip"
@@ -250,6 +253,78 @@ func TestNeverBanList(t *testing.T) {
 	for _, c := range []string{"198.51.100.7", "10.1.2.3", "2001:db8::1", "fd00:ec2::1"} {
 		if err := CheckNeverBan(netip.MustParsePrefix(c + map[bool]string{true: "/128", false: "/32"}[strings.Contains(c, ":")])); err != nil {
 			t.Errorf("%s: %v", c, err)
+		}
+	}
+}
+
+func TestCompressedSyncParts(t *testing.T) {
+	s := testSigner(t, "k1")
+	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }, To: "i-1"}
+	for _, n := range []int{0, 10, 100000, 1000000} {
+		m := Message{ID: "01SYNC", Kind: KindSync, To: "i-1", IssuedAt: now, Rev: 7, Limits: []Limit{{ID: "l1", Proto: "tcp", Ports: []int{110}, Hits: 5, Seconds: 60, Rev: 3}}}
+		for i := 0; i < n; i++ {
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(11 + i>>24), byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+			m.Bans = append(m.Bans, Ban{ID: BanID(p), CIDR: p.String(), ExpiresAt: now.Add(time.Hour), Rev: 5})
+		}
+		parts, err := SplitSyncCompressed(m, MaxBodyBytes-AttributeHeadroom)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for i := range parts {
+			body, attrs, err := s.Encode(&parts[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := len(body)
+			for k, v := range attrs {
+				size += len(k) + len("String") + len(v)
+			}
+			if size > MaxBodyBytes {
+				t.Fatalf("%d bans: part %d is %d bytes with its attributes", n, i+1, size)
+			}
+			d, err := ver.Decode(body, attrs)
+			if err != nil {
+				t.Fatalf("%d bans: part %d: %v", n, i+1, err)
+			}
+			got += len(d.Bans)
+			if i == 0 && len(d.Limits) != 1 {
+				t.Fatalf("limits not in the first part")
+			}
+		}
+		if got != n {
+			t.Fatalf("%d bans came back as %d", n, got)
+		}
+		t.Logf("%d bans: %d messages", n, len(parts))
+		if n == 1000000 && len(parts) > 60 {
+			t.Fatalf("a sync of a million bans takes %d messages", len(parts))
+		}
+	}
+}
+
+func TestCompressedBansBounded(t *testing.T) {
+	s := testSigner(t, "k1")
+	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }}
+	var zb bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&zb, gzip.BestCompression)
+	zw.Write([]byte("["))
+	zw.Write(bytes.Repeat([]byte(" "), MaxInflatedBytes+10)) // a bomb: tiny compressed, huge inflated
+	zw.Close()
+	bomb := base64.StdEncoding.EncodeToString(zb.Bytes())
+	for _, c := range []struct {
+		m    *Message
+		want error
+	}{
+		{&Message{ID: "z1", Kind: KindSync, IssuedAt: now, Rev: 2, BansZ: bomb}, ErrTooLarge},
+		{&Message{ID: "z2", Kind: KindBan, IssuedAt: now, Rev: 2, BansZ: "H4sIAAAAAAAA/4qOBQQAAP//AwAAAAAAAAA="}, ErrMalformed},
+		{&Message{ID: "z3", Kind: KindSync, IssuedAt: now, Rev: 2, BansZ: "not base64!"}, ErrMalformed},
+	} {
+		body, attrs, err := s.Encode(c.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ver.Decode(body, attrs); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.m.ID, err, c.want)
 		}
 	}
 }
