@@ -422,3 +422,62 @@ func TestHostileFullDisk(t *testing.T) {
 		t.Fatalf("heartbeat: rev %d (want %d), last error %q", st.AppliedRev, res.Rev, st.LastError)
 	}
 }
+
+// A compromised instance reports escalations it has no business reporting: for a limit that does
+// not target it, for never-ban addresses, and far more than the cap. On real agents: what reaches
+// the kernels is at most the cap, all of it on the limit's own target.
+func TestHostileForeignAndFloodedEscalations(t *testing.T) {
+	r := newRig(t, 2)
+	ctx := t.Context()
+	liar, other := r.Nodes()[0], r.Nodes()[1]
+	for _, l := range []controller.LimitRequest{
+		{Limit: proto.Limit{ID: "l-mail", Proto: "tcp", Ports: []int{110}, Hits: 50, Seconds: 60, Escalate: true}, Target: "Role=mail"},
+		{Limit: proto.Limit{ID: "l-web", Proto: "tcp", Ports: []int{80}, Hits: 50, Seconds: 60, Escalate: true}, Target: "Role=web"},
+	} {
+		res, err := r.c.Limit(ctx, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Target == "Role=mail" { // l-web reaches no instance of this fleet
+			r.waitRev(r.ids(), res.Rev)
+		}
+	}
+	now := time.Now().UTC()
+	esc := []proto.Escalation{{Addr: "203.0.113.5", LimitID: "l-web", Seen: now}, // not this instance's limit
+		{Addr: "127.0.0.1", LimitID: "l-mail", Seen: now}, {Addr: r.Lab.LanIP4.String(), LimitID: "l-nope", Seen: now}}
+	for i := 0; i < 500; i++ {
+		esc = append(esc, proto.Escalation{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String(), LimitID: "l-mail", Seen: now})
+	}
+	pk, sk := proto.StatusKey(liar.ID)
+	item, err := attributevalue.MarshalMap(proto.AgentStatus{PK: pk, SK: sk, InstanceID: liar.ID, AppliedRev: 1, Heartbeat: now, Escalations: esc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Clients.DynamoDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(r.table), Item: item}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Escalated) > controller.MaxEscalationsPerInstance {
+		t.Fatalf("%d escalations from one instance in one pass", len(rep.Escalated))
+	}
+	refused := strings.Join(rep.Refused, "\n")
+	for _, want := range []string{"does not target this instance", "never banned", "not an escalating limit", "over the escalation cap"} {
+		if !strings.Contains(refused, want) {
+			t.Errorf("refusals lack %q", want)
+		}
+	}
+	for _, c := range rep.Escalated {
+		if !strings.HasPrefix(c, "198.18.") {
+			t.Errorf("escalated %s", c)
+		}
+	}
+	// What reaches the other instance's kernel: the capped batch and nothing else.
+	want := set(rep.Escalated...)
+	r.waitKernel(want, 20*time.Second)
+	if got := r.kernelBans(other); len(got) > controller.MaxEscalationsPerInstance {
+		t.Fatalf("%d bans on the other instance", len(got))
+	}
+}
