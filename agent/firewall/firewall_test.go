@@ -423,7 +423,9 @@ var generated = regexp.MustCompile(`(?m)^#.*\n`)
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // rulesOnly is *-save output without its comments and counters.
-func rulesOnly(s string) string { return counters.ReplaceAllString(generated.ReplaceAllString(s, ""), "[0:0]") }
+func rulesOnly(s string) string {
+	return counters.ReplaceAllString(generated.ReplaceAllString(s, ""), "[0:0]")
+}
 
 func kernelDump(t *testing.T, ns *netns.NS) string {
 	t.Helper()
