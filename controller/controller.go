@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -42,8 +43,12 @@ type Config struct {
 	VisibilityTimeout  int
 	// AgentRoleID: see Queues.AgentRoleID.
 	AgentRoleID string
-	Log         *slog.Logger
-	Now         func() time.Time
+	// FeedClient fetches feeds (default: an http.Client with a one-minute timeout).
+	FeedClient *http.Client
+	// FeedAllowHTTP lets feeds use plain http:// URLs (tests; a mirror inside the VPC).
+	FeedAllowHTTP bool
+	Log           *slog.Logger
+	Now           func() time.Time
 }
 
 // Controller is the control plane library.
@@ -55,6 +60,7 @@ type Controller struct {
 	managed *Selector
 
 	urls       sync.Map // instance id -> queue URL
+	feedCache  sync.Map // feed name -> *feedVersion
 	recordRole sync.Once
 }
 

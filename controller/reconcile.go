@@ -40,6 +40,7 @@ type desired struct {
 type ledgerView struct {
 	bans   []BanItem
 	limits []LimitItem
+	feeds  []feedView
 	sels   map[string]*Selector
 	rev    int64
 }
@@ -59,6 +60,20 @@ func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 		return nil, err
 	}
 	v := &ledgerView{bans: bans, limits: limits, sels: map[string]*Selector{}, rev: rev}
+	feeds, err := c.Ledger.Feeds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range feeds {
+		fv := feedView{FeedItem: f}
+		if f.Active(now) {
+			if fv.entries, err = c.loadFeed(ctx, f); err != nil {
+				return nil, err
+			}
+		}
+		v.feeds = append(v.feeds, fv)
+		v.sel(f.Target)
+	}
 	for _, b := range bans {
 		v.sel(b.Target)
 	}
@@ -66,6 +81,32 @@ func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 		v.sel(l.Target)
 	}
 	return v, nil
+}
+
+// feedView is a feed head with its entries (when active).
+type feedView struct {
+	FeedItem
+	entries []feedEntry
+}
+
+// heldElsewhere is every prefix an active ban or another active feed holds.
+func (v *ledgerView) heldElsewhere(feed string, now time.Time) map[netip.Prefix]bool {
+	held := map[netip.Prefix]bool{}
+	for _, b := range v.bans {
+		if b.Active(now) {
+			if p, err := proto.ParseCIDR(b.CIDR); err == nil {
+				held[p] = true
+			}
+		}
+	}
+	for _, f := range v.feeds {
+		if f.SK != feed && f.Active(now) {
+			for _, e := range f.entries {
+				held[e.p] = true
+			}
+		}
+	}
+	return held
 }
 
 func (v *ledgerView) sel(target string) *Selector {
@@ -101,6 +142,31 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 			w.Rev = old.Rev
 		}
 		byID[w.ID] = w
+	}
+	for _, f := range v.feeds {
+		s := v.sel(f.Target)
+		if s == nil || !s.Match(tags) {
+			continue
+		}
+		d.maxRev = max(d.maxRev, f.Rev)
+		if !f.Active(now) {
+			continue
+		}
+		exp := time.Unix(f.GoodUntil, 0).UTC()
+		src, reason := f.Source(), "feed "+f.SK
+		for _, e := range f.entries {
+			w := proto.Ban{ID: proto.BanID(e.p), CIDR: e.p.String(), ExpiresAt: exp, Reason: reason, Source: src, Rev: e.rev}
+			if old, ok := byID[w.ID]; ok {
+				// A ban and a feed (or two feeds) on one prefix: the longer expiry and the newer
+				// revision win, as for two bans.
+				if old.ExpiresAt.IsZero() || old.ExpiresAt.After(w.ExpiresAt) {
+					w.ExpiresAt = old.ExpiresAt
+				}
+				w.Rev = max(w.Rev, old.Rev)
+				w.Reason, w.Source = old.Reason, old.Source
+			}
+			byID[w.ID] = w
+		}
 	}
 	for _, b := range byID {
 		d.bans = append(d.bans, b)

@@ -1,0 +1,805 @@
+package controller
+
+// Blocklist feeds: lists an operator trusts (Spamhaus DROP, FireHOL level 1, a threat-intelligence
+// export) banned on every instance of a selector and refreshed on a schedule.
+//
+// A feed is one head item (pk "feed", sk NAME) and its last good version, stored compressed in
+// chunks (pk "feedv#NAME", sk "<version>#<chunk>"): a million entries are a few dozen items, not a
+// million ban items for every reconcile pass to read. The reconciler merges the entries of the
+// feeds an instance's tags select into its desired state; a refresh sends agents the difference
+// from the last version (one ban and one unban message) or, when the difference is large or the
+// entries' expiry moved, a full sync.
+//
+// What a feed can do is bounded like any other ban: the never-ban addresses, the hard prefix
+// limits and the admin allowlist drop entries (reported); an entry that covers a VPC CIDR holds
+// the whole version (a list that bans your own network is a wrong list), as does a version that
+// shrank by more than half (a truncated or emptied download). A failed fetch keeps the last good
+// version until its entries' expiry (the feed's TTL after its last good fetch).
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Feed defaults.
+const (
+	DefaultFeedRefresh  = time.Hour
+	DefaultFeedTTL      = 48 * time.Hour
+	DefaultFeedMaxBytes = 32 << 20
+	DefaultFeedTimeout  = time.Minute
+	// FeedDiffMax is the largest difference sent as ban and unban messages; a larger one (a new
+	// feed, a list that turned over) goes out as full syncs, compressed.
+	FeedDiffMax = 2000
+	// feedChunkBytes bounds one stored chunk (DynamoDB items are limited to 400 KB).
+	feedChunkBytes = 300 << 10
+)
+
+var feedNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,39}$`)
+
+// FeedItem is a feed's head in the ledger.
+type FeedItem struct {
+	PK       string `dynamodbav:"pk"`
+	SK       string `dynamodbav:"sk"` // the feed's name
+	URL      string `dynamodbav:"url"`
+	Target   string `dynamodbav:"target"`
+	Format   string `dynamodbav:"format"`
+	Refresh  int64  `dynamodbav:"refresh_s"`
+	TTL      int64  `dynamodbav:"ttl_s"`
+	MaxBytes int64  `dynamodbav:"max_bytes"`
+	// DropVPCOverlap drops entries that cover a VPC CIDR instead of holding the version (FireHOL
+	// level 1 lists the private ranges on purpose).
+	DropVPCOverlap bool `dynamodbav:"drop_vpc_overlap,omitempty"`
+
+	ETag         string `dynamodbav:"etag,omitempty"`
+	LastModified string `dynamodbav:"last_modified,omitempty"`
+	Version      int64  `dynamodbav:"version"` // revision of the applied version; 0: none yet
+	Chunks       int    `dynamodbav:"chunks"`
+	Entries      int    `dynamodbav:"entries"`
+	GoodUntil    int64  `dynamodbav:"good_until"` // the entries' expiry (epoch seconds)
+
+	Checked  time.Time `dynamodbav:"checked,omitempty"` // last fetch attempt
+	OK       time.Time `dynamodbav:"ok,omitempty"`      // last good fetch (200 applied or 304)
+	Error    string    `dynamodbav:"error,omitempty"`   // last failure; empty after a good fetch
+	Failures int       `dynamodbav:"failures,omitempty"`
+	Held     string    `dynamodbav:"held,omitempty"` // why the last fetched version was not applied
+	Report   string    `dynamodbav:"report,omitempty"`
+
+	Rev       int64     `dynamodbav:"rev"` // last change agents must see (a version, a removal)
+	Deleted   bool      `dynamodbav:"deleted"`
+	ExpiresAt int64     `dynamodbav:"expires_at,omitempty"` // a removed feed's tombstone
+	Updated   time.Time `dynamodbav:"updated"`
+}
+
+// Active reports whether the feed's entries are in force at now.
+func (f FeedItem) Active(now time.Time) bool {
+	return !f.Deleted && f.Version > 0 && f.GoodUntil > now.Unix()
+}
+
+// Source is what agents see as the source of the feed's bans.
+func (f FeedItem) Source() string { return "feed:" + f.SK }
+
+// Due reports whether the feed should be fetched at now.
+func (f FeedItem) Due(now time.Time) bool {
+	return !f.Deleted && (f.Checked.IsZero() || !now.Before(f.Checked.Add(time.Duration(f.Refresh)*time.Second)))
+}
+
+// feedEntry is one entry of a stored version: the prefix and the revision it was added at.
+type feedEntry struct {
+	p   netip.Prefix
+	rev int64
+}
+
+type feedVersion struct {
+	version int64
+	entries []feedEntry // sorted by prefix
+}
+
+// FeedSpec is what `bansshee feed add` asks for.
+type FeedSpec struct {
+	Name, URL, Target, Format string
+	Refresh, TTL              time.Duration
+	MaxBytes                  int64
+	DropVPCOverlap            bool
+}
+
+// AddFeed writes (or changes) a feed's settings. It does not fetch it: FeedSync or the schedule do.
+func (c *Controller) AddFeed(ctx context.Context, spec FeedSpec) (FeedItem, error) {
+	if !feedNameRe.MatchString(spec.Name) {
+		return FeedItem{}, fmt.Errorf("%w: feed name %q: 1-40 characters of [a-z0-9_-], starting with a letter or digit", ErrRefused, spec.Name)
+	}
+	u, err := url.Parse(spec.URL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && !c.FeedAllowHTTP) {
+		return FeedItem{}, fmt.Errorf("%w: feed url %q: want an https:// URL", ErrRefused, spec.URL)
+	}
+	sel, err := ParseSelector(spec.Target)
+	if err != nil {
+		return FeedItem{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if spec.Format == "" {
+		spec.Format = FormatAuto
+	}
+	if !slices.Contains(FeedFormats, spec.Format) {
+		return FeedItem{}, fmt.Errorf("%w: format %q: want one of %s", ErrRefused, spec.Format, strings.Join(FeedFormats, ", "))
+	}
+	if spec.Refresh == 0 {
+		spec.Refresh = DefaultFeedRefresh
+	}
+	if spec.TTL == 0 {
+		spec.TTL = max(DefaultFeedTTL, 3*spec.Refresh)
+	}
+	if spec.Refresh < time.Minute || spec.TTL < 2*spec.Refresh || spec.TTL > c.Limits.MaxTTL {
+		return FeedItem{}, fmt.Errorf("%w: --refresh %s and --ttl %s: want a refresh of at least 1m and a TTL of at least two refreshes and at most %s",
+			ErrRefused, spec.Refresh, spec.TTL, c.Limits.MaxTTL)
+	}
+	if spec.MaxBytes == 0 {
+		spec.MaxBytes = DefaultFeedMaxBytes
+	}
+	if spec.MaxBytes < 0 || spec.MaxBytes > 1<<30 {
+		return FeedItem{}, fmt.Errorf("%w: --max-bytes %d: want 1 byte to 1 GiB", ErrRefused, spec.MaxBytes)
+	}
+	old, found, err := c.Ledger.Feed(ctx, spec.Name)
+	if err != nil {
+		return FeedItem{}, err
+	}
+	f := FeedItem{SK: spec.Name}
+	if found && !old.Deleted {
+		f = old
+	}
+	f.URL, f.Target, f.Format = spec.URL, sel.String(), spec.Format
+	f.Refresh, f.TTL, f.MaxBytes, f.DropVPCOverlap = int64(spec.Refresh/time.Second), int64(spec.TTL/time.Second), spec.MaxBytes, spec.DropVPCOverlap
+	f.Deleted, f.ExpiresAt, f.Checked = false, 0, time.Time{} // due now
+	if found && old.Target != f.Target && f.Version > 0 {
+		// Instances the old target picked and the new one does not must lose the entries.
+		if f.Rev, err = c.Ledger.NextRev(ctx); err != nil {
+			return FeedItem{}, err
+		}
+	}
+	if found && old.Deleted {
+		f.Rev = old.Rev
+	}
+	f.Updated = c.Now().UTC()
+	if err := c.Ledger.putFeed(ctx, f, old.Version, found); err != nil {
+		return FeedItem{}, err
+	}
+	return f, nil
+}
+
+// RemoveFeed removes a feed: its entries leave every instance (by full sync) and its head stays
+// as a tombstone for a week so that reconcilers know what changed.
+func (c *Controller) RemoveFeed(ctx context.Context, name string) (*Result, error) {
+	f, found, err := c.Ledger.Feed(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !found || f.Deleted {
+		return nil, fmt.Errorf("%w: no feed named %q", ErrRefused, name)
+	}
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return nil, err
+	}
+	oldVersion := f.Version
+	f.Deleted, f.Rev, f.Updated = true, rev, c.Now().UTC()
+	f.ExpiresAt = c.Now().Add(7 * 24 * time.Hour).Unix()
+	if err := c.Ledger.putFeed(ctx, f, oldVersion, true); err != nil {
+		return nil, err
+	}
+	res := &Result{Rev: rev, Selector: f.Target}
+	sel, err := ParseSelector(f.Target)
+	if err != nil {
+		return res, err
+	}
+	if err := c.SyncTargets(ctx, sel, res); err != nil {
+		return res, err
+	}
+	c.Ledger.deleteFeedChunks(ctx, name, oldVersion)
+	return res, nil
+}
+
+// Feeds lists every feed head, removed ones included.
+func (l *Ledger) Feeds(ctx context.Context) ([]FeedItem, error) {
+	raws, err := l.query(ctx, "feed", "")
+	if err != nil {
+		return nil, err
+	}
+	var out []FeedItem
+	if err := attributevalue.UnmarshalListOfMaps(raws, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Feed reads one feed head.
+func (l *Ledger) Feed(ctx context.Context, name string) (FeedItem, bool, error) {
+	out, err := l.DDB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(l.Table), ConsistentRead: aws.Bool(true),
+		Key: map[string]ddbtypes.AttributeValue{"pk": s("feed"), "sk": s(name)}})
+	if err != nil {
+		return FeedItem{}, false, fmt.Errorf("read feed %s: %w", name, err)
+	}
+	if out.Item == nil {
+		return FeedItem{}, false, nil
+	}
+	var f FeedItem
+	err = attributevalue.UnmarshalMap(out.Item, &f)
+	return f, err == nil, err
+}
+
+// ErrFeedRace: another controller changed the feed between our read and our write.
+var ErrFeedRace = errors.New("the feed changed under us (another controller refreshed it); try again")
+
+// putFeed writes a feed head if its stored version is still oldVersion (or, when it did not
+// exist, if it still does not).
+func (l *Ledger) putFeed(ctx context.Context, f FeedItem, oldVersion int64, existed bool) error {
+	f.PK = "feed"
+	item, err := attributevalue.MarshalMap(f)
+	if err != nil {
+		return err
+	}
+	in := &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item}
+	if existed {
+		in.ConditionExpression = aws.String("version = :v")
+		in.ExpressionAttributeValues = map[string]ddbtypes.AttributeValue{":v": n(oldVersion)}
+	} else {
+		in.ConditionExpression = aws.String("attribute_not_exists(pk)")
+	}
+	_, err = l.DDB.PutItem(ctx, in)
+	if isConditionFailed(err) {
+		return ErrFeedRace
+	}
+	if err != nil {
+		return fmt.Errorf("write feed %s: %w", f.SK, err)
+	}
+	return nil
+}
+
+func feedChunkKey(name string, version int64, i int) map[string]ddbtypes.AttributeValue {
+	return map[string]ddbtypes.AttributeValue{"pk": s("feedv#" + name), "sk": s(fmt.Sprintf("%020d#%05d", version, i))}
+}
+
+// putFeedChunks stores a version's entries, compressed, and returns how many chunks it took.
+func (l *Ledger) putFeedChunks(ctx context.Context, name string, version int64, entries []feedEntry) (int, error) {
+	chunks, err := encodeFeedChunks(entries, feedChunkBytes)
+	if err != nil {
+		return 0, err
+	}
+	for i, z := range chunks {
+		item := feedChunkKey(name, version, i)
+		item["z"] = &ddbtypes.AttributeValueMemberB{Value: z}
+		if _, err := l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item}); err != nil {
+			return 0, fmt.Errorf("write feed %s chunk %d: %w", name, i, err)
+		}
+	}
+	return len(chunks), nil
+}
+
+// feedEntries reads a stored version.
+func (l *Ledger) feedEntries(ctx context.Context, f FeedItem) ([]feedEntry, error) {
+	if f.Version == 0 || f.Chunks == 0 {
+		return nil, nil
+	}
+	raws, err := l.query(ctx, "feedv#"+f.SK, fmt.Sprintf("%020d#", f.Version))
+	if err != nil {
+		return nil, err
+	}
+	if len(raws) != f.Chunks {
+		return nil, fmt.Errorf("feed %s version %d: %d of %d chunks found (%w)", f.SK, f.Version, len(raws), f.Chunks, ErrFeedRace)
+	}
+	entries := make([]feedEntry, 0, f.Entries)
+	for _, raw := range raws {
+		z, ok := raw["z"].(*ddbtypes.AttributeValueMemberB)
+		if !ok {
+			return nil, fmt.Errorf("feed %s: chunk without data", f.SK)
+		}
+		if entries, err = decodeFeedChunk(z.Value, entries); err != nil {
+			return nil, fmt.Errorf("feed %s version %d: %w", f.SK, f.Version, err)
+		}
+	}
+	return entries, nil
+}
+
+func (l *Ledger) deleteFeedChunks(ctx context.Context, name string, version int64) {
+	if version == 0 {
+		return
+	}
+	raws, err := l.query(ctx, "feedv#"+name, fmt.Sprintf("%020d#", version))
+	if err != nil {
+		return // left behind: they take space, nothing reads them
+	}
+	for _, raw := range raws {
+		_, _ = l.DDB.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(l.Table), Key: map[string]ddbtypes.AttributeValue{"pk": raw["pk"], "sk": raw["sk"]}})
+	}
+}
+
+// encodeFeedChunks writes entries as "cidr rev" lines, gzipped, in chunks of at most max bytes.
+func encodeFeedChunks(entries []feedEntry, max int) ([][]byte, error) {
+	var out [][]byte
+	for per := 50000; len(entries) > 0; {
+		n := min(per, len(entries))
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		line := make([]byte, 0, 64)
+		for _, e := range entries[:n] {
+			line = e.p.AppendTo(line[:0])
+			line = append(line, ' ')
+			line = strconv.AppendInt(line, e.rev, 10)
+			line = append(line, '\n')
+			_, _ = zw.Write(line)
+		}
+		if err := zw.Close(); err != nil {
+			return nil, err
+		}
+		if buf.Len() > max && n > 1 {
+			per = n / 2
+			continue
+		}
+		out = append(out, buf.Bytes())
+		entries = entries[n:]
+	}
+	return out, nil
+}
+
+func decodeFeedChunk(z []byte, into []feedEntry) ([]feedEntry, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(z))
+	if err != nil {
+		return into, err
+	}
+	raw, err := io.ReadAll(io.LimitReader(zr, 256<<20))
+	if err != nil {
+		return into, err
+	}
+	for line := range bytes.Lines(raw) {
+		cidr, rev, ok := strings.Cut(strings.TrimSpace(string(line)), " ")
+		p, err1 := netip.ParsePrefix(cidr)
+		r, err2 := strconv.ParseInt(rev, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return into, fmt.Errorf("bad stored entry %q", line)
+		}
+		into = append(into, feedEntry{p: p, rev: r})
+	}
+	return into, nil
+}
+
+// loadFeed returns a feed's entries, from the cache when its version is there.
+func (c *Controller) loadFeed(ctx context.Context, f FeedItem) ([]feedEntry, error) {
+	if v, ok := c.feedCache.Load(f.SK); ok && v.(*feedVersion).version == f.Version {
+		return v.(*feedVersion).entries, nil
+	}
+	entries, err := c.Ledger.feedEntries(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	c.feedCache.Store(f.SK, &feedVersion{version: f.Version, entries: entries})
+	return entries, nil
+}
+
+// FeedOptions changes one refresh.
+type FeedOptions struct {
+	Force        bool // fetch even if not due, without If-None-Match / If-Modified-Since
+	AcceptShrink bool // apply a version that shrank by more than half
+}
+
+// FeedReport says what one refresh of one feed did.
+type FeedReport struct {
+	Name        string
+	Fetched     bool // a body arrived (not a 304, not a failure)
+	NotModified bool
+	Err         error  // the fetch or parse failed: the last good version stays
+	Held        string // the version was not applied, and why
+	Version     int64  // the version in force afterwards
+	Entries     int
+	Added       []netip.Prefix
+	Removed     []netip.Prefix
+	Invalid     int      // lines that were not addresses
+	Dropped     []string // entries the allowlists or the never-ban list forbid, with why
+	Delivery    string   // "diff", "sync" or "" (nothing to send)
+	Result      *Result
+}
+
+// String is one line for logs and the CLI.
+func (r FeedReport) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "feed %s:", r.Name)
+	switch {
+	case r.Err != nil:
+		fmt.Fprintf(&b, " FAILED (%v); version %d (%d entries) stays", r.Err, r.Version, r.Entries)
+	case r.Held != "":
+		fmt.Fprintf(&b, " HELD (%s); version %d (%d entries) stays", r.Held, r.Version, r.Entries)
+	case r.NotModified:
+		fmt.Fprintf(&b, " not modified; version %d (%d entries)", r.Version, r.Entries)
+	default:
+		fmt.Fprintf(&b, " version %d, %d entries, +%d -%d", r.Version, r.Entries, len(r.Added), len(r.Removed))
+		if r.Delivery != "" {
+			fmt.Fprintf(&b, " (sent as %s)", r.Delivery)
+		}
+	}
+	if r.Invalid > 0 {
+		fmt.Fprintf(&b, "; %d lines not addresses", r.Invalid)
+	}
+	if len(r.Dropped) > 0 {
+		fmt.Fprintf(&b, "; %d entries dropped (first: %s)", len(r.Dropped), r.Dropped[0])
+	}
+	return b.String()
+}
+
+// RefreshFeeds refreshes every feed that is due (all of them with opts.Force).
+func (c *Controller) RefreshFeeds(ctx context.Context, opts FeedOptions) ([]FeedReport, error) {
+	feeds, err := c.Ledger.Feeds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []FeedReport
+	now := c.Now()
+	for _, f := range feeds {
+		if f.Deleted || !(opts.Force || f.Due(now)) {
+			continue
+		}
+		r, err := c.refreshFeed(ctx, f, opts)
+		if err != nil {
+			r.Err = err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// SyncFeed refreshes one feed now (`bansshee feed sync NAME`).
+func (c *Controller) SyncFeed(ctx context.Context, name string, opts FeedOptions) (FeedReport, error) {
+	f, found, err := c.Ledger.Feed(ctx, name)
+	if err != nil {
+		return FeedReport{Name: name}, err
+	}
+	if !found || f.Deleted {
+		return FeedReport{Name: name}, fmt.Errorf("%w: no feed named %q", ErrRefused, name)
+	}
+	return c.refreshFeed(ctx, f, opts)
+}
+
+// feedFetch is one HTTP fetch.
+type feedFetch struct {
+	body               []byte
+	notModified        bool
+	etag, lastModified string
+}
+
+func (c *Controller) fetchFeed(ctx context.Context, f FeedItem, conditional bool) (feedFetch, error) {
+	client := c.FeedClient
+	if client == nil {
+		client = &http.Client{Timeout: DefaultFeedTimeout}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
+	if err != nil {
+		return feedFetch{}, err
+	}
+	req.Header.Set("User-Agent", "bansshee-feed/1")
+	if conditional && f.Version > 0 {
+		if f.ETag != "" {
+			req.Header.Set("If-None-Match", f.ETag)
+		}
+		if f.LastModified != "" {
+			req.Header.Set("If-Modified-Since", f.LastModified)
+		}
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return feedFetch{}, fmt.Errorf("fetch: %w", err)
+	}
+	defer resp.Body.Close()
+	out := feedFetch{etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}
+	switch {
+	case resp.StatusCode == http.StatusNotModified:
+		out.notModified = true
+		return out, nil
+	case resp.StatusCode != http.StatusOK:
+		return out, fmt.Errorf("fetch: HTTP %s", resp.Status)
+	case resp.ContentLength > f.MaxBytes:
+		return out, fmt.Errorf("fetch: the body is %d bytes, over the feed's cap of %d (--max-bytes)", resp.ContentLength, f.MaxBytes)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, f.MaxBytes+1))
+	if err != nil {
+		return out, fmt.Errorf("fetch: body cut short after %d bytes: %w", len(body), err)
+	}
+	if int64(len(body)) > f.MaxBytes {
+		return out, fmt.Errorf("fetch: the body is over the feed's cap of %d bytes (--max-bytes)", f.MaxBytes)
+	}
+	out.body = body
+	return out, nil
+}
+
+// refreshFeed fetches one feed and applies what it may.
+func (c *Controller) refreshFeed(ctx context.Context, f FeedItem, opts FeedOptions) (FeedReport, error) {
+	now := c.Now().UTC()
+	rep := FeedReport{Name: f.SK, Version: f.Version, Entries: f.Entries}
+	fail := func(err error) (FeedReport, error) {
+		rep.Err = err
+		f.Checked, f.Error, f.Failures, f.Updated = now, err.Error(), f.Failures+1, now
+		if werr := c.Ledger.putFeed(ctx, f, f.Version, true); werr != nil {
+			return rep, werr
+		}
+		c.Log.Warn("feed fetch failed; the last good version stays", "feed", f.SK, "err", err, "failures", f.Failures,
+			"good_until", time.Unix(f.GoodUntil, 0).UTC())
+		return rep, nil
+	}
+	ft, err := c.fetchFeed(ctx, f, !opts.Force)
+	if err != nil {
+		return fail(err)
+	}
+	old, err := c.loadFeed(ctx, f)
+	if err != nil {
+		return rep, err
+	}
+	// The entries' expiry moves forward once it is less than half the TTL away; every agent then
+	// needs the new expiry, which a full sync carries.
+	renew := f.GoodUntil-now.Unix() < f.TTL/2
+	if ft.notModified {
+		rep.NotModified = true
+		f.Checked, f.OK, f.Error, f.Failures, f.Updated = now, now, "", 0, now
+		if renew && f.Version > 0 {
+			return c.commitFeed(ctx, f, old, old, now, &rep)
+		}
+		return rep, c.Ledger.putFeed(ctx, f, f.Version, true)
+	}
+	rep.Fetched = true
+	parsed, err := ParseFeed(ft.body, f.Format)
+	if err != nil {
+		return fail(err)
+	}
+	rep.Invalid = parsed.Invalid
+	kept, held, err := c.screenFeed(ctx, f, parsed.Prefixes, &rep)
+	if err != nil {
+		return rep, err
+	}
+	if held == "" && f.Entries > 0 && len(kept) < f.Entries/2 && !opts.AcceptShrink {
+		held = fmt.Sprintf("the list shrank from %d to %d entries, by more than half (a truncated or emptied download?); apply it with 'bansshee feed sync %s --accept-shrink'",
+			f.Entries, len(kept), f.SK)
+	}
+	f.Checked, f.Updated = now, now
+	f.Report = feedReportText(parsed, rep.Dropped)
+	if held != "" {
+		rep.Held = held
+		// The validators are not kept: the next fetch gets the whole body again and judges it anew.
+		f.Held, f.Error = held, ""
+		c.Log.Warn("feed version held", "feed", f.SK, "why", held)
+		return rep, c.Ledger.putFeed(ctx, f, f.Version, true)
+	}
+	f.Held, f.Error, f.Failures, f.OK, f.ETag, f.LastModified = "", "", 0, now, ft.etag, ft.lastModified
+	// The difference from the last version; kept entries keep the revision they were added at.
+	next := make([]feedEntry, len(kept))
+	for i, p := range kept {
+		next[i] = feedEntry{p: p}
+	}
+	i := 0
+	for j := range next {
+		for i < len(old) && comparePrefix(old[i].p, next[j].p) < 0 {
+			rep.Removed = append(rep.Removed, old[i].p)
+			i++
+		}
+		if i < len(old) && old[i].p == next[j].p {
+			next[j].rev = old[i].rev
+			i++
+		} else {
+			rep.Added = append(rep.Added, next[j].p)
+		}
+	}
+	for ; i < len(old); i++ {
+		rep.Removed = append(rep.Removed, old[i].p)
+	}
+	if len(rep.Added) == 0 && len(rep.Removed) == 0 && !(renew && f.Version > 0) {
+		return rep, c.Ledger.putFeed(ctx, f, f.Version, true)
+	}
+	return c.commitFeed(ctx, f, old, next, now, &rep)
+}
+
+// commitFeed stores next as the feed's new version (when the entries changed), moves the
+// entries' expiry forward when it is due, and tells the agents.
+func (c *Controller) commitFeed(ctx context.Context, f FeedItem, old, next []feedEntry, now time.Time, rep *FeedReport) (FeedReport, error) {
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return *rep, err
+	}
+	changed := len(rep.Added)+len(rep.Removed) > 0
+	oldVersion, oldGood := f.Version, f.GoodUntil
+	if changed {
+		for i := range next {
+			if next[i].rev == 0 {
+				next[i].rev = rev
+			}
+		}
+		chunks, err := c.Ledger.putFeedChunks(ctx, f.SK, rev, next)
+		if err != nil {
+			return *rep, err
+		}
+		f.Version, f.Chunks, f.Entries = rev, chunks, len(next)
+	}
+	if f.GoodUntil-now.Unix() < f.TTL/2 {
+		f.GoodUntil = now.Unix() + f.TTL
+	}
+	f.Rev = rev
+	if err := c.Ledger.putFeed(ctx, f, oldVersion, true); err != nil {
+		if changed {
+			c.Ledger.deleteFeedChunks(ctx, f.SK, rev)
+		}
+		return *rep, err
+	}
+	if changed {
+		c.feedCache.Store(f.SK, &feedVersion{version: rev, entries: next})
+		c.Ledger.deleteFeedChunks(ctx, f.SK, oldVersion)
+	}
+	rep.Version, rep.Entries = f.Version, f.Entries
+	c.Log.Info("feed version", "feed", f.SK, "rev", rev, "version", f.Version, "entries", f.Entries, "added", len(rep.Added), "removed", len(rep.Removed),
+		"good_until", time.Unix(f.GoodUntil, 0).UTC())
+	sel, err := ParseSelector(f.Target)
+	if err != nil {
+		return *rep, err
+	}
+	rep.Result = &Result{Rev: rev, Selector: sel.String()}
+	if f.GoodUntil != oldGood || len(rep.Added)+len(rep.Removed) > FeedDiffMax {
+		rep.Delivery = "sync"
+		return *rep, c.SyncTargets(ctx, sel, rep.Result)
+	}
+	rep.Delivery = "diff"
+	return *rep, c.sendFeedDiff(ctx, f, sel, rev, rep)
+}
+
+// sendFeedDiff sends the added entries as one ban message and the removed ones as one unban
+// message. A removed entry that another ban or feed still holds is not unbanned (the unban would
+// remove that one too: agents hold one entry per prefix); the reconciler settles such overlaps.
+func (c *Controller) sendFeedDiff(ctx context.Context, f FeedItem, sel *Selector, rev int64, rep *FeedReport) error {
+	exp := time.Unix(f.GoodUntil, 0).UTC()
+	if len(rep.Added) > 0 {
+		bans := make([]proto.Ban, len(rep.Added))
+		for i, p := range rep.Added {
+			bans[i] = proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: exp, Source: f.Source(), Reason: "feed " + f.SK, Rev: rev}
+		}
+		if err := c.fanout(ctx, sel, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: bans}, rep.Result); err != nil {
+			return err
+		}
+	}
+	if len(rep.Removed) == 0 {
+		return nil
+	}
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return err
+	}
+	held := view.heldElsewhere(f.SK, c.Now())
+	var tombs []proto.Tombstone
+	for _, p := range rep.Removed {
+		if !held[p] {
+			tombs = append(tombs, proto.Tombstone{ID: proto.BanID(p), Rev: rev, ExpiresAt: exp})
+		}
+	}
+	if len(tombs) == 0 {
+		return nil
+	}
+	res := &Result{}
+	err = c.fanout(ctx, sel, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
+	if len(rep.Result.Instances) == 0 {
+		rep.Result.Instances = res.Instances
+	}
+	return err
+}
+
+// screenFeed drops the entries no ban may have (never-ban addresses, hard prefix limits, the admin
+// allowlist) and holds the version if an entry covers a VPC CIDR.
+func (c *Controller) screenFeed(ctx context.Context, f FeedItem, in []netip.Prefix, rep *FeedReport) (kept []netip.Prefix, held string, err error) {
+	var vpcs []netip.Prefix
+	if !c.SkipVPCAllow {
+		if vpcs, err = c.VPCCIDRs(ctx); err != nil {
+			return nil, "", err
+		}
+	}
+	kept = in[:0:0]
+	var covering []string
+entries:
+	for _, p := range in {
+		if err := c.Limits.CheckPrefix(p); err != nil {
+			rep.Dropped = append(rep.Dropped, err.Error())
+			continue
+		}
+		for _, a := range c.Admin {
+			if p.Overlaps(a) {
+				rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers allowlisted %s", p, a))
+				continue entries
+			}
+		}
+		for _, v := range vpcs {
+			if p.Overlaps(v) {
+				if f.DropVPCOverlap {
+					rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers VPC %s", p, v))
+					continue entries
+				}
+				covering = append(covering, fmt.Sprintf("%s covers VPC %s", p, v))
+				break
+			}
+		}
+		kept = append(kept, p)
+	}
+	if len(covering) > 0 {
+		held = fmt.Sprintf("%d entries cover a VPC CIDR (first: %s); fix the list, or add the feed with --drop-vpc-overlap to drop such entries", len(covering), covering[0])
+	}
+	return kept, held, nil
+}
+
+func feedReportText(pf ParsedFeed, dropped []string) string {
+	var parts []string
+	parts = append(parts, fmt.Sprintf("%d entry lines, %d not addresses", pf.Lines, pf.Invalid))
+	if len(pf.Examples) > 0 {
+		parts = append(parts, "e.g. "+strings.Join(pf.Examples, ", "))
+	}
+	if len(dropped) > 0 {
+		ex := dropped[:min(len(dropped), maxExamples)]
+		parts = append(parts, fmt.Sprintf("%d dropped: %s", len(dropped), strings.Join(ex, "; ")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// SyncTargets sends every instance sel picks a full sync of its desired state now (a new feed, a
+// feed's removal or renewal): the reconciler would get there after its lag grace.
+func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result) error {
+	all, err := c.Discover(ctx, mustParse("*"))
+	if err != nil {
+		return fmt.Errorf("ledger written, but discovery failed (the reconciler will deliver): %w", err)
+	}
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return err
+	}
+	rev, err := c.Ledger.NextRev(ctx)
+	if err != nil {
+		return err
+	}
+	known, err := c.Ledger.Instances(ctx)
+	if err != nil {
+		return err
+	}
+	now := c.Now().UTC()
+	var targets []Instance
+	tags := map[string]map[string]string{}
+	for _, in := range all {
+		if sel.Match(in.Tags) {
+			targets = append(targets, in)
+			tags[in.ID] = in.Tags
+		}
+	}
+	var memoMu sync.Mutex
+	memo := map[string]desired{}
+	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, id, _ string) error {
+		key := tagKey(tags[id])
+		memoMu.Lock()
+		d, ok := memo[key]
+		if !ok {
+			d = view.forTags(tags[id], now)
+			memo[key] = d
+		}
+		memoMu.Unlock()
+		if err := c.sendSync(ctx, id, rev, d); err != nil {
+			return err
+		}
+		rec := known[id]
+		if rec.FirstSeen.IsZero() {
+			rec.FirstSeen = now
+		}
+		rec.SK, rec.SyncedRev, rec.SyncedAt, rec.LagSince = id, rev, now, time.Time{}
+		return c.Ledger.PutInstance(ctx, rec)
+	})
+	return nil
+}
