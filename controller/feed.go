@@ -38,6 +38,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/bansshee/bansshee/proto"
+	"golang.org/x/sync/errgroup"
 )
 
 // Feed defaults.
@@ -440,23 +441,39 @@ func (r FeedReport) String() string {
 	return b.String()
 }
 
-// RefreshFeeds refreshes every feed that is due (all of them with opts.Force).
+// RefreshFeeds refreshes every feed that is due (all of them with opts.Force), four at a time.
 func (c *Controller) RefreshFeeds(ctx context.Context, opts FeedOptions) ([]FeedReport, error) {
 	feeds, err := c.Ledger.Feeds(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var out []FeedReport
 	now := c.Now()
+	var due []FeedItem
 	for _, f := range feeds {
-		if f.Deleted || !(opts.Force || f.Due(now)) {
-			continue
+		if !f.Deleted && (opts.Force || f.Due(now)) {
+			due = append(due, f)
 		}
-		r, err := c.refreshFeed(ctx, f, opts)
-		if err != nil {
-			r.Err = err
+	}
+	out := make([]FeedReport, len(due))
+	var g errgroup.Group
+	g.SetLimit(4)
+	for i, f := range due {
+		g.Go(func() error {
+			r, err := c.refreshFeed(ctx, f, opts)
+			if err != nil {
+				r.Err = err
+			}
+			out[i] = r
+			return nil
+		})
+	}
+	_ = g.Wait()
+	for _, r := range out {
+		if r.Err != nil || r.Held != "" {
+			c.Log.Warn("feed", "report", r.String())
+		} else {
+			c.Log.Info("feed", "report", r.String())
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }
@@ -534,8 +551,12 @@ func (c *Controller) refreshFeed(ctx context.Context, f FeedItem, opts FeedOptio
 		if werr := c.Ledger.putFeed(ctx, f, f.Version, true); werr != nil {
 			return rep, werr
 		}
-		c.Log.Warn("feed fetch failed; the last good version stays", "feed", f.SK, "err", err, "failures", f.Failures,
-			"good_until", time.Unix(f.GoodUntil, 0).UTC())
+		if f.Version == 0 {
+			c.Log.Warn("feed fetch failed; it has no version yet", "feed", f.SK, "err", err, "failures", f.Failures)
+		} else {
+			c.Log.Warn("feed fetch failed; the last good version stays", "feed", f.SK, "err", err, "failures", f.Failures,
+				"version", f.Version, "good_until", time.Unix(f.GoodUntil, 0).UTC())
+		}
 		return rep, nil
 	}
 	ft, err := c.fetchFeed(ctx, f, !opts.Force)

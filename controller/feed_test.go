@@ -422,4 +422,3 @@ func TestRefreshFeedsOnlyWhenDue(t *testing.T) {
 		t.Fatalf("%d fetches, want 2", fs.fetches)
 	}
 }
-

@@ -26,6 +26,7 @@ type Report struct {
 	Escalated     []string // CIDRs banned from agent escalations
 	Refused       []string // escalations refused, with why
 	Fleet         FleetCounts
+	Feeds         []FeedReport // feeds that were due and refreshed before the pass
 	Errors        []error
 }
 
@@ -197,6 +198,14 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			}
 		})
 	}
+	// Feeds that are due are fetched first, so that this pass already syncs what they changed.
+	// A feed that fails keeps its last good version; its failure is in its report, not an error
+	// of the pass.
+	feeds, err := c.RefreshFeeds(ctx, FeedOptions{})
+	if err != nil {
+		rep.Errors = append(rep.Errors, err)
+	}
+	rep.Feeds = feeds
 	instances, err := c.Discover(ctx, mustParse("*"))
 	if err != nil {
 		return rep, err

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -30,7 +32,7 @@ import (
 
 type globals struct {
 	endpoint, region, table, prefix, keyFile, logLevel, managed string
-	agentRoleID                                                 string
+	agentRoleID, feedCA                                         string
 	admin                                                       []string
 	noVPCAllow                                                  bool
 	concurrency                                                 int
@@ -82,7 +84,8 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.IntVar(&g.concurrency, "concurrency", 64, "parallel sends during fan-out")
 	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
-	root.AddCommand(banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
+	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")
+	root.AddCommand(feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
 }
 
@@ -112,9 +115,26 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 	if err != nil {
 		return nil, usageError{err}
 	}
+	var feedClient *http.Client
+	if g.feedCA != "" {
+		pem, err := os.ReadFile(g.feedCA)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--feed-ca: %w", err)}
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usageError{fmt.Errorf("--feed-ca %s: no PEM certificate in it", g.feedCA)}
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		feedClient = &http.Client{Transport: tr, Timeout: controller.DefaultFeedTimeout}
+	}
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
-		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, Log: cli.Logger(g.logLevel)})
+		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, FeedClient: feedClient, Log: cli.Logger(g.logLevel)})
 }
 
 func banCmd(g *globals) *cobra.Command {

@@ -3,9 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/bansshee/bansshee/internal/awstest"
@@ -153,5 +160,65 @@ func TestHelpShowsBoolFlagsPlain(t *testing.T) {
 	help := out.String() + errOut.String()
 	if !strings.Contains(help, "--wait ") || strings.Contains(help, "[=true|false]") {
 		t.Fatalf("ban --help:\n%s", help)
+	}
+}
+
+func TestCLIFeeds(t *testing.T) {
+	c := newCLI(t)
+	var mu sync.Mutex
+	body, status := "# intel\n198.51.100.1\n198.51.100.2\n2001:db8:bad::/48\nnot an address\n", 200
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if status != 200 {
+			http.Error(w, "down", status)
+			return
+		}
+		etag := fmt.Sprintf(`"%d"`, len(body))
+		if r.Header.Get("If-None-Match") == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Header().Set("ETag", etag)
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := c.run(t, "feed", "add", "intel", "--url", srv.URL+"/intel.txt", "--target", "Role=mail")
+	if code != 1 || !strings.Contains(errOut, "certificate") {
+		t.Fatalf("an untrusted certificate was accepted: %d %s %s", code, out, errOut)
+	}
+	code, out, errOut = c.run(t, "feed", "sync", "intel", "--feed-ca", ca)
+	if code != 0 || !strings.Contains(out, "version 1, 3 entries, +3 -0 (sent as sync); 1 lines not addresses") || !strings.Contains(out, "sent to 3 instances") {
+		t.Fatalf("feed sync: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = c.run(t, "feed", "sync", "intel", "--feed-ca", ca)
+	if code != 0 || !strings.Contains(out, "not modified") {
+		t.Fatalf("feed sync, unchanged: %d %q %q", code, out, errOut)
+	}
+	mu.Lock()
+	status = 500
+	mu.Unlock()
+	code, out, errOut = c.run(t, "feed", "sync", "intel", "--feed-ca", ca)
+	if code != 1 || !strings.Contains(out, "FAILED (fetch: HTTP 500 Internal Server Error); version 1 (3 entries) stays") {
+		t.Fatalf("feed sync, 500: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = c.run(t, "feed", "list")
+	if code != 0 || !regexp.MustCompile(`intel\s+Role=mail\s+3\s+1h0m0s\s+\S+\s+\S+\s+FAILING: fetch: HTTP 500`).MatchString(out) {
+		t.Fatalf("feed list: %d %q", code, out)
+	}
+	code, out, errOut = c.run(t, "feed", "add", "bad", "--url", "http://"+srv.Listener.Addr().String(), "--target", "*")
+	if code != 2 || !strings.Contains(errOut, "want an https:// URL") {
+		t.Fatalf("http feed: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = c.run(t, "feed", "rm", "intel")
+	if code != 0 || !strings.Contains(out, "a sync sent to 3 instances") {
+		t.Fatalf("feed rm: %d %q %q", code, out, errOut)
+	}
+	if code, out, _ = c.run(t, "feed", "list", "--json"); code != 0 || strings.TrimSpace(out) != "null" {
+		t.Fatalf("feed list after rm: %d %q", code, out)
 	}
 }
