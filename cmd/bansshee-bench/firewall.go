@@ -47,7 +47,7 @@ func runFirewall(ctx context.Context, emit func(Row)) error {
 	if err := netns.Available(); err != nil {
 		return err
 	}
-	for _, n := range []int{1000, 10000, 100000} {
+	for _, n := range []int{1000, 10000, 100000, 1000000} {
 		if err := benchApply(ctx, n, emit); err != nil {
 			return err
 		}
