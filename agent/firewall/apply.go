@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/vishvananda/netlink/nl"
 	"math"
 	"net/netip"
 	"slices"
@@ -225,7 +226,17 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 
 	now := f.cfg.Now()
 	var batch bytes.Buffer
+	// The ban sets' changes, kept apart: they go over netlink (see netlink.go), the rest (the
+	// allow sets, or everything if netlink fails) through one `ipset restore`.
+	type change struct {
+		set      string
+		add      []netip.Prefix
+		timeouts []int
+		del      []netip.Prefix
+	}
+	var changes []change
 	for _, fam := range f.fams {
+		ch := change{set: fam.banSet}
 		cur, err := f.readSet(ctx, fam.banSet)
 		if err != nil {
 			return res, err
@@ -254,14 +265,15 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 			default:
 				continue
 			}
-			writeAdd(&batch, fam.banSet, p, t)
+			ch.add, ch.timeouts = append(ch.add, p), append(ch.timeouts, t)
 		}
 		for p := range cur {
 			if _, ok := want[p]; !ok {
-				fmt.Fprintf(&batch, "del %s %s\n", fam.banSet, p)
+				ch.del = append(ch.del, p)
 				res.Removed++
 			}
 		}
+		changes = append(changes, ch)
 		curAllow, err := f.readSet(ctx, fam.allowSet)
 		if err != nil {
 			return res, err
@@ -280,6 +292,30 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 		for a := range curAllow {
 			if !wantAllow[a] {
 				fmt.Fprintf(&batch, "del %s %s\n", fam.allowSet, a)
+			}
+		}
+	}
+	viaNetlink := !f.cfg.NoNetlink
+	for _, ch := range changes {
+		if !viaNetlink {
+			break
+		}
+		err := ipsetADT(nl.IPSET_CMD_ADD, ch.set, ch.add, ch.timeouts)
+		if err == nil {
+			err = ipsetADT(nl.IPSET_CMD_DEL, ch.set, ch.del, nil)
+		}
+		if err != nil {
+			f.fallbacks.Add(1)
+			viaNetlink = false
+		}
+	}
+	if !viaNetlink { // all of it again as text: adds and dels are idempotent under -exist
+		for _, ch := range changes {
+			for i, p := range ch.add {
+				writeAdd(&batch, ch.set, p, ch.timeouts[i])
+			}
+			for _, p := range ch.del {
+				fmt.Fprintf(&batch, "del %s %s\n", ch.set, p)
 			}
 		}
 	}
@@ -406,8 +442,11 @@ func (f *Firewall) Ban(ctx context.Context, bans []Ban) error {
 	if len(live) == 0 {
 		return nil
 	}
-	if len(live) <= netlinkBatch && !f.cfg.NoNetlink && f.netlinkAdd(live, timeouts) == nil {
-		return nil
+	if !f.cfg.NoNetlink {
+		if f.netlinkAdd(live, timeouts) == nil {
+			return nil
+		}
+		f.fallbacks.Add(1)
 	}
 	var b bytes.Buffer
 	for i, ban := range live {
@@ -421,8 +460,11 @@ func (f *Firewall) Ban(ctx context.Context, bans []Ban) error {
 
 // Unban removes prefixes from the ban sets at once; prefixes not banned are ignored.
 func (f *Firewall) Unban(ctx context.Context, prefixes []netip.Prefix) error {
-	if len(prefixes) > 0 && len(prefixes) <= netlinkBatch && !f.cfg.NoNetlink && f.netlinkDel(prefixes) == nil {
-		return nil
+	if len(prefixes) > 0 && !f.cfg.NoNetlink {
+		if f.netlinkDel(prefixes) == nil {
+			return nil
+		}
+		f.fallbacks.Add(1)
 	}
 	var b bytes.Buffer
 	for _, p := range prefixes {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bansshee/bansshee/proto"
@@ -67,7 +68,13 @@ type Firewall struct {
 	mu     sync.Mutex
 	allow  []netip.Prefix
 	limits []proto.Limit
+
+	fallbacks atomic.Int64 // set changes netlink refused, made through `ipset restore` instead
 }
+
+// NetlinkFallbacks counts the set changes that went through an `ipset restore` process because
+// the netlink path failed (a missing set, a kernel that refuses the batch).
+func (f *Firewall) NetlinkFallbacks() int64 { return f.fallbacks.Load() }
 
 type family struct {
 	v6        bool

@@ -632,7 +632,7 @@ func TestUDPEscalationOnlyWhenAsked(t *testing.T) {
 	}
 }
 
-// Small changes go over netlink, large ones through `ipset restore`; both behave the same,
+// Set changes go over netlink (batched), or with NoNetlink through `ipset restore`; both behave the same,
 // including -exist (a ban added again takes the new timeout) and removing what is not there.
 func TestSmallChangesOverNetlink(t *testing.T) {
 	for _, noNetlink := range []bool{false, true} {
@@ -664,6 +664,19 @@ func TestSmallChangesOverNetlink(t *testing.T) {
 		l.mustReach(t, l.src1, l.Victim.IP4, true)
 		if e := entry(); e != "" {
 			t.Fatalf("netlink=%v: unbanned entry still there: %q", !noNetlink, e)
+		}
+		// A large apply goes over netlink too; nothing fell back to a process.
+		var many []Ban
+		for i := range 3000 {
+			many = append(many, ban(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}).String()+"/32", time.Hour))
+		}
+		l.apply(t, State{Bans: many})
+		l.apply(t, State{Bans: many[:10]})
+		if out, _ := l.Victim.Run("ipset", "save", "bansshee-ban4"); strings.Count(out, "\nadd ") != 10 {
+			t.Fatalf("netlink=%v: %d entries after shrinking to 10", !noNetlink, strings.Count(out, "\nadd "))
+		}
+		if n := l.fw.NetlinkFallbacks(); n != 0 {
+			t.Fatalf("%d changes fell back from netlink to ipset restore", n)
 		}
 	}
 }

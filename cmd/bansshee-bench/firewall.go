@@ -94,6 +94,11 @@ func benchApply(ctx context.Context, n int, emit func(Row)) error {
 			if res.Added != n {
 				return fmt.Errorf("applied %d of %d bans", res.Added, n)
 			}
+			// The kernel's own count, so that a figure never stands for entries that are not there.
+			hdr, err := exec.CommandContext(ctx, "ipset", "list", "-t", "bansshee-ban4").Output()
+			if err != nil || !bytes.Contains(hdr, []byte(fmt.Sprintf("Number of entries: %d\n", n))) {
+				return fmt.Errorf("the kernel's set does not hold %d entries after the apply: %v\n%s", n, err, hdr)
+			}
 			emit(Row{"firewall", strconv.Itoa(n), "apply_seconds", d.Seconds(), "s"})
 			// The floor in the same run: one raw `ipset restore` of the same entries into a fresh
 			// set, the least any apply through ipset can cost.
