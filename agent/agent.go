@@ -92,33 +92,40 @@ type Agent struct {
 	beatMu     sync.Mutex        // serialises heartbeats (the poll and reconcile loops both write)
 	lastBeat   proto.AgentStatus // the last status written
 
-	fwState   firewall.State // a.state.Firewall(a.allow), rebuilt when either changes
+	fwCounts  [2]int // bans per family the kernel should hold, for the state version and allowlist below
+	fwCounted bool
 	fwVersion int
 	fwAllow   []netip.Prefix
 }
 
-// desired returns the kernel form of the state, cached: an idle agent with 100 000 bans should
-// not rebuild it every pass. Bans that cover this instance's allowlist (a sync is the whole
-// state and is not refused for one entry) stay in the state, so its digest matches the ledger's,
-// but are left out of the kernel and counted. Callers hold a.mu.
+// desired returns the kernel form of the state. The bans themselves are built only when a full
+// Apply asks for them (firewall.State.Build); what is cached between passes is their number, so
+// that an idle agent with a million bans holds them once, compactly, in its state. Bans that
+// cover this instance's allowlist (a sync is the whole state and is not refused for one entry)
+// stay in the state, so its digest matches the ledger's, but are left out of the kernel and
+// counted. Callers hold a.mu.
 func (a *Agent) desired() firewall.State {
-	if a.fwState.Bans == nil || a.fwVersion != a.state.Version() || !slices.Equal(a.fwAllow, a.allow) {
-		fs := a.state.Firewall(a.allow)
-		kept := fs.Bans[:0]
-		refused := 0
-		for _, b := range fs.Bans {
+	if a.fwVersion != a.state.Version() || !slices.Equal(a.fwAllow, a.allow) || !a.fwCounted {
+		counts, refused := a.state.BanCounts(), a.state.Overlapping(a.allow)
+		counts[0], counts[1] = counts[0]-refused[0], counts[1]-refused[1]
+		a.Metrics.Refused.Set(float64(refused[0] + refused[1]))
+		a.fwCounts, a.fwVersion, a.fwAllow, a.fwCounted = counts, a.state.Version(), a.allow, true
+	}
+	fs := a.state.FirewallWithoutBans(a.allow)
+	fs.Build = func() []firewall.Ban {
+		st := a.state.Firewall(a.allow)
+		kept := st.Bans[:0]
+		for _, b := range st.Bans {
 			if err := firewall.CheckAllow([]firewall.Ban{b}, a.allow); err != nil {
-				refused++
 				a.log.Error("not enforcing a ban that covers this instance's allowlist", "err", err)
 				continue
 			}
 			kept = append(kept, b)
 		}
-		fs.Bans = kept
-		a.Metrics.Refused.Set(float64(refused))
-		a.fwState, a.fwVersion, a.fwAllow = fs, a.state.Version(), a.allow
+		return kept
 	}
-	return a.fwState
+	fs.BanCounts = a.fwCounts
+	return fs
 }
 
 // New builds an agent. It touches neither AWS nor the kernel.

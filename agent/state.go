@@ -21,10 +21,11 @@ import (
 // It is what state.json holds and what the kernel is made to match.
 //
 // Bans are held compactly, keyed by prefix (a ban's id is proto.BanID of its prefix, which
-// proto's validation enforces): about 70 bytes a ban, so 100 000 bans take 7 MB, not 20.
+// proto's validation enforces) in maps without pointers (see banSet): about 30 bytes a ban, so a
+// million bans take about 30 MB and cost the garbage collector nothing to scan.
 type State struct {
 	AppliedRev int64
-	bans       map[netip.Prefix]banEntry
+	bans       banSet
 	Limits     map[string]proto.Limit
 	Tombstones map[string]proto.Tombstone // ban and limit ids removed, until expiry
 	// Parts of a sync still arriving, by set id. They are not in state.json: the agent keeps each
@@ -32,68 +33,80 @@ type State struct {
 	// not 40 growing copies of them.
 	Pending map[string][]proto.Message
 
-	metas   map[banMeta]*banMeta // interned reasons and sources
-	digest  string               // cache of Digest; "" when a change may have altered it
-	version int                  // bumped on every change, for caches of derived forms
-}
-
-type banEntry struct {
-	exp  int64 // unix seconds; 0: never
-	rev  int64
-	meta *banMeta
+	metas    map[banMeta]uint32 // interned reasons and sources: index into metaList
+	metaList []banMeta          // [0] is the empty one
+	digest   string             // cache of Digest; "" when a change may have altered it
+	version  int                // bumped on every change, for caches of derived forms
+	nextExp  int64              // no ban expires before this (unix seconds): Prune skips until then
 }
 
 type banMeta struct{ reason, source string }
 
 // NewState returns an empty state.
 func NewState() *State {
-	return &State{bans: map[netip.Prefix]banEntry{}, Limits: map[string]proto.Limit{}, Tombstones: map[string]proto.Tombstone{},
-		Pending: map[string][]proto.Message{}, metas: map[banMeta]*banMeta{}}
+	return &State{bans: newBanSet(0), Limits: map[string]proto.Limit{}, Tombstones: map[string]proto.Tombstone{},
+		Pending: map[string][]proto.Message{}, metas: map[banMeta]uint32{}, metaList: []banMeta{{}}}
 }
 
-func (s *State) entry(b proto.Ban) (netip.Prefix, banEntry) {
-	e := banEntry{rev: b.Rev}
-	if !b.ExpiresAt.IsZero() {
-		e.exp = b.ExpiresAt.Unix()
+func (s *State) intern(k banMeta) uint32 {
+	if k == (banMeta{}) {
+		return 0
 	}
-	if b.Reason != "" || b.Source != "" {
-		k := banMeta{b.Reason, b.Source}
-		if e.meta = s.metas[k]; e.meta == nil {
-			e.meta = &k
-			s.metas[k] = e.meta
-		}
+	i, ok := s.metas[k]
+	if !ok {
+		i = uint32(len(s.metaList))
+		s.metaList = append(s.metaList, k)
+		s.metas[k] = i
+	}
+	return i
+}
+
+func (s *State) entry(b proto.Ban) (netip.Prefix, banVal) {
+	e := banVal{rev: b.Rev, meta: s.intern(banMeta{b.Reason, b.Source})}
+	if !b.ExpiresAt.IsZero() {
+		e.exp = uint32(max(b.ExpiresAt.Unix(), 1))
 	}
 	return b.Prefix(), e
 }
 
-func wire(p netip.Prefix, e banEntry) proto.Ban {
+// put stores a ban and keeps nextExp a lower bound of every expiry.
+func (s *State) put(p netip.Prefix, e banVal) {
+	s.bans.set(p, e)
+	if e.exp != 0 && (s.nextExp == 0 || e.expires() < s.nextExp) {
+		s.nextExp = e.expires()
+	}
+}
+
+func (s *State) wire(p netip.Prefix, e banVal) proto.Ban {
 	b := proto.Ban{ID: proto.BanID(p), CIDR: p.String(), Rev: e.rev}
 	if e.exp != 0 {
-		b.ExpiresAt = time.Unix(e.exp, 0).UTC()
+		b.ExpiresAt = time.Unix(e.expires(), 0).UTC()
 	}
-	if e.meta != nil {
-		b.Reason, b.Source = e.meta.reason, e.meta.source
-	}
+	m := s.metaList[e.meta]
+	b.Reason, b.Source = m.reason, m.source
 	return b
 }
 
 // BanCount is the number of bans held.
-func (s *State) BanCount() int { return len(s.bans) }
+func (s *State) BanCount() int { return s.bans.len() }
+
+// BanCounts is the number of IPv4 and IPv6 bans held.
+func (s *State) BanCounts() [2]int { return s.bans.counts() }
 
 // Ban returns the ban held for prefix p.
 func (s *State) Ban(p netip.Prefix) (proto.Ban, bool) {
-	e, ok := s.bans[p]
+	e, ok := s.bans.get(p)
 	if !ok {
 		return proto.Ban{}, false
 	}
-	return wire(p, e), true
+	return s.wire(p, e), true
 }
 
 // Bans returns every ban held, in wire form (allocates; for reports and tests).
 func (s *State) Bans() []proto.Ban {
-	out := make([]proto.Ban, 0, len(s.bans))
-	for p, e := range s.bans {
-		out = append(out, wire(p, e))
+	out := make([]proto.Ban, 0, s.bans.len())
+	for p, e := range s.bans.all {
+		out = append(out, s.wire(p, e))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -127,9 +140,9 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 	case proto.KindBan:
 		for _, b := range m.Bans {
 			p, e := s.entry(b)
-			old, ok := s.bans[p]
+			old, ok := s.bans.get(p)
 			if newer(b.ID, b.Rev, old.rev, ok) {
-				s.bans[p] = e
+				s.put(p, e)
 				delete(s.Tombstones, b.ID)
 				c.Added = append(c.Added, b)
 			}
@@ -140,12 +153,12 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 			if err != nil {
 				continue // not a ban id: nothing of ours to remove (validation lets limit ids through)
 			}
-			old, ok := s.bans[p]
+			old, ok := s.bans.get(p)
 			if ok && old.rev < t.Rev {
-				delete(s.bans, p)
+				s.bans.del(p)
 				c.Removed = append(c.Removed, p)
 				if t.ExpiresAt.IsZero() && old.exp != 0 {
-					t.ExpiresAt = time.Unix(old.exp, 0)
+					t.ExpiresAt = time.Unix(old.expires(), 0)
 				}
 			}
 			s.bury(t, now)
@@ -224,16 +237,13 @@ func (s *State) collect(m *proto.Message) (proto.Message, bool) {
 // replace makes the state the ledger's view at sync revision R, keeping what is newer than R
 // (it arrived after the sync was computed) and honouring newer tombstones.
 func (s *State) replace(m proto.Message) {
-	bans := make(map[netip.Prefix]banEntry, len(m.Bans))
-	for p, e := range s.bans {
+	old, oldMetas := s.bans, s.metaList
+	s.bans, s.nextExp = newBanSet(len(m.Bans)), 0
+	s.metas, s.metaList = map[banMeta]uint32{}, []banMeta{{}} // forget reasons no ban uses any more
+	for p, e := range old.all {
 		if e.rev > m.Rev {
-			bans[p] = e
-		}
-	}
-	s.metas = map[banMeta]*banMeta{} // forget reasons no ban uses any more
-	for _, e := range bans {
-		if e.meta != nil {
-			s.metas[*e.meta] = e.meta
+			e.meta = s.intern(oldMetas[e.meta])
+			s.put(p, e)
 		}
 	}
 	for _, b := range m.Bans {
@@ -241,10 +251,10 @@ func (s *State) replace(m proto.Message) {
 			continue
 		}
 		p, e := s.entry(b)
-		if old, ok := bans[p]; ok && old.rev >= b.Rev {
+		if have, ok := s.bans.get(p); ok && have.rev >= b.Rev {
 			continue
 		}
-		bans[p] = e
+		s.put(p, e)
 	}
 	limits := map[string]proto.Limit{}
 	for id, l := range s.Limits {
@@ -258,17 +268,26 @@ func (s *State) replace(m proto.Message) {
 		}
 		limits[l.ID] = l
 	}
-	s.bans, s.Limits = bans, limits
+	s.Limits = limits
 }
 
 // Prune drops expired bans and tombstones. Expired bans need no kernel action: their ipset
 // entries time out by themselves.
 func (s *State) Prune(now time.Time) {
 	sec := now.Unix()
-	for p, e := range s.bans {
-		if e.exp != 0 && e.exp <= sec {
-			delete(s.bans, p)
-			s.changed()
+	if s.nextExp != 0 && s.nextExp <= sec {
+		// Something expired: one scan removes it and finds the next expiry. Between expiries a
+		// prune costs nothing, however many bans there are.
+		s.nextExp = 0
+		for p, e := range s.bans.all {
+			switch {
+			case e.exp == 0:
+			case e.expires() <= sec:
+				s.bans.del(p)
+				s.changed()
+			case s.nextExp == 0 || e.expires() < s.nextExp:
+				s.nextExp = e.expires()
+			}
 		}
 	}
 	for id, t := range s.Tombstones {
@@ -280,14 +299,42 @@ func (s *State) Prune(now time.Time) {
 
 // Firewall returns the kernel state for s and the allowlist.
 func (s *State) Firewall(allow []netip.Prefix) firewall.State {
-	fs := firewall.State{Allow: allow, Bans: make([]firewall.Ban, 0, len(s.bans))}
-	for p, e := range s.bans {
+	fs := s.FirewallWithoutBans(allow)
+	fs.Bans = make([]firewall.Ban, 0, s.bans.len())
+	for p, e := range s.bans.all {
 		b := firewall.Ban{Prefix: p}
 		if e.exp != 0 {
-			b.Expires = time.Unix(e.exp, 0)
+			b.Expires = time.Unix(e.expires(), 0)
 		}
 		fs.Bans = append(fs.Bans, b)
 	}
+	return fs
+}
+
+// Overlapping counts the bans, IPv4 and IPv6, that overlap a prefix of allow.
+func (s *State) Overlapping(allow []netip.Prefix) [2]int {
+	var n [2]int
+	if len(allow) == 0 {
+		return n
+	}
+	for p := range s.bans.all {
+		for _, a := range allow {
+			if p.Overlaps(a) {
+				if p.Addr().Is6() {
+					n[1]++
+				} else {
+					n[0]++
+				}
+				break
+			}
+		}
+	}
+	return n
+}
+
+// FirewallWithoutBans is Firewall with only the limits and the allowlist.
+func (s *State) FirewallWithoutBans(allow []netip.Prefix) firewall.State {
+	fs := firewall.State{Allow: allow}
 	ids := make([]string, 0, len(s.Limits))
 	for id := range s.Limits {
 		ids = append(ids, id)
@@ -337,7 +384,7 @@ func Load(path string) (*State, error) {
 			return nil, fmt.Errorf("%w: %s: ban %q: %v", ErrCorrupt, path, b.ID, err)
 		}
 		p, e := s.entry(b)
-		s.bans[p] = e
+		s.put(p, e)
 	}
 	return s, nil
 }
@@ -384,12 +431,12 @@ func (s *State) write(w io.Writer) error {
 	bw.WriteByte('[')
 	enc := json.NewEncoder(bw)
 	first := true
-	for p, e := range s.bans {
+	for p, e := range s.bans.all {
 		if !first {
 			bw.WriteByte(',')
 		}
 		first = false
-		if err := enc.Encode(wire(p, e)); err != nil {
+		if err := enc.Encode(s.wire(p, e)); err != nil {
 			return err
 		}
 	}
@@ -414,9 +461,9 @@ func (s *State) Digest() string {
 }
 
 func (s *State) digestNow() string {
-	bans := make([]proto.Ban, 0, len(s.bans))
-	for p, e := range s.bans {
-		bans = append(bans, proto.Ban{ID: proto.BanID(p), ExpiresAt: expTime(e.exp)})
+	bans := make([]proto.Ban, 0, s.bans.len())
+	for p, e := range s.bans.all {
+		bans = append(bans, proto.Ban{ID: proto.BanID(p), ExpiresAt: expTime(e.expires())})
 	}
 	limits := make([]proto.Limit, 0, len(s.Limits))
 	for _, l := range s.Limits {

@@ -223,6 +223,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	res.Repairs = repairs
 	f.limits = slices.Clone(s.Limits)
 	f.allow = slices.Clone(s.Allow)
+	s.bans()
 
 	now := f.cfg.Now()
 	var batch bytes.Buffer
@@ -339,13 +340,16 @@ func (f *Firewall) Quick(ctx context.Context, s State) (Result, error) {
 		return Result{}, err
 	}
 	now := f.cfg.Now()
-	var want [2]int // desired entries per family; the agent's bans are unique by prefix
-	for _, b := range s.Bans {
-		if _, ok := timeout(b.Expires, now); ok {
-			if b.Prefix.Addr().Is6() {
-				want[1]++
-			} else {
-				want[0]++
+	want := s.BanCounts // desired entries per family; the agent's bans are unique by prefix
+	if s.Bans != nil || s.Build == nil {
+		want = [2]int{}
+		for _, b := range s.Bans {
+			if _, ok := timeout(b.Expires, now); ok {
+				if b.Prefix.Addr().Is6() {
+					want[1]++
+				} else {
+					want[0]++
+				}
 			}
 		}
 	}

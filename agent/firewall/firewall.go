@@ -31,6 +31,19 @@ type State struct {
 	Bans   []Ban
 	Limits []proto.Limit
 	Allow  []netip.Prefix
+	// Build, when Bans is nil, makes the bans on demand, and BanCounts says how many IPv4 and
+	// IPv6 bans it would make: Quick compares only counts, so an agent holding a million bans
+	// builds them in this form only when a full Apply needs them.
+	Build     func() []Ban
+	BanCounts [2]int
+}
+
+// bans returns s's bans, built if need be.
+func (s *State) bans() []Ban {
+	if s.Bans == nil && s.Build != nil {
+		s.Bans = s.Build()
+	}
+	return s.Bans
 }
 
 // Result says what an Apply changed.

@@ -140,7 +140,18 @@ func runE2E(ctx context.Context, emit func(Row)) error {
 // 30 s reconcile, measured from /proc over BANSSHEE_BENCH_IDLE seconds (default 300: ten passes,
 // one of them a full compare, as in steady state).
 func runAgent(ctx context.Context, emit func(Row)) error {
-	for _, bans := range []int{0, 100000} {
+	sizes := []int{0, 100000, 1000000}
+	if v := os.Getenv("BANSSHEE_BENCH_AGENT_BANS"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				return fmt.Errorf("BANSSHEE_BENCH_AGENT_BANS: %w", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, bans := range sizes {
 		f, c, err := benchFleet(ctx, 1, "--reconcile-interval", "30s", "--poll-wait", "20", "--log-level", "info")
 		if err != nil {
 			return err
@@ -153,7 +164,7 @@ func runAgent(ctx context.Context, emit func(Row)) error {
 				p := netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)}), 32)
 				m.Bans = append(m.Bans, proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: exp, Rev: 1000})
 			}
-			parts, err := proto.SplitSync(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
+			parts, err := proto.SplitSyncCompressed(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
 			if err != nil {
 				f.Close()
 				return err
@@ -177,6 +188,9 @@ func runAgent(ctx context.Context, emit func(Row)) error {
 				return fmt.Errorf("agent did not apply the %d-ban sync in 120 s", bans)
 			}
 			fmt.Fprintf(os.Stderr, "   agent holds %d bans (sync in %d parts)\n", bans, len(parts))
+			// Give the agent's first passes after a large sync (state written, memory returned) time
+			// to finish before the window opens: the window measures idling, not the sync.
+			time.Sleep(5 * time.Second) // settling time before a measurement window, not synchronisation
 		}
 		pid := node.Pid()
 		window := time.Duration(envInt("BANSSHEE_BENCH_IDLE", 300)) * time.Second
