@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"github.com/vishvananda/netlink/nl"
 	"math"
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bansshee/bansshee/proto"
@@ -238,11 +241,13 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	var changes []change
 	for _, fam := range f.fams {
 		ch := change{set: fam.banSet}
-		cur, err := f.readSet(ctx, fam.banSet)
+		// Both sides as sorted compact entries, compared in one walk: a million bans are two
+		// slices of 32-byte values, not two maps keyed by netip.Prefix (a third of the time).
+		cur, err := f.readSetSorted(ctx, fam.banSet)
 		if err != nil {
 			return res, err
 		}
-		want := make(map[netip.Prefix]int, len(s.Bans))
+		want := make([]setEntry, 0, len(s.Bans))
 		for _, b := range s.Bans {
 			if f.famOf(b.Prefix) != fam {
 				continue
@@ -251,28 +256,32 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 			if !ok {
 				continue
 			}
-			if old, dup := want[b.Prefix]; dup && (old == 0 || (t != 0 && t < old)) {
-				continue // keep the longest of duplicate bans
-			}
-			want[b.Prefix] = t
+			want = append(want, newSetEntry(b.Prefix, t))
 		}
-		for p, t := range want {
-			c, ok := cur[p]
-			switch {
-			case !ok:
-				res.Added++
-			case needsRefresh(c, t):
-				res.Refreshed++
-			default:
-				continue
-			}
-			ch.add, ch.timeouts = append(ch.add, p), append(ch.timeouts, t)
-		}
-		for p := range cur {
-			if _, ok := want[p]; !ok {
-				ch.del = append(ch.del, p)
+		sortEntries(want)
+		want = slices.CompactFunc(want, func(a, b setEntry) bool { return a.key == b.key }) // the longest of duplicates comes first
+		i := 0
+		for _, w := range want {
+			for i < len(cur) && cur[i].key.less(w.key) {
+				ch.del = append(ch.del, cur[i].prefix())
 				res.Removed++
+				i++
 			}
+			if i < len(cur) && cur[i].key == w.key {
+				c := cur[i]
+				i++
+				if !needsRefresh(c.t, w.t) {
+					continue
+				}
+				res.Refreshed++
+			} else {
+				res.Added++
+			}
+			ch.add, ch.timeouts = append(ch.add, w.prefix()), append(ch.timeouts, w.t)
+		}
+		for ; i < len(cur); i++ {
+			ch.del = append(ch.del, cur[i].prefix())
+			res.Removed++
 		}
 		changes = append(changes, ch)
 		curAllow, err := f.readSet(ctx, fam.allowSet)
@@ -661,15 +670,36 @@ func (f *Firewall) listSets(ctx context.Context) (map[string]bool, error) {
 
 // readSet returns a set's members and their remaining timeouts (0: none). A missing set is empty.
 func (f *Firewall) readSet(ctx context.Context, name string) (map[netip.Prefix]int, error) {
+	m := map[netip.Prefix]int{}
+	err := f.eachMember(ctx, name, func(p netip.Prefix, t int) { m[p] = t })
+	return m, err
+}
+
+// eachMember calls fn for every member of a set with its remaining timeout (0: none). A missing
+// set has none.
+func (f *Firewall) eachMember(ctx context.Context, name string, fn func(netip.Prefix, int)) error {
+	if !f.cfg.NoNetlink {
+		var got []setEntry
+		err := ipsetDump(name, func(p netip.Prefix, t int) { got = append(got, newSetEntry(p, t)) })
+		if err == nil {
+			for _, e := range got {
+				fn(e.prefix(), e.t)
+			}
+			return nil
+		}
+		if errors.Is(err, syscall.ENOENT) || strings.Contains(err.Error(), "does not exist") {
+			return nil // no such set: no members
+		}
+		f.fallbacks.Add(1) // read through the process below
+	}
 	out, err := run(ctx, nil, "ipset", "save", name)
 	if err != nil {
 		if strings.Contains(err.Error(), "does not exist") {
-			return map[netip.Prefix]int{}, nil
+			return nil
 		}
-		return nil, fmt.Errorf("read set %s: %w", name, err)
+		return fmt.Errorf("read set %s: %w", name, err)
 	}
-	m := make(map[netip.Prefix]int, bytes.Count(out, []byte("\nadd ")))
-	// Lines are "add SET MEMBER [timeout N] ...": parsed by hand, it is 100 000 of them.
+	// Lines are "add SET MEMBER [timeout N] ...": parsed by hand, it is a million of them.
 	for len(out) > 0 {
 		var line []byte
 		if i := bytes.IndexByte(out, '\n'); i >= 0 {
@@ -685,16 +715,89 @@ func (f *Firewall) readSet(ctx context.Context, name string) (map[netip.Prefix]i
 		member, rest, _ := bytes.Cut(rest, []byte(" "))
 		p, err := parseMember(string(member))
 		if err != nil {
-			return nil, fmt.Errorf("read set %s: %w", name, err)
+			return fmt.Errorf("read set %s: %w", name, err)
 		}
 		t := 0
 		if i := bytes.Index(rest, []byte("timeout ")); i >= 0 {
 			v, _, _ := bytes.Cut(rest[i+len("timeout "):], []byte(" "))
 			t, _ = strconv.Atoi(string(v))
 		}
-		m[p] = t
+		fn(p, t)
 	}
-	return m, nil
+	return nil
+}
+
+// setKey is a set member without netip's pointer: the address as two big-endian halves (an IPv4
+// address in lo) and the prefix length. Its order is the order of the addresses.
+type setKey struct {
+	hi, lo uint64
+	bits   uint8
+}
+
+func (a setKey) less(b setKey) bool {
+	if a.hi != b.hi {
+		return a.hi < b.hi
+	}
+	if a.lo != b.lo {
+		return a.lo < b.lo
+	}
+	return a.bits < b.bits
+}
+
+// setEntry is a member and its timeout (0: none).
+type setEntry struct {
+	key setKey
+	v6  bool
+	t   int
+}
+
+func newSetEntry(p netip.Prefix, t int) setEntry {
+	if p.Addr().Is4() {
+		a := p.Addr().As4()
+		return setEntry{key: setKey{lo: uint64(binary.BigEndian.Uint32(a[:])), bits: uint8(p.Bits())}, t: t}
+	}
+	a := p.Addr().As16()
+	return setEntry{key: setKey{hi: binary.BigEndian.Uint64(a[:8]), lo: binary.BigEndian.Uint64(a[8:]), bits: uint8(p.Bits())}, v6: true, t: t}
+}
+
+func (e setEntry) prefix() netip.Prefix {
+	if !e.v6 {
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], uint32(e.key.lo))
+		return netip.PrefixFrom(netip.AddrFrom4(a), int(e.key.bits))
+	}
+	var a [16]byte
+	binary.BigEndian.PutUint64(a[:8], e.key.hi)
+	binary.BigEndian.PutUint64(a[8:], e.key.lo)
+	return netip.PrefixFrom(netip.AddrFrom16(a), int(e.key.bits))
+}
+
+// sortEntries sorts by key and, for one key, the longest timeout first (0, none, is longest).
+func sortEntries(es []setEntry) {
+	slices.SortFunc(es, func(a, b setEntry) int {
+		switch {
+		case a.key.less(b.key):
+			return -1
+		case b.key.less(a.key):
+			return 1
+		}
+		ta, tb := a.t, b.t
+		if ta == 0 {
+			ta = math.MaxInt
+		}
+		if tb == 0 {
+			tb = math.MaxInt
+		}
+		return tb - ta
+	})
+}
+
+// readSetSorted is readSet as sorted entries.
+func (f *Firewall) readSetSorted(ctx context.Context, name string) ([]setEntry, error) {
+	var out []setEntry
+	err := f.eachMember(ctx, name, func(p netip.Prefix, t int) { out = append(out, newSetEntry(p, t)) })
+	sortEntries(out)
+	return out, err
 }
 
 // parseMember reads an ipset member: a prefix, or an address (ipset omits /32 and /128).

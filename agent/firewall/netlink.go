@@ -143,3 +143,89 @@ func (f *Firewall) netlinkDel(prefixes []netip.Prefix) error {
 	}
 	return nil
 }
+
+// ipsetDump calls fn for every member of set with its remaining timeout (0: none), read with a
+// netlink dump (IPSET_CMD_LIST) rather than an `ipset save` process and its text: for a million
+// members the kernel's own serialisation is what is left.
+func ipsetDump(set string, fn func(netip.Prefix, int)) error {
+	req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
+	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
+	b = attr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
+	b = attr(b, nl.IPSET_ATTR_SETNAME, append([]byte(set), 0))
+	req.AddRawData(b)
+	var bad error
+	err := req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
+		if len(msg) < 4 {
+			return true
+		}
+		eachAttr(msg[4:], func(typ uint16, v []byte) {
+			if typ&^nlaNested != nl.IPSET_ATTR_ADT {
+				return
+			}
+			eachAttr(v, func(typ uint16, data []byte) {
+				if typ&^nlaNested != nl.IPSET_ATTR_DATA {
+					return
+				}
+				var addr netip.Addr
+				bits, t := -1, 0
+				eachAttr(data, func(typ uint16, v []byte) {
+					switch typ &^ (nlaNested | nlaNetOrder) {
+					case nl.IPSET_ATTR_IP:
+						eachAttr(v, func(typ uint16, ip []byte) {
+							switch typ &^ nlaNetOrder {
+							case nl.IPSET_ATTR_IPADDR_IPV4:
+								if len(ip) == 4 {
+									addr = netip.AddrFrom4([4]byte(ip))
+								}
+							case nl.IPSET_ATTR_IPADDR_IPV6:
+								if len(ip) == 16 {
+									addr = netip.AddrFrom16([16]byte(ip))
+								}
+							}
+						})
+					case nl.IPSET_ATTR_CIDR:
+						if len(v) >= 1 {
+							bits = int(v[0])
+						}
+					case nl.IPSET_ATTR_TIMEOUT:
+						if len(v) == 4 {
+							t = int(binary.BigEndian.Uint32(v))
+						}
+					}
+				})
+				if !addr.IsValid() {
+					bad = fmt.Errorf("ipset %s: a member without an address in the dump", set)
+					return
+				}
+				if bits < 0 {
+					bits = addr.BitLen()
+				}
+				fn(netip.PrefixFrom(addr, bits), t)
+			})
+		})
+		return true
+	})
+	if errno, ok := err.(syscall.Errno); ok && int(errno) >= ipsetErrBase {
+		return fmt.Errorf("ipset %s: %w", set, nl.IPSetError(uintptr(errno)))
+	}
+	if err != nil {
+		return err
+	}
+	return bad
+}
+
+// eachAttr walks the netlink attributes in b.
+func eachAttr(b []byte, fn func(typ uint16, v []byte)) {
+	for len(b) >= attrHeader {
+		n := int(binary.NativeEndian.Uint16(b))
+		if n < attrHeader || n > len(b) {
+			return
+		}
+		fn(binary.NativeEndian.Uint16(b[2:]), b[attrHeader:n])
+		n = (n + 3) &^ 3
+		if n > len(b) {
+			return
+		}
+		b = b[n:]
+	}
+}

@@ -47,3 +47,35 @@ func TestIpsetADTDirect(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// The netlink dump reads what `ipset save` prints: members, prefix lengths and timeouts.
+func TestIpsetDumpMatchesSave(t *testing.T) {
+	l := newLab(t)
+	var bans []Ban
+	for i := range 2500 {
+		bans = append(bans, ban(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}).String()+"/32", time.Hour))
+	}
+	bans = append(bans, ban("198.51.100.0/24", 0), ban("2001:db8:bad::/48", 2*time.Hour))
+	l.apply(t, State{Bans: bans})
+	for _, set := range []string{"bansshee-ban4", "bansshee-ban6", "no-such-set"} {
+		var dumped, saved map[netip.Prefix]int
+		l.do(t, func() error {
+			dumped = map[netip.Prefix]int{}
+			if err := ipsetDump(set, func(p netip.Prefix, t int) { dumped[p] = t }); err != nil && set != "no-such-set" {
+				return err
+			}
+			fw := &Firewall{cfg: Config{NoNetlink: true}}
+			var err error
+			saved, err = fw.readSet(t.Context(), set)
+			return err
+		})
+		if len(dumped) != len(saved) {
+			t.Fatalf("%s: dump has %d members, save %d", set, len(dumped), len(saved))
+		}
+		for p, ts := range saved {
+			if td, ok := dumped[p]; !ok || td-ts > 2 || ts-td > 2 {
+				t.Fatalf("%s: %s has timeout %d in the dump, %d in save (present: %v)", set, p, td, ts, ok)
+			}
+		}
+	}
+}
