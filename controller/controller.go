@@ -59,8 +59,12 @@ type Controller struct {
 	Queues  *Queues
 	managed *Selector
 
-	urls       sync.Map // instance id -> queue URL
-	feedCache  sync.Map // feed name -> *feedVersion
+	urls      sync.Map // instance id -> queue URL
+	feedCache sync.Map // feed name -> *feedVersion
+
+	vpcMu      sync.Mutex
+	vpcs       []netip.Prefix // VPCCIDRs' cache
+	vpcAt      time.Time
 	recordRole sync.Once
 }
 
@@ -240,6 +244,9 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Discovery runs while the ledger is written: a ban's latency is the longer of the two, not
+	// their sum.
+	disc := c.startDiscover(ctx)
 	rev, err := c.Ledger.NextRev(ctx)
 	if err != nil {
 		return nil, err
@@ -279,7 +286,7 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 		return res, nil
 	}
 	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source)
-	err = c.fanout(ctx, sel, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
+	err = c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
 	return res, err
 }
 
@@ -414,7 +421,28 @@ func (c *Controller) fanout(ctx context.Context, sel *Selector, m *proto.Message
 // fanoutAny sends m to every instance matching any of sels, signed for each, with bounded
 // concurrency. Failures are recorded per instance; the reconciler repairs them from the ledger.
 func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.Message, res *Result) error {
-	all, err := c.Discover(ctx, mustParse("*"))
+	return c.fanoutTo(ctx, c.startDiscover(ctx), sels, m, res)
+}
+
+// discovery is a Discover of every managed instance running in the background.
+type discovery struct {
+	done chan struct{}
+	all  []Instance
+	err  error
+}
+
+func (c *Controller) startDiscover(ctx context.Context) *discovery {
+	d := &discovery{done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		d.all, d.err = c.Discover(ctx, mustParse("*"))
+	}()
+	return d
+}
+
+func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selector, m *proto.Message, res *Result) error {
+	<-d.done
+	all, err := d.all, d.err
 	if err != nil {
 		return fmt.Errorf("ledger written at rev %d, but discovery failed (the reconciler will deliver): %w", m.Rev, err)
 	}

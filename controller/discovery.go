@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -50,9 +51,28 @@ func (c *Controller) Discover(ctx context.Context, sel *Selector) ([]Instance, e
 	return out, nil
 }
 
+// vpcCacheTTL is how long VPC CIDRs are reused: a ban should not wait for DescribeVpcs, and a
+// VPC's CIDRs change when an operator associates a block, not every second.
+const vpcCacheTTL = time.Minute
+
 // VPCCIDRs returns every IPv4 and IPv6 CIDR of the account's VPCs in the region: load balancers
-// and NAT gateways speak from them, so they are allowlisted by default.
+// and NAT gateways speak from them, so they are allowlisted by default. Read at most once a
+// minute.
 func (c *Controller) VPCCIDRs(ctx context.Context) ([]netip.Prefix, error) {
+	c.vpcMu.Lock()
+	defer c.vpcMu.Unlock()
+	if c.vpcs != nil && time.Since(c.vpcAt) < vpcCacheTTL {
+		return c.vpcs, nil
+	}
+	vpcs, err := c.describeVPCs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.vpcs, c.vpcAt = vpcs, time.Now()
+	return vpcs, nil
+}
+
+func (c *Controller) describeVPCs(ctx context.Context) ([]netip.Prefix, error) {
 	p := ec2.NewDescribeVpcsPaginator(c.EC2, &ec2.DescribeVpcsInput{})
 	var out []netip.Prefix
 	for p.HasMorePages() {

@@ -680,43 +680,52 @@ func (c *Controller) commitFeed(ctx context.Context, f FeedItem, old, next []fee
 	return *rep, c.sendFeedDiff(ctx, f, sel, rev, rep)
 }
 
-// sendFeedDiff sends the added entries as one ban message and the removed ones as one unban
+// sendFeedDiff sends the removed entries as one unban message and then the added ones as one ban
 // message. A removed entry that another ban or feed still holds is not unbanned (the unban would
 // remove that one too: agents hold one entry per prefix); the reconciler settles such overlaps.
+// When both go out, the ban message takes a revision of its own, after the unban's: an agent that
+// reports it (Result.Rev) has applied both, FIFO being in order.
 func (c *Controller) sendFeedDiff(ctx context.Context, f FeedItem, sel *Selector, rev int64, rep *FeedReport) error {
 	exp := time.Unix(f.GoodUntil, 0).UTC()
-	if len(rep.Added) > 0 {
-		bans := make([]proto.Ban, len(rep.Added))
-		for i, p := range rep.Added {
-			bans[i] = proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: exp, Source: f.Source(), Reason: "feed " + f.SK, Rev: rev}
+	disc := c.startDiscover(ctx)
+	var tombs []proto.Tombstone
+	if len(rep.Removed) > 0 {
+		view, err := c.readLedger(ctx)
+		if err != nil {
+			return err
 		}
-		if err := c.fanout(ctx, sel, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: bans}, rep.Result); err != nil {
+		held := view.heldElsewhere(f.SK, c.Now())
+		for _, p := range rep.Removed {
+			if !held[p] {
+				tombs = append(tombs, proto.Tombstone{ID: proto.BanID(p), Rev: rev, ExpiresAt: exp})
+			}
+		}
+	}
+	if len(tombs) > 0 {
+		if err := c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, rep.Result); err != nil {
 			return err
 		}
 	}
-	if len(rep.Removed) == 0 {
+	if len(rep.Added) == 0 {
 		return nil
 	}
-	view, err := c.readLedger(ctx)
-	if err != nil {
-		return err
-	}
-	held := view.heldElsewhere(f.SK, c.Now())
-	var tombs []proto.Tombstone
-	for _, p := range rep.Removed {
-		if !held[p] {
-			tombs = append(tombs, proto.Tombstone{ID: proto.BanID(p), Rev: rev, ExpiresAt: exp})
+	msgRev := rev
+	if len(tombs) > 0 {
+		var err error
+		if msgRev, err = c.Ledger.NextRev(ctx); err != nil {
+			return err
 		}
 	}
-	if len(tombs) == 0 {
-		return nil
+	bans := make([]proto.Ban, len(rep.Added))
+	for i, p := range rep.Added {
+		bans[i] = proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: exp, Source: f.Source(), Reason: "feed " + f.SK, Rev: rev}
 	}
 	res := &Result{}
-	err = c.fanout(ctx, sel, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
-	if len(rep.Result.Instances) == 0 {
-		rep.Result.Instances = res.Instances
+	if err := c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindBan, Rev: msgRev, Bans: bans}, res); err != nil {
+		return err
 	}
-	return err
+	rep.Result.Rev, rep.Result.Instances = msgRev, res.Instances
+	return nil
 }
 
 // screenFeed drops the entries no ban may have (never-ban addresses, hard prefix limits, the admin

@@ -249,9 +249,12 @@ func TestFeedReachesItsTargetsAsDifferences(t *testing.T) {
 	got = ag.pump(t, e, m1, m2, web)
 	for _, id := range []string{m1, m2} {
 		msgs := got[id]
-		if len(msgs) != 2 || msgs[0].Kind != proto.KindBan || len(msgs[0].Bans) != 1 || msgs[0].Bans[0].CIDR != "198.51.100.77/32" ||
-			msgs[1].Kind != proto.KindUnban || len(msgs[1].Unbans) != 1 || msgs[1].Unbans[0].ID != proto.BanID(netip.MustParsePrefix(list[100]+"/32")) {
+		if len(msgs) != 2 || msgs[1].Kind != proto.KindBan || len(msgs[1].Bans) != 1 || msgs[1].Bans[0].CIDR != "198.51.100.77/32" ||
+			msgs[0].Kind != proto.KindUnban || len(msgs[0].Unbans) != 1 || msgs[0].Unbans[0].ID != proto.BanID(netip.MustParsePrefix(list[100]+"/32")) {
 			t.Fatalf("%s got %d messages for a one-line change: %+v", id, len(msgs), msgs)
+		}
+		if msgs[1].Rev <= msgs[0].Rev || rep.Result.Rev != msgs[1].Rev {
+			t.Fatalf("the ban message (rev %d) must come after the unban (rev %d) and be the result's revision (%d)", msgs[1].Rev, msgs[0].Rev, rep.Result.Rev)
 		}
 		ag.wantDigest(t, e, id, mailTags)
 	}

@@ -123,7 +123,7 @@ func (r *fleetRig) bans(ctx context.Context, n int) error {
 	items := make([]ddbtypes.WriteRequest, 0, n)
 	for i := 0; i < n; i++ {
 		cidr := fmt.Sprintf("100.%d.%d.%d/32", 64+i>>16, (i>>8)&255, i&255)
-		item, err := attributevalue.MarshalMap(controller.BanItem{PK: "ban", SK: cidr + "|Role=web", CIDR: cidr, Target: "Role=web", Reason: "bench",
+		item, err := attributevalue.MarshalMap(controller.BanItem{PK: controller.BanPK(cidr), SK: cidr + "|Role=web", CIDR: cidr, Target: "Role=web", Reason: "bench",
 			Source: "bench", Rev: 1, ExpiresAt: now.Add(time.Hour).Unix(), Created: now, Updated: now})
 		if err != nil {
 			return err
