@@ -92,6 +92,8 @@ type Agent struct {
 	beatMu     sync.Mutex        // serialises heartbeats (the poll and reconcile loops both write)
 	lastBeat   proto.AgentStatus // the last status written
 
+	journalBytes, snapshotBytes int64 // sizes of journal.jsonl and state.json
+
 	fwCounts  [2]int // bans per family the kernel should hold, for the state version and allowlist below
 	fwCounted bool
 	fwVersion int
@@ -193,7 +195,7 @@ func Allowlist(admin []netip.Prefix) []netip.Prefix {
 func (a *Agent) Restore(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st, err := Load(a.statePath())
+	st, err := a.load()
 	if errors.Is(err, ErrCorrupt) {
 		// Not a reason to stop protecting the instance (and for systemd to restart us in a
 		// loop): keep the file for a post-mortem, leave the kernel's bans in place, and start
@@ -433,7 +435,7 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		if ch.Full {
 			a.rebuilding = false
 		}
-		a.save()
+		a.persist(m, ch.Full)
 	}
 	if ch.Full && a.state.BanCount() > 10000 {
 		// A large sync briefly needs tens of MB (parts, JSON, ipset batches); give them back so
@@ -441,7 +443,7 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		debug.FreeOSMemory()
 	}
 	if err != nil {
-		if st, lerr := Load(a.statePath()); lerr == nil && a.loadParts(st) == nil {
+		if st, lerr := a.load(); lerr == nil && a.loadParts(st) == nil {
 			a.state = st
 		}
 		return err
@@ -453,11 +455,67 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	return nil
 }
 
-// save writes the state file. A failure (a full disk) leaves the kernel and the in-memory state
-// as they are, which is what the ledger wants; it is reported (metric, log, heartbeat) and
-// retried on every reconcile pass. Callers hold a.mu.
+// The state on disk is a snapshot (state.json) and a journal of the messages applied since
+// (journal.jsonl, one message per line, appended and fsynced): a ban on an agent holding a
+// million need not rewrite a 100 MB file. The snapshot is written again, and the journal
+// emptied, after a sync and once the journal outgrows an eighth of the snapshot. Replaying a
+// message twice is harmless (the revision rule), so a crash between the two writes loses nothing.
+func (a *Agent) journalPath() string { return filepath.Join(a.cfg.StateDir, "journal.jsonl") }
+
+// load reads the snapshot and replays the journal over it.
+func (a *Agent) load() (*State, error) {
+	st, err := Load(a.statePath())
+	if err != nil {
+		return nil, err
+	}
+	n, size, err := ReplayJournal(st, a.journalPath(), time.Now())
+	if err != nil {
+		a.log.Warn("journal replay stopped at an unreadable line; the reconciler's sync repairs what it held", "err", err, "replayed", n)
+	}
+	a.journalBytes = size
+	if fi, err := os.Stat(a.statePath()); err == nil {
+		a.snapshotBytes = fi.Size()
+	}
+	return st, nil
+}
+
+// persist records an applied message: appended to the journal, or as a new snapshot after a sync,
+// when the journal has grown past an eighth of the snapshot, or when an earlier write failed.
+// Callers hold a.mu.
+func (a *Agent) persist(m *proto.Message, full bool) {
+	if full || a.saveErr != nil || a.journalBytes > max(64<<10, a.snapshotBytes/8) {
+		a.save()
+		return
+	}
+	n, err := appendJournal(a.journalPath(), m)
+	if err != nil {
+		a.noteSave(err)
+		return
+	}
+	a.journalBytes += int64(n)
+}
+
+// save writes a snapshot of the state and empties the journal. A failure (a full disk) leaves the
+// kernel and the in-memory state as they are, which is what the ledger wants; it is reported
+// (metric, log, heartbeat) and retried on every reconcile pass. Callers hold a.mu.
 func (a *Agent) save() {
 	err := a.state.Save(a.statePath())
+	if err == nil {
+		if fi, serr := os.Stat(a.statePath()); serr == nil {
+			a.snapshotBytes = fi.Size()
+		}
+		// The snapshot holds everything the journal did: empty it (a crash before this line
+		// only replays what the snapshot already has).
+		if terr := os.Remove(a.journalPath()); terr != nil && !errors.Is(terr, os.ErrNotExist) {
+			err = terr
+		} else {
+			a.journalBytes = 0
+		}
+	}
+	a.noteSave(err)
+}
+
+func (a *Agent) noteSave(err error) {
 	switch {
 	case err != nil:
 		a.Metrics.SaveErrors.Inc()

@@ -478,3 +478,60 @@ func expTime(sec int64) time.Time {
 	}
 	return time.Unix(sec, 0)
 }
+
+// appendJournal appends one applied message to the journal and fsyncs it; it returns the bytes
+// written.
+func appendJournal(path string, m *proto.Message) (int, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	b = append(b, '\n')
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("journal: %w", err)
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("journal: %w", err)
+	}
+	return len(b), nil
+}
+
+// ReplayJournal applies the journal's messages to st in order and returns how many it applied and
+// the journal's size. A missing journal is empty; a last line cut short by a crash is ignored; an
+// unreadable line stops the replay with an error (what it held comes back with the next sync).
+func ReplayJournal(st *State, path string, now time.Time) (int, int64, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("read journal: %w", err)
+	}
+	n := 0
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			break // a write cut short: it was never acknowledged
+		}
+		line := b[:i]
+		b = b[i+1:]
+		m, err := proto.UnmarshalStored(line)
+		if err != nil {
+			return n, int64(len(b)), fmt.Errorf("journal line %d: %w", n+1, err)
+		}
+		st.Apply(m, now)
+		n++
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return n, 0, nil
+	}
+	return n, fi.Size(), nil
+}

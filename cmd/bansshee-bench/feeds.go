@@ -159,6 +159,9 @@ func feeds100k(ctx context.Context, emit func(Row)) error {
 		return fmt.Errorf("%d agents did not apply the one-line change", len(pending))
 	}
 	emit(Row{"feeds", cs, "one_line_seconds", time.Since(t1).Seconds(), "s"})
+	if os.Getenv("BANSSHEE_BENCH_VERBOSE") != "" {
+		fmt.Fprintf(os.Stderr, "t0=%s t1=%s\n%s\n", t0.Format(time.RFC3339Nano), t1.Format(time.RFC3339Nano), f.Nodes()[0].Log.String())
+	}
 	emit(Row{"feeds", cs, "one_line_messages_per_agent", float64(f.Env.Ops()["sqs:SendMessage"]) / float64(n), "msgs"})
 	for _, node := range f.Nodes() {
 		if _, err := node.Host.Run("ipset", "test", "bansshee-ban4", "198.51.100.1"); err != nil {
