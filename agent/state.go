@@ -38,6 +38,7 @@ type State struct {
 	digest   string             // cache of Digest; "" when a change may have altered it
 	version  int                // bumped on every change, for caches of derived forms
 	nextExp  int64              // no ban expires before this (unix seconds): Prune skips until then
+	sum      proto.DigestSum    // the bans' part of the digest, kept with every change
 }
 
 type banMeta struct{ reason, source string }
@@ -69,12 +70,23 @@ func (s *State) entry(b proto.Ban) (netip.Prefix, banVal) {
 	return b.Prefix(), e
 }
 
-// put stores a ban and keeps nextExp a lower bound of every expiry.
+// put stores a ban, keeps the bans' digest sum, and keeps nextExp a lower bound of every expiry.
 func (s *State) put(p netip.Prefix, e banVal) {
+	id := proto.BanID(p)
+	if old, ok := s.bans.get(p); ok {
+		s.sum.AddBan(id, old.expires(), -1)
+	}
+	s.sum.AddBan(id, e.expires(), 1)
 	s.bans.set(p, e)
 	if e.exp != 0 && (s.nextExp == 0 || e.expires() < s.nextExp) {
 		s.nextExp = e.expires()
 	}
+}
+
+// drop removes a ban and its part of the digest sum.
+func (s *State) drop(p netip.Prefix, e banVal) {
+	s.sum.AddBan(proto.BanID(p), e.expires(), -1)
+	s.bans.del(p)
 }
 
 func (s *State) wire(p netip.Prefix, e banVal) proto.Ban {
@@ -155,7 +167,7 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 			}
 			old, ok := s.bans.get(p)
 			if ok && old.rev < t.Rev {
-				s.bans.del(p)
+				s.drop(p, old)
 				c.Removed = append(c.Removed, p)
 				if t.ExpiresAt.IsZero() && old.exp != 0 {
 					t.ExpiresAt = time.Unix(old.expires(), 0)
@@ -238,7 +250,7 @@ func (s *State) collect(m *proto.Message) (proto.Message, bool) {
 // (it arrived after the sync was computed) and honouring newer tombstones.
 func (s *State) replace(m proto.Message) {
 	old, oldMetas := s.bans, s.metaList
-	s.bans, s.nextExp = newBanSet(len(m.Bans)), 0
+	s.bans, s.nextExp, s.sum = newBanSet(len(m.Bans)), 0, proto.DigestSum{}
 	s.metas, s.metaList = map[banMeta]uint32{}, []banMeta{{}} // forget reasons no ban uses any more
 	for p, e := range old.all {
 		if e.rev > m.Rev {
@@ -283,7 +295,7 @@ func (s *State) Prune(now time.Time) {
 			switch {
 			case e.exp == 0:
 			case e.expires() <= sec:
-				s.bans.del(p)
+				s.drop(p, e)
 				s.changed()
 			case s.nextExp == 0 || e.expires() < s.nextExp:
 				s.nextExp = e.expires()
@@ -452,24 +464,17 @@ func (s *State) changed() {
 // Version changes whenever the state does.
 func (s *State) Version() int { return s.version }
 
-// Digest is proto.Digest of the state's bans and limits, cached until the next change.
+// Digest is proto.DigestV2 of the state's bans and limits: the bans' part is kept up to date with
+// every change (no sort of a million entries per heartbeat), the limits' added here.
 func (s *State) Digest() string {
 	if s.digest == "" {
-		s.digest = s.digestNow()
+		d := s.sum
+		for _, l := range s.Limits {
+			d.AddLimit(l.ID, l.Rev, 1)
+		}
+		s.digest = d.String()
 	}
 	return s.digest
-}
-
-func (s *State) digestNow() string {
-	bans := make([]proto.Ban, 0, s.bans.len())
-	for p, e := range s.bans.all {
-		bans = append(bans, proto.Ban{ID: proto.BanID(p), ExpiresAt: expTime(e.expires())})
-	}
-	limits := make([]proto.Limit, 0, len(s.Limits))
-	for _, l := range s.Limits {
-		limits = append(limits, l)
-	}
-	return proto.Digest(bans, limits)
 }
 
 func expTime(sec int64) time.Time {

@@ -107,7 +107,7 @@ func TestDigestFollowsChanges(t *testing.T) {
 	if s.Digest() == before {
 		t.Fatal("cached digest went stale")
 	}
-	if s.Digest() != proto.Digest(s.Bans(), nil) {
+	if s.Digest() != proto.DigestV2(s.Bans(), nil) {
 		t.Fatal("agent digest differs from proto.Digest of the same entries")
 	}
 }

@@ -810,6 +810,14 @@ func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result
 			tags[in.ID] = in.Tags
 		}
 	}
+	ids := make([]string, len(targets))
+	for i, in := range targets {
+		ids[i] = in.ID
+	}
+	statuses, err := c.Ledger.Statuses(ctx, ids)
+	if err != nil {
+		return err
+	}
 	var memoMu sync.Mutex
 	memo := map[string]desired{}
 	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, id, _ string) error {
@@ -821,7 +829,8 @@ func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result
 			memo[key] = d
 		}
 		memoMu.Unlock()
-		if err := c.sendSync(ctx, id, rev, d); err != nil {
+		st, reported := statuses[id]
+		if err := c.sendSync(ctx, id, rev, d, compressFor(st, reported)); err != nil {
 			return err
 		}
 		rec := known[id]

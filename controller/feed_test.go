@@ -194,7 +194,7 @@ func (a agents) wantDigest(t *testing.T, e *env, id string, tags map[string]stri
 		t.Fatal(err)
 	}
 	d := view.forTags(tags, e.c.Now())
-	if got, want := a[id].Digest(), proto.Digest(d.bans, d.limits); got != want {
+	if got, want := a[id].Digest(), proto.DigestV2(d.bans, d.limits); got != want {
 		t.Fatalf("agent %s holds %d bans, digest %s; the ledger wants %d, digest %s", id, a[id].BanCount(), got, len(d.bans), want)
 	}
 	return d

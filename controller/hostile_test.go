@@ -349,3 +349,51 @@ func TestBansToList(t *testing.T) {
 		}
 	}
 }
+
+// An agent that reports the first kind of digest predates compressed syncs: it gets plain parts
+// (and is judged by the first kind), so the controller can be upgraded before the agents. An agent
+// that reports the second kind gets bans_z.
+func TestSyncsCompressedOnlyForAgentsThatTakeThem(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.c.LagGrace = time.Nanosecond
+	oldID := e.launch(t, "old", map[string]string{"Role": "mail"})
+	newID := e.launch(t, "new", map[string]string{"Role": "mail"})
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: docAddrs(50, 0), Target: "Role=mail", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.drain(t, oldID)
+	e.drain(t, newID)
+	e.putStatus(t, oldID, proto.AgentStatus{AppliedRev: 1, Digest: proto.Digest(nil, nil), Heartbeat: e.c.Now().Add(time.Second)})
+	e.putStatus(t, newID, proto.AgentStatus{AppliedRev: 1, Digest: proto.DigestV2(nil, nil), Heartbeat: e.c.Now().Add(time.Second)})
+	e.advance(2 * time.Second)
+	if _, err := e.c.ReconcileOnce(ctx); err != nil { // they are seen lagging
+		t.Fatal(err)
+	}
+	e.advance(time.Second)
+	rep, err := e.c.ReconcileOnce(ctx) // past the lag grace
+	if err != nil || len(rep.Synced) != 2 {
+		t.Fatalf("both lag: %v %+v", err, rep.Synced)
+	}
+	for id, wantZ := range map[string]bool{oldID: false, newID: true} {
+		url, _ := e.c.Queues.URL(ctx, id)
+		r, err := e.clients.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(url), MaxNumberOfMessages: 1})
+		if err != nil || len(r.Messages) != 1 {
+			t.Fatalf("%s: %v %d messages", id, err, len(r.Messages))
+		}
+		if got := strings.Contains(aws.ToString(r.Messages[0].Body), `"bans_z"`); got != wantZ {
+			t.Fatalf("%s: compressed=%v, want %v", id, got, wantZ)
+		}
+	}
+	// An old agent that holds the state is converged by the first kind of digest.
+	view, _ := e.c.readLedger(ctx)
+	d := view.forTags(map[string]string{"Role": "mail", "bansshee:managed": "true"}, e.c.Now())
+	e.putStatus(t, oldID, proto.AgentStatus{AppliedRev: 100, Digest: proto.Digest(d.bans, d.limits)})
+	rep, err = e.c.ReconcileOnce(ctx)
+	if err != nil || rep.Fleet.Lagging != 1 || slices.Contains(rep.Synced, oldID) {
+		t.Fatalf("old agent holding the state: %v synced %v, %d lagging", err, rep.Synced, rep.Fleet.Lagging)
+	}
+}

@@ -266,7 +266,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			return d
 		}
 		d := view.forTags(tags, now)
-		dd := &desiredDigest{desired: d, digest: proto.Digest(d.bans, d.limits)}
+		dd := &desiredDigest{desired: d, digest: proto.DigestV2(d.bans, d.limits)}
 		memo[key] = dd
 		return dd
 	}
@@ -319,7 +319,19 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 
 type desiredDigest struct {
 	desired
-	digest string
+	digest string // proto.DigestV2
+
+	v1Once sync.Once
+	v1     string // proto.Digest, for agents older than DigestV2, computed when one reports
+}
+
+// matches reports whether an agent's reported digest is this state's, of the kind it reports.
+func (dd *desiredDigest) matches(reported string) bool {
+	if strings.HasPrefix(reported, proto.DigestV2Prefix) {
+		return reported == dd.digest
+	}
+	dd.v1Once.Do(func() { dd.v1 = proto.Digest(dd.bans, dd.limits) })
+	return reported == dd.v1
 }
 
 func tagKey(tags map[string]string) string {
@@ -386,7 +398,7 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 	// An agent lags when its applied revision stays below what concerns it, or what it holds
 	// differs from the ledger's view, for longer than the grace (a fan-out in flight is not
 	// lag). The digest catches what revisions cannot: a message lost to a race or a crash.
-	lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && st.Digest != dd.digest))
+	lagging := reported && (st.AppliedRev < d.maxRev || (st.Digest != "" && !dd.matches(st.Digest)))
 	silent := reported && now.Sub(st.Heartbeat) > c.SilentAfter
 	switch {
 	case !reported:
@@ -427,7 +439,7 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 		o.errs = append(o.errs, err)
 		return o
 	}
-	if err := c.sendSync(ctx, in.ID, rev, d); err != nil {
+	if err := c.sendSync(ctx, in.ID, rev, d, compressFor(st, reported)); err != nil {
 		o.errs = append(o.errs, err)
 		return o
 	}
@@ -442,14 +454,26 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 	return o
 }
 
+// compressFor says whether an agent takes compressed syncs (bans_z): every agent that reports
+// the second kind of digest does, and one that has not reported yet is assumed current. An agent
+// that reports the first kind predates both and gets plain parts, so the controller can be
+// upgraded before the agents.
+func compressFor(st proto.AgentStatus, reported bool) bool {
+	return !reported || st.Digest == "" || strings.HasPrefix(st.Digest, proto.DigestV2Prefix)
+}
+
 // sendSync sends an instance its whole desired state, split into parts if needed.
-func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desired) error {
+func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desired, compress bool) error {
 	url, err := c.queueURL(ctx, id)
 	if err != nil {
 		return err
 	}
 	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, To: id, IssuedAt: c.Now().UTC(), Rev: rev, Bans: d.bans, Limits: d.limits}
-	parts, err := proto.SplitSyncCompressed(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
+	split := proto.SplitSync
+	if compress {
+		split = proto.SplitSyncCompressed
+	}
+	parts, err := split(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
 	if err != nil {
 		return err
 	}
@@ -623,7 +647,7 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 		d := view.forTags(in.Tags, now)
 		st := statuses[in.ID]
 		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError, Version: st.Version}
-		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || st.Digest == proto.Digest(d.bans, d.limits))
+		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || proto.Matches(st.Digest, d.bans, d.limits))
 		is.Silent = !st.Heartbeat.IsZero() && now.Sub(st.Heartbeat) > c.SilentAfter
 		out = append(out, is)
 	}

@@ -328,3 +328,33 @@ func TestCompressedBansBounded(t *testing.T) {
 		}
 	}
 }
+
+// DigestV2 is order-free and can be kept one entry at a time; Matches compares a reported digest
+// with the digest of its own kind, so agents of both kinds are judged right.
+func TestDigestV2(t *testing.T) {
+	exp := time.Unix(1800000000, 0)
+	bans := []Ban{{ID: "b-198.51.100.1_32", ExpiresAt: exp}, {ID: "b-2001:db8::_48"}, {ID: "b-203.0.113.0_24", ExpiresAt: exp}}
+	limits := []Limit{{ID: "l-pop3", Rev: 7}}
+	d := DigestV2(bans, limits)
+	if !strings.HasPrefix(d, DigestV2Prefix) || d != DigestV2([]Ban{bans[2], bans[0], bans[1]}, limits) {
+		t.Fatal("DigestV2 depends on order")
+	}
+	var sum DigestSum
+	sum.AddBan("b-198.51.100.9_32", 5, 1) // added and removed again
+	for _, b := range bans {
+		sum.AddBan(b.ID, expUnix(b.ExpiresAt), 1)
+	}
+	sum.AddBan("b-198.51.100.9_32", 5, -1)
+	sum.AddLimit("l-pop3", 7, 1)
+	if sum.String() != d {
+		t.Fatalf("incremental %s, whole %s", sum.String(), d)
+	}
+	for _, changed := range [][]Ban{bans[:2], {bans[0], bans[1], {ID: bans[2].ID, ExpiresAt: exp.Add(time.Second)}}} {
+		if DigestV2(changed, limits) == d {
+			t.Fatalf("a changed state has the same digest: %v", changed)
+		}
+	}
+	if !Matches(d, bans, limits) || !Matches(Digest(bans, limits), bans, limits) || Matches(Digest(bans[:1], nil), bans, limits) {
+		t.Fatal("Matches does not tell the kinds apart")
+	}
+}

@@ -2,6 +2,7 @@ package proto
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"sort"
 	"strconv"
@@ -59,6 +60,78 @@ func InstanceOfStatusKey(pk string) (string, bool) {
 		id = id[i+1:]
 	}
 	return id, id != ""
+}
+
+// DigestV2Prefix marks a digest of the second kind (DigestV2).
+const DigestV2Prefix = "2:"
+
+// DigestSum is the running form of DigestV2: the sum, lane by lane, of every entry's hash. Adding
+// or removing one entry is O(1), so an agent holding a million bans keeps its digest current
+// without sorting them on every change.
+type DigestSum [2]uint64
+
+// entryHash is the hash of one digest line, as two 64-bit lanes.
+func entryHash(kind byte, id string, n int64) [2]uint64 {
+	var buf [96]byte
+	line := append(buf[:0], kind, ' ')
+	line = append(line, id...)
+	line = append(line, ' ')
+	line = strconv.AppendInt(line, n, 10)
+	h := sha256.Sum256(line)
+	return [2]uint64{binary.BigEndian.Uint64(h[:8]), binary.BigEndian.Uint64(h[8:16])}
+}
+
+func expUnix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// AddBan adds (sign +1) or removes (sign -1) a ban with id and expiry (unix seconds, 0: never).
+func (d *DigestSum) AddBan(id string, exp int64, sign int) { d.add(entryHash('b', id, exp), sign) }
+
+// AddLimit adds or removes a limit at its revision.
+func (d *DigestSum) AddLimit(id string, rev int64, sign int) { d.add(entryHash('l', id, rev), sign) }
+
+func (d *DigestSum) add(h [2]uint64, sign int) {
+	if sign >= 0 {
+		d[0], d[1] = d[0]+h[0], d[1]+h[1]
+	} else {
+		d[0], d[1] = d[0]-h[0], d[1]-h[1]
+	}
+}
+
+// String is the digest as agents report it.
+func (d DigestSum) String() string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], d[0])
+	binary.BigEndian.PutUint64(b[8:], d[1])
+	return DigestV2Prefix + hex.EncodeToString(b[:])
+}
+
+// DigestV2 summarises the same state as Digest (ban ids with their expiry, limit ids with their
+// revision) as the sum of the entries' hashes: order does not matter, so it needs no sort and can
+// be kept up to date one entry at a time (DigestSum). Agents since the journal report it; the
+// reconciler compares an agent's digest with the digest of the same kind.
+func DigestV2(bans []Ban, limits []Limit) string {
+	var d DigestSum
+	for _, b := range bans {
+		d.AddBan(b.ID, expUnix(b.ExpiresAt), 1)
+	}
+	for _, l := range limits {
+		d.AddLimit(l.ID, l.Rev, 1)
+	}
+	return d.String()
+}
+
+// Matches reports whether an agent's reported digest is the digest of bans and limits, of
+// whichever kind the agent reports (an agent older than DigestV2 reports Digest).
+func Matches(reported string, bans []Ban, limits []Limit) bool {
+	if strings.HasPrefix(reported, DigestV2Prefix) {
+		return reported == DigestV2(bans, limits)
+	}
+	return reported == Digest(bans, limits)
 }
 
 // Digest summarises a desired state (ban ids with their expiry, limit ids with their revision) so

@@ -202,7 +202,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	if err != nil {
 		return err
 	}
-	if err := r.heartbeats(ctx, rev, proto.Digest(nil, nil)); err != nil {
+	if err := r.heartbeats(ctx, rev, proto.DigestV2(nil, nil)); err != nil {
 		return err
 	}
 	r.env.SetLatency(lat)
