@@ -424,4 +424,10 @@ func TestRefreshFeedsOnlyWhenDue(t *testing.T) {
 	if fs.fetches != 2 {
 		t.Fatalf("%d fetches, want 2", fs.fetches)
 	}
+	// The reconcile pass (`bansshee serve`, the scheduled Lambda) refreshes what is due first.
+	e.advance(10 * time.Minute)
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil || len(rep.Feeds) != 1 || rep.Feeds[0].Name != "a" || fs.fetches != 3 {
+		t.Fatalf("reconcile pass: %v, feeds %+v, %d fetches", err, rep.Feeds, fs.fetches)
+	}
 }
