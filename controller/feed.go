@@ -54,6 +54,10 @@ const (
 	feedChunkBytes = 300 << 10
 )
 
+// FeedMaxEntries is the most entries a version may have: agents' ban sets hold 1 048 576, and
+// operators' bans and other feeds need room too. A larger version is held. (A variable for tests.)
+var FeedMaxEntries = 1000000
+
 var feedNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,39}$`)
 
 // FeedItem is a feed's head in the ledger.
@@ -69,6 +73,9 @@ type FeedItem struct {
 	// DropVPCOverlap drops entries that cover a VPC CIDR instead of holding the version (FireHOL
 	// level 1 lists the private ranges on purpose).
 	DropVPCOverlap bool `dynamodbav:"drop_vpc_overlap,omitempty"`
+	// Force accepts entries broader than the soft limits (/16, /48), as `ban --force` does; without
+	// it they are dropped and reported, so that a compromised list cannot ban a /9 fleet-wide.
+	Force bool `dynamodbav:"force,omitempty"`
 
 	ETag         string `dynamodbav:"etag,omitempty"`
 	LastModified string `dynamodbav:"last_modified,omitempty"`
@@ -119,7 +126,7 @@ type FeedSpec struct {
 	Name, URL, Target, Format string
 	Refresh, TTL              time.Duration
 	MaxBytes                  int64
-	DropVPCOverlap            bool
+	DropVPCOverlap, Force     bool
 }
 
 // AddFeed writes (or changes) a feed's settings. It does not fetch it: FeedSync or the schedule do.
@@ -166,7 +173,7 @@ func (c *Controller) AddFeed(ctx context.Context, spec FeedSpec) (FeedItem, erro
 		f = old
 	}
 	f.URL, f.Target, f.Format = spec.URL, sel.String(), spec.Format
-	f.Refresh, f.TTL, f.MaxBytes, f.DropVPCOverlap = int64(spec.Refresh/time.Second), int64(spec.TTL/time.Second), spec.MaxBytes, spec.DropVPCOverlap
+	f.Refresh, f.TTL, f.MaxBytes, f.DropVPCOverlap, f.Force = int64(spec.Refresh/time.Second), int64(spec.TTL/time.Second), spec.MaxBytes, spec.DropVPCOverlap, spec.Force
 	f.Deleted, f.ExpiresAt, f.Checked = false, 0, time.Time{} // due now
 	if found && old.Target != f.Target && f.Version > 0 {
 		// Instances the old target picked and the new one does not must lose the entries.
@@ -498,9 +505,20 @@ type feedFetch struct {
 }
 
 func (c *Controller) fetchFeed(ctx context.Context, f FeedItem, conditional bool) (feedFetch, error) {
-	client := c.FeedClient
-	if client == nil {
-		client = &http.Client{Timeout: DefaultFeedTimeout}
+	client := &http.Client{Timeout: DefaultFeedTimeout}
+	if c.FeedClient != nil {
+		copied := *c.FeedClient
+		client = &copied
+	}
+	// A redirect may not leave HTTPS: a list fetched over TLS must not come from plain HTTP.
+	client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 5 {
+			return errors.New("more than 5 redirects")
+		}
+		if req.URL.Scheme != "https" && !c.FeedAllowHTTP {
+			return fmt.Errorf("redirected to %s: not https", req.URL.Redacted())
+		}
+		return nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
 	if err != nil {
@@ -587,6 +605,9 @@ func (c *Controller) refreshFeed(ctx context.Context, f FeedItem, opts FeedOptio
 	kept, held, err := c.screenFeed(ctx, f, parsed.Prefixes, &rep)
 	if err != nil {
 		return rep, err
+	}
+	if held == "" && len(kept) > FeedMaxEntries {
+		held = fmt.Sprintf("the list has %d entries, more than the %d a feed may have (agents' sets hold 1 048 576 in all)", len(kept), FeedMaxEntries)
 	}
 	if held == "" && f.Entries > 0 && len(kept) < f.Entries/2 && !opts.AcceptShrink {
 		held = fmt.Sprintf("the list shrank from %d to %d entries, by more than half (a truncated or emptied download?); apply it with 'bansshee feed sync %s --accept-shrink'",
@@ -743,6 +764,14 @@ entries:
 	for _, p := range in {
 		if err := c.Limits.CheckPrefix(p); err != nil {
 			rep.Dropped = append(rep.Dropped, err.Error())
+			continue
+		}
+		soft := c.SoftMin4
+		if p.Addr().Is6() {
+			soft = c.SoftMin6
+		}
+		if !f.Force && p.Bits() < soft {
+			rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s is broader than /%d (add the feed with --force to take such entries)", p, soft))
 			continue
 		}
 		for _, a := range c.Admin {

@@ -378,6 +378,34 @@ func TestFeedFailuresKeepTheLastGoodVersion(t *testing.T) {
 			}
 		})
 	}
+	// A compromised or mistaken list: a broad entry is dropped unless the feed was added with
+	// --force, a list past FeedMaxEntries is held, and a redirect to plain HTTP is a failure.
+	fs.set(strings.Join(append(append([]string(nil), list...), "44.0.0.0/9"), "\n"), "")
+	rep, err = e.c.SyncFeed(ctx, "drop", FeedOptions{})
+	if err != nil || rep.Entries != 1000 || len(rep.Dropped) != 1 || !strings.Contains(rep.Dropped[0], "44.0.0.0/9 is broader than /16") {
+		t.Fatalf("broad entry: %v %s %q", err, rep, rep.Dropped)
+	}
+	defer func(n int) { FeedMaxEntries = n }(FeedMaxEntries)
+	FeedMaxEntries = 1000
+	fs.set(strings.Join(docAddrs(1001, 0), "\n"), "")
+	if rep, err = e.c.SyncFeed(ctx, "drop", FeedOptions{}); err != nil || !strings.Contains(rep.Held, "more than the 1000 a feed may have") {
+		t.Fatalf("oversize list: %v %s", err, rep)
+	}
+	FeedMaxEntries = 1000000
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("198.51.100.1\n")) }))
+	defer plain.Close()
+	redirect := httptest.NewTLSServer(http.RedirectHandler(plain.URL+"/list", http.StatusFound))
+	defer redirect.Close()
+	e.c.FeedClient = redirect.Client()
+	if _, err := e.c.AddFeed(ctx, FeedSpec{Name: "redir", URL: redirect.URL + "/list", Target: "Role=mail"}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := e.c.SyncFeed(ctx, "redir", FeedOptions{}); err != nil || rep.Err == nil || !strings.Contains(rep.Err.Error(), "not https") {
+		t.Fatalf("redirect to http: %v %s", err, rep)
+	}
+	e.c.FeedClient = fs.Client()
+	e.c.FeedClient.Timeout = 2 * time.Second
+
 	// The operator accepts the shrink.
 	fs.set(strings.Join(list[:400], "\n"), "")
 	if rep, err := e.c.SyncFeed(ctx, "drop", FeedOptions{AcceptShrink: true}); err != nil || rep.Entries != 400 {

@@ -19,8 +19,9 @@ selects and fetched again every --refresh by 'bansshee serve' and the stack's sc
 (conditionally: ETag and If-Modified-Since). Agents get the difference from the last version.
 
 What a feed may not do: entries on the never-ban list (loopback, link-local, the metadata
-service, ...), broader than /8 (IPv4) or /32 (IPv6), or covering an --admin CIDR are dropped and
-reported. A version with an entry that covers a VPC CIDR, or that shrank by more than half, is
+service, ...), broader than /16 (IPv4) or /48 (IPv6) unless the feed was added with --force (never
+broader than /8 or /32), or covering an --admin CIDR are dropped and reported. A version of more
+than 1 000 000 entries is held. A version with an entry that covers a VPC CIDR, or that shrank by more than half, is
 held, not applied: the last good version stays, as it does when a fetch fails (HTTP error,
 timeout, a body cut short or over --max-bytes). The entries expire --ttl after the last good fetch.`}
 	c.AddCommand(feedAddCmd(g), feedListCmd(g), feedRmCmd(g), feedSyncCmd(g))
@@ -61,6 +62,7 @@ func feedAddCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&spec.Refresh, "refresh", time.Hour, "how often to fetch it again (at least 1m)")
 	fl.DurationVar(&spec.TTL, "ttl", 0, "how long entries stay after the last good fetch (default: 48h or three refreshes, whichever is longer)")
 	fl.Int64Var(&spec.MaxBytes, "max-bytes", controller.DefaultFeedMaxBytes, "largest body accepted; a larger one is a failed fetch")
+	fl.BoolVar(&spec.Force, "force", false, "take entries broader than /16 (IPv4) or /48 (IPv6); without it they are dropped and reported (/8 and /32 are never taken)")
 	fl.BoolVar(&spec.DropVPCOverlap, "drop-vpc-overlap", false, "drop entries that cover a VPC CIDR instead of holding the version (FireHOL level 1 lists the private ranges)")
 	fl.BoolVar(&noSync, "no-sync", false, "only record the feed; the next scheduled pass fetches it")
 	_ = c.MarkFlagRequired("url")
