@@ -132,6 +132,10 @@ func runE2E(ctx context.Context, emit func(Row)) error {
 		if len(errs) > 0 {
 			return errors.Join(errs...)
 		}
+		if os.Getenv("BANSSHEE_BENCH_VERBOSE") != "" {
+			round := samples[len(samples)-n:]
+			fmt.Fprintf(os.Stderr, "   round %d: slowest %s, ban call %s\n", r, slices.Max(round), calls[len(calls)-1])
+		}
 	}
 	slices.Sort(samples)
 	pct := func(p float64) time.Duration { return samples[min(len(samples)-1, int(p*float64(len(samples))))] }
