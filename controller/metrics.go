@@ -30,6 +30,23 @@ type Metrics struct {
 	Limits      prometheus.Gauge
 	Agents      *prometheus.GaugeVec
 	Decisions   *prometheus.CounterVec
+	// Feeds: refreshes by feed and result (ok, not_modified, failed, held), and each feed's entries
+	// in force.
+	FeedRefreshes *prometheus.CounterVec
+	FeedEntries   *prometheus.GaugeVec
+}
+
+// FeedResult names the outcome of one refresh: ok, not_modified, failed or held.
+func FeedResult(r FeedReport) string {
+	switch {
+	case r.Err != nil:
+		return "failed"
+	case r.Held != "":
+		return "held"
+	case r.NotModified:
+		return "not_modified"
+	}
+	return "ok"
 }
 
 // NewMetrics registers the reconciler's metrics on a new registry.
@@ -44,8 +61,11 @@ func NewMetrics() *Metrics {
 		Limits:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_fleet_limits_active", Help: "Active rate-limit policies in the ledger."}),
 		Agents:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bansshee_fleet_agents", Help: "Agents by state: converged, lagging, silent, unreported."}, []string{"state"}),
 		Decisions:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_decisions_total", Help: "Bans decided, by trigger."}, []string{"trigger"}),
+		FeedRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_feed_refreshes_total",
+			Help: "Feed refreshes by feed and result: ok, not_modified, failed (the last good version stays), held (a version not applied)."}, []string{"feed", "result"}),
+		FeedEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bansshee_feed_entries", Help: "Entries in force of each feed's last good version."}, []string{"feed"}),
 	}
-	m.Registry.MustRegister(m.Passes, m.Syncs, m.Escalations, m.Instances, m.Bans, m.Limits, m.Agents, m.Decisions)
+	m.Registry.MustRegister(m.Passes, m.Syncs, m.Escalations, m.Instances, m.Bans, m.Limits, m.Agents, m.Decisions, m.FeedRefreshes, m.FeedEntries)
 	for _, r := range []string{"ok", "error"} {
 		m.Passes.WithLabelValues(r)
 	}
@@ -75,5 +95,9 @@ func (m *Metrics) Observe(rep *Report, err error) {
 	m.Limits.Set(float64(rep.Fleet.LimitsActive))
 	for i, n := range rep.Fleet.byState() {
 		m.Agents.WithLabelValues(AgentStates[i]).Set(float64(n))
+	}
+	for _, f := range rep.Feeds {
+		m.FeedRefreshes.WithLabelValues(f.Name, FeedResult(f)).Inc()
+		m.FeedEntries.WithLabelValues(f.Name).Set(float64(f.Entries))
 	}
 }

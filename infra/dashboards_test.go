@@ -61,6 +61,8 @@ func exported(t *testing.T) map[string]bool {
 	am.Repairs.WithLabelValues("set")
 	am.AWSErrors.WithLabelValues("ReceiveMessage")
 	cm.Decisions.WithLabelValues("escalation")
+	cm.FeedRefreshes.WithLabelValues("spamhaus", "ok")
+	cm.FeedEntries.WithLabelValues("spamhaus")
 	am.ApplySeconds.Observe(0.001)
 	am.LagSeconds.Observe(0.1)
 	names := map[string]bool{}

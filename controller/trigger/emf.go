@@ -16,7 +16,8 @@ const EMFNamespace = "bansshee"
 // EMFMetrics is every metric the Lambda publishes; the stack's dashboard and alarms use no other
 // (infra/template_test.go checks).
 var EMFMetrics = []string{"Decisions", "Ignored", "FleetInstances", "BansActive", "LimitsActive",
-	"AgentsConverged", "AgentsLagging", "AgentsSilent", "AgentsUnreported", "Escalations", "Syncs"}
+	"AgentsConverged", "AgentsLagging", "AgentsSilent", "AgentsUnreported", "Escalations", "Syncs",
+	"FeedRefreshesFailed", "FeedRefreshesHeld"}
 
 type emfMetric struct {
 	Name string `json:"Name"`
@@ -55,9 +56,18 @@ func writeEMF(w io.Writer, out *Output, rep *controller.Report, now time.Time) e
 			map[string]string{"Decisions": "Count", "Ignored": "Count"})
 	}
 	f := rep.Fleet
+	failed, held := 0, 0
+	for _, r := range rep.Feeds {
+		switch controller.FeedResult(r) {
+		case "failed":
+			failed++
+		case "held":
+			held++
+		}
+	}
 	return emfLine(w, now, []string{}, map[string]any{"FleetInstances": f.Instances, "BansActive": f.BansActive, "LimitsActive": f.LimitsActive,
 		"AgentsConverged": f.Converged, "AgentsLagging": f.Lagging, "AgentsSilent": f.Silent, "AgentsUnreported": f.Unreported,
-		"Escalations": len(rep.Escalated), "Syncs": len(rep.Synced)},
+		"Escalations": len(rep.Escalated), "Syncs": len(rep.Synced), "FeedRefreshesFailed": failed, "FeedRefreshesHeld": held},
 		map[string]string{"FleetInstances": "Count", "BansActive": "Count", "LimitsActive": "Count", "AgentsConverged": "Count", "AgentsLagging": "Count",
-			"AgentsSilent": "Count", "AgentsUnreported": "Count", "Escalations": "Count", "Syncs": "Count"})
+			"AgentsSilent": "Count", "AgentsUnreported": "Count", "Escalations": "Count", "Syncs": "Count", "FeedRefreshesFailed": "Count", "FeedRefreshesHeld": "Count"})
 }
