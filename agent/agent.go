@@ -769,7 +769,7 @@ func (a *Agent) loadParts(st *State) error {
 			os.Remove(f)
 			continue
 		}
-		st.Pending[m.Part.Set] = append(st.Pending[m.Part.Set], *m)
+		st.addPart(m)
 	}
 	return nil
 }

@@ -234,12 +234,25 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	// allow sets, or everything if netlink fails) through one `ipset restore`.
 	type change struct {
 		set      string
-		add      []netip.Prefix
-		timeouts []int
-		del      []netip.Prefix
+		add, del []setEntry
 	}
+	// What each family's ban set should hold, as sorted compact entries; the bans in their
+	// State form are let go before the sets are read (a million of them are 56 MB).
+	var wants [2][]setEntry
+	for _, b := range s.Bans {
+		t, ok := timeout(b.Expires, now)
+		if !ok {
+			continue
+		}
+		i := 0
+		if b.Prefix.Addr().Is6() {
+			i = 1
+		}
+		wants[i] = append(wants[i], newSetEntry(b.Prefix, t))
+	}
+	s.Bans = nil
 	var changes []change
-	for _, fam := range f.fams {
+	for fi, fam := range f.fams {
 		ch := change{set: fam.banSet}
 		// Both sides as sorted compact entries, compared in one walk: a million bans are two
 		// slices of 32-byte values, not two maps keyed by netip.Prefix (a third of the time).
@@ -247,41 +260,38 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 		if err != nil {
 			return res, err
 		}
-		want := make([]setEntry, 0, len(s.Bans))
-		for _, b := range s.Bans {
-			if f.famOf(b.Prefix) != fam {
-				continue
-			}
-			t, ok := timeout(b.Expires, now)
-			if !ok {
-				continue
-			}
-			want = append(want, newSetEntry(b.Prefix, t))
+		want := wants[fi]
+		if fam.v6 != (fi == 1) {
+			return res, fmt.Errorf("family order: %s", fam.banSet)
 		}
 		sortEntries(want)
 		want = slices.CompactFunc(want, func(a, b setEntry) bool { return a.key == b.key }) // the longest of duplicates comes first
-		i := 0
-		for _, w := range want {
-			for i < len(cur) && cur[i].key.less(w.key) {
-				ch.del = append(ch.del, cur[i].prefix())
-				res.Removed++
-				i++
-			}
-			if i < len(cur) && cur[i].key == w.key {
-				c := cur[i]
-				i++
-				if !needsRefresh(c.t, w.t) {
-					continue
+		if len(cur) == 0 {
+			ch.add, res.Added = want, res.Added+len(want) // a fresh set: every entry, no copy
+		} else {
+			i := 0
+			for _, w := range want {
+				for i < len(cur) && cur[i].key.less(w.key) {
+					ch.del = append(ch.del, cur[i])
+					res.Removed++
+					i++
 				}
-				res.Refreshed++
-			} else {
-				res.Added++
+				if i < len(cur) && cur[i].key == w.key {
+					c := cur[i]
+					i++
+					if !needsRefresh(c.t, w.t) {
+						continue
+					}
+					res.Refreshed++
+				} else {
+					res.Added++
+				}
+				ch.add = append(ch.add, w)
 			}
-			ch.add, ch.timeouts = append(ch.add, w.prefix()), append(ch.timeouts, w.t)
-		}
-		for ; i < len(cur); i++ {
-			ch.del = append(ch.del, cur[i].prefix())
-			res.Removed++
+			for ; i < len(cur); i++ {
+				ch.del = append(ch.del, cur[i])
+				res.Removed++
+			}
 		}
 		changes = append(changes, ch)
 		curAllow, err := f.readSet(ctx, fam.allowSet)
@@ -310,9 +320,9 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 		if !viaNetlink {
 			break
 		}
-		err := ipsetADT(nl.IPSET_CMD_ADD, ch.set, ch.add, ch.timeouts)
+		err := ipsetEntries(nl.IPSET_CMD_ADD, ch.set, ch.add, true)
 		if err == nil {
-			err = ipsetADT(nl.IPSET_CMD_DEL, ch.set, ch.del, nil)
+			err = ipsetEntries(nl.IPSET_CMD_DEL, ch.set, ch.del, false)
 		}
 		if err != nil {
 			f.fallbacks.Add(1)
@@ -321,11 +331,11 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	}
 	if !viaNetlink { // all of it again as text: adds and dels are idempotent under -exist
 		for _, ch := range changes {
-			for i, p := range ch.add {
-				writeAdd(&batch, ch.set, p, ch.timeouts[i])
+			for _, e := range ch.add {
+				writeAdd(&batch, ch.set, e.prefix(), e.t)
 			}
-			for _, p := range ch.del {
-				fmt.Fprintf(&batch, "del %s %s\n", ch.set, p)
+			for _, e := range ch.del {
+				fmt.Fprintf(&batch, "del %s %s\n", ch.set, e.prefix())
 			}
 		}
 	}
@@ -681,14 +691,11 @@ func (f *Firewall) eachMember(ctx context.Context, name string, fn func(netip.Pr
 	if !f.cfg.NoNetlink {
 		var got []setEntry
 		err := ipsetDump(name, func(p netip.Prefix, t int) { got = append(got, newSetEntry(p, t)) })
-		if err == nil {
+		if err == nil || missingSet(err) {
 			for _, e := range got {
 				fn(e.prefix(), e.t)
 			}
 			return nil
-		}
-		if errors.Is(err, syscall.ENOENT) || strings.Contains(err.Error(), "does not exist") {
-			return nil // no such set: no members
 		}
 		f.fallbacks.Add(1) // read through the process below
 	}
@@ -795,9 +802,22 @@ func sortEntries(es []setEntry) {
 // readSetSorted is readSet as sorted entries.
 func (f *Firewall) readSetSorted(ctx context.Context, name string) ([]setEntry, error) {
 	var out []setEntry
+	if !f.cfg.NoNetlink {
+		err := ipsetDump(name, func(p netip.Prefix, t int) { out = append(out, newSetEntry(p, t)) })
+		if err == nil || missingSet(err) {
+			sortEntries(out)
+			return out, nil
+		}
+		f.fallbacks.Add(1)
+		out = out[:0]
+	}
 	err := f.eachMember(ctx, name, func(p netip.Prefix, t int) { out = append(out, newSetEntry(p, t)) })
 	sortEntries(out)
 	return out, err
+}
+
+func missingSet(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || strings.Contains(err.Error(), "does not exist")
 }
 
 // parseMember reads an ipset member: a prefix, or an address (ipset omits /32 and /128).

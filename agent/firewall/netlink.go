@@ -30,26 +30,38 @@ const (
 // timeout) or deletes (nl.IPSET_CMD_DEL, an entry not there is not an error) prefixes in set.
 // timeouts (seconds, 0: none) go with adds.
 func ipsetADT(cmd int, set string, prefixes []netip.Prefix, timeouts []int) error {
-	for start := 0; start < len(prefixes); start += adtPerMessage {
-		end := min(start+adtPerMessage, len(prefixes))
-		var tm []int
-		if timeouts != nil {
-			tm = timeouts[start:end]
+	return ipsetEach(cmd, set, len(prefixes), timeouts != nil, func(i int) (netip.Prefix, int) {
+		if timeouts == nil {
+			return prefixes[i], 0
 		}
-		if err := ipsetMessage(cmd, set, prefixes[start:end], tm, start); err != nil {
+		return prefixes[i], timeouts[i]
+	})
+}
+
+// ipsetEntries is ipsetADT for set entries (with their timeouts when withTimeouts).
+func ipsetEntries(cmd int, set string, es []setEntry, withTimeouts bool) error {
+	return ipsetEach(cmd, set, len(es), withTimeouts, func(i int) (netip.Prefix, int) { return es[i].prefix(), es[i].t })
+}
+
+// ipsetEach sends n entries, at(i) giving each one's prefix and timeout, adtPerMessage a message.
+func ipsetEach(cmd int, set string, n int, withTimeouts bool, at func(int) (netip.Prefix, int)) error {
+	for start := 0; start < n; start += adtPerMessage {
+		if err := ipsetMessage(cmd, set, start, min(start+adtPerMessage, n), withTimeouts, at); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func ipsetMessage(cmd int, set string, prefixes []netip.Prefix, timeouts []int, line0 int) error {
+func ipsetMessage(cmd int, set string, from, to int, withTimeouts bool, at func(int) (netip.Prefix, int)) error {
 	req := nl.NewNetlinkRequest(cmd|(unix.NFNL_SUBSYS_IPSET<<8), unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	b := make([]byte, 0, 64+len(prefixes)*52)
+	b := make([]byte, 0, 64+(to-from)*52)
 	// struct nfgenmsg: family, version, resource id (big endian).
 	family := byte(unix.AF_INET)
-	if len(prefixes) > 0 && prefixes[0].Addr().Is6() {
-		family = unix.AF_INET6
+	if to > from {
+		if p, _ := at(from); p.Addr().Is6() {
+			family = unix.AF_INET6
+		}
 	}
 	b = append(b, family, nl.NFNETLINK_V0, 0, 0)
 	b = attr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
@@ -60,11 +72,12 @@ func ipsetMessage(cmd int, set string, prefixes []netip.Prefix, timeouts []int, 
 	adt := len(b)
 	b = append(b, 0, 0, 0, 0) // IPSET_ATTR_ADT header, length filled in below
 	var u32 [4]byte
-	for i, p := range prefixes {
+	for i := from; i < to; i++ {
+		p, t := at(i)
 		data := len(b)
 		b = append(b, 0, 0, 0, 0)
-		if timeouts != nil {
-			binary.BigEndian.PutUint32(u32[:], uint32(timeouts[i]))
+		if withTimeouts {
+			binary.BigEndian.PutUint32(u32[:], uint32(t))
 			b = attr(b, nl.IPSET_ATTR_TIMEOUT|nlaNetOrder, u32[:])
 		}
 		ip := len(b)
@@ -78,7 +91,7 @@ func ipsetMessage(cmd int, set string, prefixes []netip.Prefix, timeouts []int, 
 		}
 		closeNest(b, ip, nl.IPSET_ATTR_IP|nlaNested)
 		b = attr(b, nl.IPSET_ATTR_CIDR, []byte{byte(p.Bits())})
-		binary.BigEndian.PutUint32(u32[:], uint32(line0+i+1))
+		binary.BigEndian.PutUint32(u32[:], uint32(i+1))
 		b = attr(b, nl.IPSET_ATTR_LINENO|nlaNetOrder, u32[:])
 		closeNest(b, data, nl.IPSET_ATTR_DATA|nlaNested)
 	}

@@ -251,16 +251,19 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 
-func procRSS(pid int) (int64, error) {
+func procRSS(pid int) (int64, error) { return procStatus(pid, "VmRSS:") }
+
+// procStatus reads a kB field of /proc/PID/status (VmRSS, VmHWM: the peak) in bytes.
+func procStatus(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
+		if strings.HasPrefix(l, field) {
 			kb, err := strconv.ParseInt(strings.Fields(l)[1], 10, 64)
 			return kb * 1024, err
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }

@@ -236,8 +236,8 @@ func feeds1M(ctx context.Context, emit func(Row)) error {
 		return err
 	}
 	emit(Row{"feeds", cs, "ledger_to_kernel_seconds", time.Since(t1).Seconds(), "s"})
-	rss, _ := procRSS(node.Pid())
-	emit(Row{"feeds", cs, "agent_rss_after_sync_bytes", float64(rss), "bytes"})
+	peak, _ := procStatus(node.Pid(), "VmHWM:")
+	emit(Row{"feeds", cs, "agent_peak_rss_bytes", float64(peak), "bytes"})
 	return nil
 }
 
