@@ -225,15 +225,7 @@ func (c *Controller) RemoveFeed(ctx context.Context, name string) (*Result, erro
 
 // Feeds lists every feed head, removed ones included.
 func (l *Ledger) Feeds(ctx context.Context) ([]FeedItem, error) {
-	raws, err := l.query(ctx, "feed", "")
-	if err != nil {
-		return nil, err
-	}
-	var out []FeedItem
-	if err := attributevalue.UnmarshalListOfMaps(raws, &out); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return queryItems[FeedItem](ctx, l, "feed")
 }
 
 // Feed reads one feed head.

@@ -350,11 +350,16 @@ func (l *Ledger) PutLimit(ctx context.Context, it LimitItem) (bool, error) {
 
 // Limits returns every policy, tombstones included.
 func (l *Ledger) Limits(ctx context.Context) ([]LimitItem, error) {
-	raws, err := l.query(ctx, "limit", "")
+	return queryItems[LimitItem](ctx, l, "limit")
+}
+
+// queryItems reads a whole partition as items of type T.
+func queryItems[T any](ctx context.Context, l *Ledger, pk string) ([]T, error) {
+	raws, err := l.query(ctx, pk, "")
 	if err != nil {
 		return nil, err
 	}
-	var out []LimitItem
+	var out []T
 	err = attributevalue.UnmarshalListOfMaps(raws, &out)
 	return out, err
 }

@@ -129,11 +129,8 @@ func feeds100k(ctx context.Context, emit func(Row)) error {
 	if err != nil || rep.Err != nil || rep.Entries != entries {
 		return fmt.Errorf("first version: %v %s", err, rep)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-	pending, _ := c.Wait(wctx, ids, rep.Result.Rev, nil)
-	cancel()
-	if len(pending) > 0 {
-		return fmt.Errorf("%d agents did not apply the feed in 120 s", len(pending))
+	if err := waitRev(ctx, c, ids, rep.Result.Rev, 120*time.Second); err != nil {
+		return err
 	}
 	reach := time.Since(t0)
 	if err := waitKernels(ctx, f.Nodes(), entries, 30*time.Second); err != nil {
@@ -156,11 +153,8 @@ func feeds100k(ctx context.Context, emit func(Row)) error {
 	if err != nil || rep.Delivery != "diff" || len(rep.Added) != 1 || len(rep.Removed) != 1 {
 		return fmt.Errorf("one-line change: %v %s", err, rep)
 	}
-	wctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	pending, _ = c.Wait(wctx, ids, rep.Result.Rev, nil)
-	cancel()
-	if len(pending) > 0 {
-		return fmt.Errorf("%d agents did not apply the one-line change", len(pending))
+	if err := waitRev(ctx, c, ids, rep.Result.Rev, 60*time.Second); err != nil {
+		return err
 	}
 	emit(Row{"feeds", cs, "one_line_seconds", time.Since(t1).Seconds(), "s"})
 	if os.Getenv("BANSSHEE_BENCH_VERBOSE") != "" {
@@ -200,11 +194,8 @@ func feeds1M(ctx context.Context, emit func(Row)) error {
 	}
 	sent := time.Since(t0)
 	first := f.Nodes()[0]
-	wctx, cancel := context.WithTimeout(ctx, 180*time.Second)
-	pending, _ := c.Wait(wctx, []string{first.ID}, rep.Result.Rev, nil)
-	cancel()
-	if len(pending) > 0 {
-		return fmt.Errorf("the agent did not apply the million-entry feed in 180 s")
+	if err := waitRev(ctx, c, []string{first.ID}, rep.Result.Rev, 180*time.Second); err != nil {
+		return err
 	}
 	if err := waitKernels(ctx, []*fleet.Node{first}, entries, 30*time.Second); err != nil {
 		return err
@@ -262,4 +253,14 @@ func waitIdle(ctx context.Context, nodes []*fleet.Node, limit time.Duration) err
 		prev = cur
 	}
 	return fmt.Errorf("the agents were still busy after %s", limit)
+}
+
+// waitRev waits until every agent of ids reports revision rev.
+func waitRev(ctx context.Context, c *controller.Controller, ids []string, rev int64, limit time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	if pending, _ := c.Wait(wctx, ids, rev, nil); len(pending) > 0 {
+		return fmt.Errorf("%d of %d agents did not report revision %d in %s", len(pending), len(ids), rev, limit)
+	}
+	return nil
 }
