@@ -32,10 +32,10 @@ type suite struct {
 }
 
 var suites = []suite{
-	{"firewall", "apply 1k/10k/100k bans vs one iptables process per IP; connection rate with 10k bans, set vs linear chain (root)", runFirewall},
+	{"firewall", "apply 1k/10k/100k/1M bans (beside the ipset restore floor) vs one iptables process per IP; connection rate with 10k bans, set vs linear chain (root)", runFirewall},
 	{"fanout", "one ban to 1000 queues; 1000 bans to 50 queues (embedded emulator)", runFanout},
 	{"e2e", "N agents in namespaces: latency from ban to the attacker dropped everywhere (root)", runE2E},
-	{"agent", "RSS and CPU of an idle agent holding 0 / 100000 bans (root)", runAgent},
+	{"agent", "RSS and CPU of an idle agent holding 0 / 100000 / 1000000 bans (BANSSHEE_BENCH_AGENT_BANS; root)", runAgent},
 	{"feeds", "a 100000-entry feed to N agents and a one-line change; a 1000000-entry feed to one agent and a new instance synced from the ledger (root)", runFeeds},
 	{"fleet", "control plane at 1000 and 10000 instances, 15 ms per AWS request and 0 ms: reconcile, status, list, one ban, --wait, requests (embedded emulator)", runFleet},
 }
