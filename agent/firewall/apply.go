@@ -680,39 +680,41 @@ func (f *Firewall) listSets(ctx context.Context) (map[string]bool, error) {
 
 // readSet returns a set's members and their remaining timeouts (0: none). A missing set is empty.
 func (f *Firewall) readSet(ctx context.Context, name string) (map[netip.Prefix]int, error) {
-	m := map[netip.Prefix]int{}
-	err := f.eachMember(ctx, name, func(p netip.Prefix, t int) { m[p] = t })
+	es, err := f.readEntries(ctx, name)
+	m := make(map[netip.Prefix]int, len(es))
+	for _, e := range es {
+		m[e.prefix()] = e.t
+	}
 	return m, err
 }
 
-// eachMember calls fn for every member of a set with its remaining timeout (0: none). A missing
-// set has none.
-func (f *Firewall) eachMember(ctx context.Context, name string, fn func(netip.Prefix, int)) error {
+// readEntries returns a set's members with their remaining timeouts (0: none), read with a
+// netlink dump, or through `ipset save` if the dump fails (counted as a fallback). A missing set
+// has none.
+func (f *Firewall) readEntries(ctx context.Context, name string) ([]setEntry, error) {
+	var out []setEntry
 	if !f.cfg.NoNetlink {
-		var got []setEntry
-		err := ipsetDump(name, func(p netip.Prefix, t int) { got = append(got, newSetEntry(p, t)) })
+		err := ipsetDump(name, func(p netip.Prefix, t int) { out = append(out, newSetEntry(p, t)) })
 		if err == nil || missingSet(err) {
-			for _, e := range got {
-				fn(e.prefix(), e.t)
-			}
-			return nil
+			return out, nil
 		}
-		f.fallbacks.Add(1) // read through the process below
+		f.fallbacks.Add(1)
+		out = out[:0] // a dump cut short: read it all again
 	}
-	out, err := run(ctx, nil, "ipset", "save", name)
+	text, err := run(ctx, nil, "ipset", "save", name)
 	if err != nil {
-		if strings.Contains(err.Error(), "does not exist") {
-			return nil
+		if missingSet(err) {
+			return nil, nil
 		}
-		return fmt.Errorf("read set %s: %w", name, err)
+		return nil, fmt.Errorf("read set %s: %w", name, err)
 	}
 	// Lines are "add SET MEMBER [timeout N] ...": parsed by hand, it is a million of them.
-	for len(out) > 0 {
+	for len(text) > 0 {
 		var line []byte
-		if i := bytes.IndexByte(out, '\n'); i >= 0 {
-			line, out = out[:i], out[i+1:]
+		if i := bytes.IndexByte(text, '\n'); i >= 0 {
+			line, text = text[:i], text[i+1:]
 		} else {
-			line, out = out, nil
+			line, text = text, nil
 		}
 		rest, ok := bytes.CutPrefix(line, []byte("add "))
 		if !ok {
@@ -722,16 +724,20 @@ func (f *Firewall) eachMember(ctx context.Context, name string, fn func(netip.Pr
 		member, rest, _ := bytes.Cut(rest, []byte(" "))
 		p, err := parseMember(string(member))
 		if err != nil {
-			return fmt.Errorf("read set %s: %w", name, err)
+			return nil, fmt.Errorf("read set %s: %w", name, err)
 		}
 		t := 0
 		if i := bytes.Index(rest, []byte("timeout ")); i >= 0 {
 			v, _, _ := bytes.Cut(rest[i+len("timeout "):], []byte(" "))
 			t, _ = strconv.Atoi(string(v))
 		}
-		fn(p, t)
+		out = append(out, newSetEntry(p, t))
 	}
-	return nil
+	return out, nil
+}
+
+func missingSet(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || strings.Contains(err.Error(), "does not exist")
 }
 
 // setKey is a set member without netip's pointer: the address as two big-endian halves (an IPv4
@@ -799,25 +805,11 @@ func sortEntries(es []setEntry) {
 	})
 }
 
-// readSetSorted is readSet as sorted entries.
+// readSetSorted is readEntries, sorted.
 func (f *Firewall) readSetSorted(ctx context.Context, name string) ([]setEntry, error) {
-	var out []setEntry
-	if !f.cfg.NoNetlink {
-		err := ipsetDump(name, func(p netip.Prefix, t int) { out = append(out, newSetEntry(p, t)) })
-		if err == nil || missingSet(err) {
-			sortEntries(out)
-			return out, nil
-		}
-		f.fallbacks.Add(1)
-		out = out[:0]
-	}
-	err := f.eachMember(ctx, name, func(p netip.Prefix, t int) { out = append(out, newSetEntry(p, t)) })
+	out, err := f.readEntries(ctx, name)
 	sortEntries(out)
 	return out, err
-}
-
-func missingSet(err error) bool {
-	return errors.Is(err, syscall.ENOENT) || strings.Contains(err.Error(), "does not exist")
 }
 
 // parseMember reads an ipset member: a prefix, or an address (ipset omits /32 and /128).
