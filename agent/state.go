@@ -532,13 +532,6 @@ func (s *State) Digest() string {
 	return s.digest
 }
 
-func expTime(sec int64) time.Time {
-	if sec == 0 {
-		return time.Time{}
-	}
-	return time.Unix(sec, 0)
-}
-
 // appendJournal appends one applied message to the journal and fsyncs it; it returns the bytes
 // written.
 func appendJournal(path string, m *proto.Message) (int, error) {

@@ -15,10 +15,7 @@ func TestBansAcrossPartitionsAndLegacy(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	e.launch(t, "mail1", map[string]string{"Role": "mail"})
-	var cidrs []string
-	for _, a := range docAddrs(200, 0) {
-		cidrs = append(cidrs, a)
-	}
+	cidrs := docAddrs(200, 0)
 	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: "Role=mail", TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
