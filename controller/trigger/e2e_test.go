@@ -2,7 +2,11 @@ package trigger
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,4 +75,22 @@ func TestCyrusBatchDropsAttacker(t *testing.T) {
 		t.Fatal("attacker still reaches the POP3 server 10 s after the batch")
 	}
 	t.Logf("dropped %v after the handler returned", d.Round(time.Millisecond))
+
+	// The scheduled event runs a reconcile pass, which refreshes the feeds that are due, and says so.
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("198.51.100.1\n198.51.100.2\n"))
+	}))
+	defer srv.Close()
+	c.FeedClient = srv.Client()
+	if _, err := c.AddFeed(t.Context(), controller.FeedSpec{Name: "intel", URL: srv.URL + "/list", Target: "Role=mail"}); err != nil {
+		t.Fatal(err)
+	}
+	event, err := os.ReadFile("testdata/schedule.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = h.Handle(t.Context(), event)
+	if err != nil || !out.Reconciled || len(out.Feeds) != 1 || !strings.Contains(out.Feeds[0], "feed intel: version") || !strings.Contains(out.Feeds[0], "2 entries") {
+		t.Fatalf("scheduled pass: %v %+v", err, out)
+	}
 }

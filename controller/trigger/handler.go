@@ -47,6 +47,7 @@ type Output struct {
 	Unbans     []string   `json:"unbans,omitempty"`
 	Ignored    []Ignored  `json:"ignored"`
 	Reconciled bool       `json:"reconciled,omitempty"`
+	Feeds      []string   `json:"feeds,omitempty"` // a schedule's feed refreshes, a line each
 	Rev        int64      `json:"rev,omitempty"`
 }
 
@@ -144,6 +145,9 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 		if h.Actor != nil {
 			rep, err := h.Actor.ReconcileOnce(ctx)
 			if rep != nil {
+				for _, f := range rep.Feeds {
+					out.Feeds = append(out.Feeds, f.String())
+				}
 				h.Log.Info("reconcile pass", "instances", rep.Instances, "synced", len(rep.Synced), "escalated", len(rep.Escalated),
 					"converged", rep.Fleet.Converged, "lagging", rep.Fleet.Lagging, "silent", rep.Fleet.Silent)
 				h.emf(out, rep)

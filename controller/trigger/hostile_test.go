@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -223,13 +224,18 @@ func TestEMFLines(t *testing.T) {
 	if _, err := h.Handle(t.Context(), batch(t, "/auth", "sshd[1]: Failed password for root from 198.51.100.41 port 22 ssh2")); err != nil {
 		t.Fatal(err)
 	}
-	rep := &controller.Report{Fleet: controller.FleetCounts{Instances: 3, Converged: 2, Silent: 1}}
+	rep := &controller.Report{Fleet: controller.FleetCounts{Instances: 3, Converged: 2, Silent: 1},
+		Feeds: []controller.FeedReport{{Name: "a", Err: errors.New("HTTP 500")}, {Name: "b", Held: "shrank"}, {Name: "c", NotModified: true}}}
 	if err := writeEMF(&buf, &Output{Kind: "schedule"}, rep, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("EMF lines: %q", lines)
+	}
+	var fleet map[string]any
+	if err := json.Unmarshal([]byte(lines[1]), &fleet); err != nil || fleet["FeedRefreshesFailed"] != 1.0 || fleet["FeedRefreshesHeld"] != 1.0 {
+		t.Fatalf("feed counts in %s: %v", lines[1], err)
 	}
 	for _, l := range lines {
 		var doc struct {
