@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +37,7 @@ type Config struct {
 	// are Limits.MinPrefix4/6 (/8 and /32), which nothing passes.
 	SoftMin4, SoftMin6 int
 	Limits             proto.Limits
-	Concurrency        int           // fan-out (default 64)
+	Concurrency        int           // parallel sends in a fan-out or reconcile pass (default 256, the idle connections cli.AWSConfig keeps)
 	QueueGrace         time.Duration // how long a gone instance's queue is kept (default 10 min)
 	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
 	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 10 min: agents keep alive every 4)
@@ -86,7 +87,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Limits = proto.DefaultLimits()
 	}
 	if cfg.Concurrency == 0 {
-		cfg.Concurrency = 64
+		cfg.Concurrency = 256
 	}
 	if cfg.QueueGrace == 0 {
 		cfg.QueueGrace = 10 * time.Minute
@@ -424,45 +425,76 @@ func (c *Controller) fanoutAny(ctx context.Context, sels []*Selector, m *proto.M
 	return c.fanoutTo(ctx, c.startDiscover(ctx), sels, m, res)
 }
 
-// discovery is a Discover of every managed instance running in the background.
+// discovery is a Discover of every managed instance running in the background, its pages
+// readable as they arrive, as often as needed (a feed change fans out twice from one discovery).
 type discovery struct {
-	done chan struct{}
-	all  []Instance
-	err  error
+	mu    sync.Mutex
+	pages [][]Instance
+	done  bool
+	err   error
+	wake  chan struct{} // closed (and replaced) when a page arrives or discovery ends
 }
 
 func (c *Controller) startDiscover(ctx context.Context) *discovery {
-	d := &discovery{done: make(chan struct{})}
+	d := &discovery{wake: make(chan struct{})}
 	go func() {
-		defer close(d.done)
-		d.all, d.err = c.Discover(ctx, mustParse("*"))
+		err := c.discoverPages(ctx, mustParse("*"), func(page []Instance) {
+			d.mu.Lock()
+			d.pages = append(d.pages, page)
+			close(d.wake)
+			d.wake = make(chan struct{})
+			d.mu.Unlock()
+		})
+		d.mu.Lock()
+		d.done, d.err = true, err
+		close(d.wake)
+		d.mu.Unlock()
 	}()
 	return d
 }
 
-func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selector, m *proto.Message, res *Result) error {
-	<-d.done
-	all, err := d.all, d.err
-	if err != nil {
-		return fmt.Errorf("ledger written at rev %d, but discovery failed (the reconciler will deliver): %w", m.Rev, err)
-	}
-	var targets []Instance
-	for _, in := range all {
-		for _, sel := range sels {
-			if sel.Match(in.Tags) {
-				targets = append(targets, in)
-				break
-			}
+// each calls fn with every page, in order, as discovery finds it, and returns discovery's error.
+func (d *discovery) each(ctx context.Context, fn func([]Instance)) error {
+	for next := 0; ; {
+		d.mu.Lock()
+		pages, done, err, wake := d.pages[next:], d.done, d.err, d.wake
+		d.mu.Unlock()
+		for _, p := range pages {
+			fn(p)
+		}
+		next += len(pages)
+		if done {
+			return err
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
+}
+
+func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selector, m *proto.Message, res *Result) error {
 	m.ID = ulid.Make().String()
 	m.IssuedAt = c.Now().UTC()
-	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, id, url string) error {
+	pool := c.newSendPool(ctx, func(ctx context.Context, id, url string) error {
 		// Signed per instance: the body names its instance, so it cannot be replayed elsewhere.
 		one := *m
 		one.To = id
 		return Send(ctx, c.Queues.SQS, c.Signer, url, &one)
 	})
+	// Sends start with discovery's first page, not after its last.
+	derr := d.each(ctx, func(page []Instance) {
+		for _, in := range page {
+			for _, sel := range sels {
+				if sel.Match(in.Tags) {
+					pool.add(in)
+					break
+				}
+			}
+		}
+	})
+	res.Instances = pool.wait()
 	if failed := res.Failed(); len(failed) > 0 {
 		ids := make([]string, len(failed))
 		for i, f := range failed {
@@ -470,25 +502,67 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 		}
 		c.Log.Warn("fan-out partly failed; the reconciler will deliver from the ledger", "rev", m.Rev, "failed", strings.Join(ids, ","))
 	}
+	if derr != nil {
+		return fmt.Errorf("ledger written at rev %d, but discovery failed after %d instances (the reconciler will deliver to the rest): %w", m.Rev, len(res.Instances), derr)
+	}
 	return nil
 }
 
 func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(ctx context.Context, id, url string) error) []Delivery {
-	out := make([]Delivery, len(targets))
-	var g errgroup.Group
-	g.SetLimit(max(c.Concurrency, 1))
-	for i, in := range targets {
-		g.Go(func() error {
-			url, err := c.queueURL(ctx, in.ID)
-			if err == nil {
-				err = send(ctx, in.ID, url)
-			}
-			out[i] = Delivery{InstanceID: in.ID, Err: err}
-			return nil // one instance's failure is recorded, not fatal
-		})
+	pool := c.newSendPool(ctx, send)
+	for _, in := range targets {
+		pool.add(in)
 	}
-	_ = g.Wait()
-	return out
+	return pool.wait()
+}
+
+// sendPool sends to instances as they are added, with at most c.Concurrency sends in flight. Its
+// workers are started as work arrives and live for the whole fan-out, not a goroutine per send:
+// an SDK call runs deep in middleware, and each fresh goroutine would grow its stack again.
+type sendPool struct {
+	c       *Controller
+	ctx     context.Context
+	send    func(ctx context.Context, id, url string) error
+	jobs    chan Instance
+	wg      sync.WaitGroup
+	workers int
+	mu      sync.Mutex
+	out     []Delivery
+}
+
+func (c *Controller) newSendPool(ctx context.Context, send func(ctx context.Context, id, url string) error) *sendPool {
+	return &sendPool{c: c, ctx: ctx, send: send, jobs: make(chan Instance, 1024)}
+}
+
+func (p *sendPool) add(in Instance) {
+	if p.workers < max(p.c.Concurrency, 1) {
+		p.workers++
+		p.wg.Go(p.work)
+	}
+	p.jobs <- in
+}
+
+func (p *sendPool) work() {
+	for in := range p.jobs {
+		url, err := p.c.queueURL(p.ctx, in.ID)
+		if err == nil {
+			err = p.send(p.ctx, in.ID, url)
+		}
+		p.mu.Lock()
+		p.out = append(p.out, Delivery{InstanceID: in.ID, Err: err}) // one instance's failure is recorded, not fatal
+		p.mu.Unlock()
+	}
+}
+
+// wait returns every delivery, by instance id.
+func (p *sendPool) wait() []Delivery {
+	close(p.jobs)
+	p.wg.Wait()
+	sort.Slice(p.out, func(i, j int) bool { return p.out[i].InstanceID < p.out[j].InstanceID })
+	if p.out == nil {
+		return []Delivery{}
+	}
+	return p.out
 }
 
 // queueURL returns (and caches) an instance's queue, creating it if the reconciler has not yet.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/bansshee/bansshee/agent"
@@ -354,5 +355,61 @@ func TestFanoutSurvivesThrottling(t *testing.T) {
 		if msgs := e.drain(t, id); len(msgs) != 1 {
 			t.Errorf("%s got %d messages, want 1", name, len(msgs))
 		}
+	}
+}
+
+// A fan-out sends from discovery's first page on; when EC2 fails in the middle of paging, the
+// instances already found have the ban, the error says how far it got, and the reconciler
+// delivers to the rest from the ledger.
+func TestFanoutStreamsDiscoveryAndSurvivesItsFailure(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	var ids []string
+	for range 12 {
+		out, err := e.clients.EC2.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: aws.String("ami-0test"), MinCount: aws.Int32(100), MaxCount: aws.Int32(100),
+			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance, Tags: []ec2types.Tag{
+				{Key: aws.String("bansshee:managed"), Value: aws.String("true")}, {Key: aws.String("Role"), Value: aws.String("mail")}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range out.Instances {
+			ids = append(ids, aws.ToString(in.InstanceId))
+		}
+	}
+	// Discovery pages by 1 000: the first page is answered, the second never is.
+	e.aws.FailAfter("ec2:DescribeInstances", 1)
+	res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"203.0.113.9"}, Target: "Role=mail", TTL: time.Hour, Reason: "test"})
+	if err == nil || !strings.Contains(err.Error(), "discovery failed after 1000 instances") {
+		t.Fatalf("want the discovery failure and how far the fan-out got, got %v", err)
+	}
+	if len(res.Instances) != 1000 || len(res.Failed()) != 0 {
+		t.Fatalf("%d deliveries (%d failed), want the first page's 1000", len(res.Instances), len(res.Failed()))
+	}
+	bans, err := e.c.Ledger.Bans(ctx, time.Now())
+	if err != nil || len(bans) != 1 || bans[0].CIDR != "203.0.113.9/32" {
+		t.Fatalf("ledger: %+v, %v", bans, err)
+	}
+	reached := map[string]bool{}
+	for _, d := range res.Instances {
+		reached[d.InstanceID] = true
+	}
+	e.aws.Recover()
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := map[string]bool{}
+	for _, id := range rep.Synced {
+		synced[id] = true
+	}
+	for _, id := range ids {
+		if !reached[id] && !synced[id] {
+			t.Fatalf("%s got neither the fan-out nor a sync", id)
+		}
+	}
+	// What the first page got is one signed ban for its own instance.
+	msgs := e.drain(t, res.Instances[0].InstanceID)
+	if len(msgs) < 1 || msgs[0].Kind != proto.KindBan || msgs[0].To != res.Instances[0].InstanceID {
+		t.Fatalf("first message: %+v", msgs)
 	}
 }

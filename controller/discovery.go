@@ -22,15 +22,26 @@ type Instance struct {
 // Discover lists running managed instances matching sel: the positive terms and the managed tag go
 // to EC2 as server-side filters, then the whole selector is evaluated here. Pages are followed.
 func (c *Controller) Discover(ctx context.Context, sel *Selector) ([]Instance, error) {
+	var out []Instance
+	if err := c.discoverPages(ctx, sel, func(page []Instance) { out = append(out, page...) }); err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// discoverPages is Discover one DescribeInstances page at a time: a fan-out starts sending to the
+// first thousand instances while EC2 is still answering for the next.
+func (c *Controller) discoverPages(ctx context.Context, sel *Selector, each func([]Instance)) error {
 	filters := append([]ec2types.Filter{{Name: aws.String("instance-state-name"), Values: []string{"running"}}}, c.managed.Filters()...)
 	filters = append(filters, sel.Filters()...)
 	p := ec2.NewDescribeInstancesPaginator(c.EC2, &ec2.DescribeInstancesInput{Filters: filters, MaxResults: aws.Int32(1000)})
-	var out []Instance
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("describe instances: %w", err)
+			return fmt.Errorf("describe instances: %w", err)
 		}
+		var out []Instance
 		for _, r := range page.Reservations {
 			for _, in := range r.Instances {
 				tags := map[string]string{}
@@ -46,9 +57,11 @@ func (c *Controller) Discover(ctx context.Context, sel *Selector) ([]Instance, e
 				out = append(out, Instance{ID: aws.ToString(in.InstanceId), Tags: tags, PrivateIP: aws.ToString(in.PrivateIpAddress)})
 			}
 		}
+		if len(out) > 0 {
+			each(out)
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
+	return nil
 }
 
 // vpcCacheTTL is how long VPC CIDRs are reused: a ban should not wait for DescribeVpcs, and a

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -45,7 +46,7 @@ func newFleetRig(ctx context.Context, n int) (*fleetRig, error) {
 	clients := awstest.NewClients(env.Config(""))
 	signer, _ := proto.GenerateKey("bench")
 	c, err := controller.New(controller.Config{EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer,
-		Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee"), Concurrency: 128})
+		Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee")}) // the default concurrency, as operators run it
 	if err != nil {
 		env.Close()
 		return nil, err
@@ -160,9 +161,25 @@ func opsString(ops map[string]int) string {
 	return s
 }
 
+// fleetSizes and fleetLatencies are the cases run; BANSSHEE_BENCH_FLEET (e.g. "10000") and
+// BANSSHEE_BENCH_FLEET_MS (e.g. "15") pick one of each for a quicker or profiled run.
+func fleetSizes() []int {
+	if v := envInt("BANSSHEE_BENCH_FLEET", 0); v > 0 {
+		return []int{v}
+	}
+	return []int{1000, 10000}
+}
+
+func fleetLatencies() []time.Duration {
+	if v, err := strconv.Atoi(os.Getenv("BANSSHEE_BENCH_FLEET_MS")); err == nil && v >= 0 {
+		return []time.Duration{time.Duration(v) * time.Millisecond}
+	}
+	return []time.Duration{15 * time.Millisecond, 0}
+}
+
 func runFleet(ctx context.Context, emit func(Row)) error {
-	for _, n := range []int{1000, 10000} {
-		for _, lat := range []time.Duration{15 * time.Millisecond, 0} {
+	for _, n := range fleetSizes() {
+		for _, lat := range fleetLatencies() {
 			if err := fleetCase(ctx, emit, n, lat); err != nil {
 				return fmt.Errorf("fleet %d at %s: %w", n, lat, err)
 			}

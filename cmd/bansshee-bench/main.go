@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -48,6 +49,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet("bansshee-bench", flag.ExitOnError)
 	jsonOut := fs.Bool("json", false, "print one JSON object per line instead of a table")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE` (go tool pprof FILE)")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: bansshee-bench [--json] SUITE...|all\n\nsuites:\n")
 		for _, s := range suites {
@@ -88,6 +90,17 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bansshee-bench: cpu profile: %v\n", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var rows []Row
 	emit := func(r Row) {
 		rows = append(rows, r)
@@ -112,6 +125,7 @@ func main() {
 		printTable(rows)
 	}
 	if failed {
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

@@ -81,7 +81,7 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.StringSliceVar(&g.admin, "admin", nil, "admin CIDRs no ban may cover (repeatable)")
 	pf.BoolVar(&g.noVPCAllow, "no-vpc-allow", false, "do not allowlist the VPC CIDRs (they are by default: load balancers and NAT speak from them)")
 	pf.StringVar(&g.managed, "managed", "bansshee:managed=true", "selector every managed instance matches")
-	pf.IntVar(&g.concurrency, "concurrency", 64, "parallel sends during fan-out")
+	pf.IntVar(&g.concurrency, "concurrency", 256, "parallel sends during fan-out and reconcile (each is one SQS connection; at 15 ms a request, 256 reach 10 000 queues in about 0.6 s of waiting)")
 	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")

@@ -61,6 +61,7 @@ type Env struct {
 	regions   map[string]map[string]int // by front address (Host), by signing region
 	held      map[string]chan struct{}  // X-Amz-Target -> closed on release
 	throttle  map[string]int            // X-Amz-Target -> requests still to throttle
+	failAfter map[string]int            // "ec2:DescribeInstances" -> requests still to pass before failing
 	principal map[string]string         // access key id -> aws:userid (sts:GetCallerIdentity)
 	ops       map[string]int            // by operation: "sqs:SendMessage", "ec2:DescribeInstances"
 	latency   time.Duration             // added to every request, as a region's round trip is
@@ -83,7 +84,7 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
-		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}, principal: map[string]string{}, ops: map[string]int{}}
+		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}, failAfter: map[string]int{}, principal: map[string]string{}, ops: map[string]int{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
 	e.proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
@@ -128,7 +129,22 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	if throttled {
 		e.throttle[target]--
 	}
+	left, failing := e.failAfter[service+":"+op]
+	if failing && left > 0 {
+		e.failAfter[service+":"+op]--
+	}
 	e.mu.Unlock()
+	if failing && left == 0 {
+		if service != "ec2" {
+			w.Header().Set("Content-Type", "application/x-amz-json-1.0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"__type":"ServiceUnavailable","message":"The service is unavailable (bansshee test harness)."}`)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>Unavailable</Code><Message>The service is unavailable (bansshee test harness).</Message></Error></Errors><RequestID>bansshee</RequestID></Response>`)
+		return
+	}
 	if throttled {
 		// As AWS answers an over-rate JSON-protocol call; the SDK retries it with backoff.
 		w.Header().Set("Content-Type", "application/x-amz-json-1.0")
@@ -146,7 +162,9 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if service == "sqs" && (op == "SendMessage") {
+	// The request's JSON is at least as long as the body and attributes it carries (escaping
+	// only adds), so only a long request needs reading for its size.
+	if service == "sqs" && op == "SendMessage" && len(body) > MaxMessageSize {
 		if size := sqsMessageSize(body); size > MaxMessageSize {
 			// As SQS refuses a message whose body and attributes pass the queue's maximum.
 			w.Header().Set("Content-Type", "application/x-amz-json-1.0")
@@ -286,6 +304,22 @@ func (e *Env) Hold(target string) (release func()) {
 			close(ch)
 		})
 	}
+}
+
+// FailAfter lets the next n requests of an operation ("ec2:DescribeInstances") through and
+// fails every later one with 503 (retries included) until Recover: an outage in the middle of
+// paging.
+func (e *Env) FailAfter(op string, n int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.failAfter[op] = n
+}
+
+// Recover ends every FailAfter.
+func (e *Env) Recover() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.failAfter = map[string]int{}
 }
 
 // Throttle answers the next n requests of a JSON-protocol operation (X-Amz-Target) with a

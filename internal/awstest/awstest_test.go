@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,5 +212,34 @@ func TestRunInstancesIsIdempotentByClientToken(t *testing.T) {
 	out, err := c.EC2.DescribeInstances(t.Context(), &ec2.DescribeInstancesInput{})
 	if err != nil || len(out.Reservations) != 2 {
 		t.Fatalf("%d instances, want 2 (%v)", len(out.Reservations), err)
+	}
+}
+
+// The front server refuses what SQS refuses: body and attributes together over 256 KiB. A
+// message at the limit, and one whose request is long only from JSON escaping, pass.
+func TestSQSMessageSizeLimit(t *testing.T) {
+	_, c := New(t)
+	ctx := t.Context()
+	q, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("bansshee-i-size.fifo"), Attributes: map[string]string{"FifoQueue": "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs := map[string]sqstypes.MessageAttributeValue{"bansshee-sig": {DataType: aws.String("String"), StringValue: aws.String(strings.Repeat("s", 88))}}
+	attrSize := len("bansshee-sig") + len("String") + 88
+	send := func(body string) error {
+		_, err := c.SQS.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: aws.String(body), MessageAttributes: attrs,
+			MessageGroupId: aws.String("bans"), MessageDeduplicationId: aws.String(fmt.Sprint(len(body), body[:1]))})
+		return err
+	}
+	if err := send(strings.Repeat("a", MaxMessageSize-attrSize)); err != nil {
+		t.Fatalf("a message at the limit: %v", err)
+	}
+	// Quotes are escaped in the request (2 bytes each): the request passes the limit, the message does not.
+	if err := send(strings.Repeat(`"`, MaxMessageSize-attrSize)); err != nil {
+		t.Fatalf("a message at the limit, escaped: %v", err)
+	}
+	err = send(strings.Repeat("b", MaxMessageSize-attrSize+1))
+	if err == nil || !strings.Contains(err.Error(), "shorter than 262144") {
+		t.Fatalf("a message one byte over the limit (attributes counted): %v", err)
 	}
 }
