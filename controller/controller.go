@@ -477,11 +477,17 @@ func (d *discovery) each(ctx context.Context, fn func([]Instance)) error {
 func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selector, m *proto.Message, res *Result) error {
 	m.ID = ulid.Make().String()
 	m.IssuedAt = c.Now().UTC()
+	encode, err := c.Signer.Addressed(*m)
+	if err != nil {
+		return fmt.Errorf("ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", m.Rev, err)
+	}
 	pool := c.newSendPool(ctx, func(ctx context.Context, id, url string) error {
 		// Signed per instance: the body names its instance, so it cannot be replayed elsewhere.
-		one := *m
-		one.To = id
-		return Send(ctx, c.Queues.SQS, c.Signer, url, &one)
+		body, attrs, err := encode(id)
+		if err != nil {
+			return err
+		}
+		return SendRaw(ctx, c.Queues.SQS, url, m.ID, body, attrs)
 	})
 	// Sends start with discovery's first page, not after its last.
 	derr := d.each(ctx, func(page []Instance) {

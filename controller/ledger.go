@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -281,15 +282,23 @@ func (l *Ledger) Bans(ctx context.Context, now time.Time) ([]BanItem, error) {
 	})
 }
 
-// BansToList is Bans for `bansshee list`: only the attributes it prints, eventually consistent
-// (a listing a second stale is still a listing); a quarter less to encode and decode at 100 000.
+// BansToList is Bans for `bansshee list`: the bans in force, with only what it prints. Tombstones
+// are filtered out by DynamoDB and the CIDR and target come from the sort key, so each item
+// carries 5 attributes instead of 11; eventually consistent (a listing a second stale is still a
+// listing). At 100 000 bans this halves what is encoded, sent and decoded.
 func (l *Ledger) BansToList(ctx context.Context, now time.Time) ([]BanItem, error) {
-	return l.readBans(ctx, now, func(pk string) *dynamodb.QueryInput {
+	bans, err := l.readBans(ctx, now, func(pk string) *dynamodb.QueryInput {
 		return &dynamodb.QueryInput{TableName: aws.String(l.Table), KeyConditionExpression: aws.String("pk = :pk"),
-			ProjectionExpression:      aws.String("pk, sk, cidr, #t, expires_at, reason, #s, rev, deleted"),
-			ExpressionAttributeNames:  map[string]string{"#t": "target", "#s": "source"},
-			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(pk)}}
+			FilterExpression:         aws.String("attribute_not_exists(deleted) OR deleted = :false"),
+			ProjectionExpression:     aws.String("sk, expires_at, reason, #s, rev"),
+			ExpressionAttributeNames: map[string]string{"#s": "source"},
+			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(pk),
+				":false": &ddbtypes.AttributeValueMemberBOOL{Value: false}}}
 	})
+	for i := range bans {
+		bans[i].CIDR, bans[i].Target, _ = strings.Cut(bans[i].SK, "|") // a CIDR has no "|"
+	}
+	return bans, err
 }
 
 // readBans queries every ban partition in parallel and keeps the items that have not expired.

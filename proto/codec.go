@@ -39,6 +39,57 @@ func (s Signer) Encode(m *Message) (body []byte, attrs map[string]string, err er
 	return body, s.Sign(body), nil
 }
 
+// Addressed returns an encoder of m for one instance at a time: each call gives the body of m with
+// To set to that instance, and its signature. m is marshalled once and each instance id spliced
+// into the same bytes, which are byte for byte what Encode gives for that instance (a fan-out to
+// 10 000 instances marshals one message, not 10 000). Every body is still signed on its own.
+func (s Signer) Addressed(m Message) (func(to string) (body []byte, attrs map[string]string, err error), error) {
+	var nonce [12]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, err
+	}
+	placeholder := fmt.Sprintf("to-%x", nonce)
+	m.To = placeholder
+	raw, err := json.Marshal(&m)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s message: %w", m.Kind, err)
+	}
+	field := []byte(`"to":"` + placeholder + `"`)
+	i := bytes.Index(raw, field)
+	if i < 0 || bytes.Count(raw, []byte(placeholder)) != 1 {
+		return nil, fmt.Errorf("encode %s message: the to field is not where it should be", m.Kind)
+	}
+	pre, post := raw[:i+len(`"to":"`)], raw[i+len(field)-1:]
+	return func(to string) ([]byte, map[string]string, error) {
+		if !plainID(to) { // what JSON would escape, or an empty to (omitted): marshal this one
+			one := m
+			one.To = to
+			return s.Encode(&one)
+		}
+		body := make([]byte, 0, len(pre)+len(to)+len(post))
+		body = append(append(append(body, pre...), to...), post...)
+		if len(body) > MaxBodyBytes {
+			return nil, nil, fmt.Errorf("encode %s message: %w: %d bytes, limit %d", m.Kind, ErrTooLarge, len(body), MaxBodyBytes)
+		}
+		return body, s.Sign(body), nil
+	}, nil
+}
+
+// plainID reports whether id is non-empty and made only of characters JSON writes as they are
+// (an instance id: i-0123456789abcdef0).
+func plainID(id string) bool {
+	if id == "" {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
 // Verifier holds the public keys an agent trusts, by key id (several, for rotation).
 type Verifier struct {
 	Keys   map[string]ed25519.PublicKey

@@ -358,3 +358,56 @@ func TestDigestV2(t *testing.T) {
 		t.Fatal("Matches does not tell the kinds apart")
 	}
 }
+
+// A fan-out marshals its message once and splices each instance in: every body is byte for byte
+// what Encode gives for that instance, is signed on its own, and verifies only for its instance.
+// A reason that spells a "to" field, or an id JSON would escape, changes nothing.
+func TestAddressedEqualsEncode(t *testing.T) {
+	s := testSigner(t, "k1")
+	m := banMsg("174.132.223.252", now.Add(2*time.Hour))
+	m.Bans[0].Reason = `x","to":"i-0evil","y":"<&>`
+	enc, err := s.Addressed(*m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"i-0123456789abcdef0", "i-1", `i-"quoted"`, "i-<html>", ""} {
+		got, gotAttrs, err := enc(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		one := *m
+		one.To = id
+		want, _, err := s.Encode(&one)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("to %q:\n got %s\nwant %s", id, got, want)
+		}
+		if !strings.HasPrefix(id, "i-0") && id != "i-1" {
+			continue // not an instance id: Decode refuses it whatever the signature
+		}
+		ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }, To: id}
+		dec, err := ver.Decode(got, gotAttrs)
+		if err != nil || dec.To != id {
+			t.Fatalf("to %q: decode %v, %+v", id, err, dec)
+		}
+		ver.To = "i-other"
+		if _, err := ver.Decode(got, gotAttrs); err == nil {
+			t.Fatalf("to %q: verified for another instance", id)
+		}
+	}
+	// Too large after the splice: refused as Encode refuses.
+	big := *m
+	big.Bans = nil
+	for len(big.Bans) < 2000 {
+		big.Bans = append(big.Bans, Ban{CIDR: "198.51.100.7/32", Reason: strings.Repeat("r", 120)})
+	}
+	enc, err = s.Addressed(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := enc("i-0123456789abcdef0"); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversize body: %v", err)
+	}
+}

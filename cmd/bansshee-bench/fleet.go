@@ -1,11 +1,18 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,22 +43,35 @@ type fleetRig struct {
 	clients awstest.Clients
 	c       *controller.Controller
 	ids     []string
+	dyn     *awstest.Dynalite // DynamoDB, when not kumo's
 }
 
-func newFleetRig(ctx context.Context, n int) (*fleetRig, error) {
+func newFleetRig(ctx context.Context, n int, onDynalite bool) (*fleetRig, error) {
 	env, err := awstest.Start()
 	if err != nil {
 		return nil, err
+	}
+	var dyn *awstest.Dynalite
+	if onDynalite {
+		d, err := awstest.StartDynalite()
+		if err == nil {
+			err = env.UseDynamoDB(d.URL)
+		}
+		if err != nil {
+			env.Close()
+			return nil, fmt.Errorf("dynalite: %w", err)
+		}
+		dyn = d
 	}
 	clients := awstest.NewClients(env.Config(""))
 	signer, _ := proto.GenerateKey("bench")
 	c, err := controller.New(controller.Config{EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer,
 		Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee")}) // the default concurrency, as operators run it
+	r := &fleetRig{env: env, clients: clients, c: c, dyn: dyn}
 	if err != nil {
-		env.Close()
+		r.close()
 		return nil, err
 	}
-	r := &fleetRig{env: env, clients: clients, c: c}
 	if err := c.Ledger.CreateTable(ctx); err != nil {
 		r.close()
 		return nil, err
@@ -72,7 +92,12 @@ func newFleetRig(ctx context.Context, n int) (*fleetRig, error) {
 	return r, nil
 }
 
-func (r *fleetRig) close() { r.env.Close() }
+func (r *fleetRig) close() {
+	r.env.Close()
+	if r.dyn != nil {
+		r.dyn.Close()
+	}
+}
 
 // heartbeats writes a converged status for every instance (what n agents would), 25 to a batch.
 func (r *fleetRig) heartbeats(ctx context.Context, rev int64, digest string) error {
@@ -134,11 +159,120 @@ func (r *fleetRig) bans(ctx context.Context, n int) error {
 	return r.batchWrite(ctx, items)
 }
 
-func timed(fn func() error) (float64, error) {
+// profileMetric and profileFile: --profile-metric profiles one timed section into --cpuprofile.
+var profileMetric, profileFile string
+
+func timed(metric string, fn func() error) (float64, error) {
+	if metric == profileMetric && profileFile != "" {
+		if f, err := os.Create(profileFile); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	start := time.Now()
 	err := fn()
 	return time.Since(start).Seconds(), err
 }
+
+// median3 times a read-only case three times and returns the median: on a shared 2-core machine
+// one run of a CPU-bound case varies by a quarter.
+func median3(metric string, fn func() error) (float64, error) {
+	var runs []float64
+	for range 3 {
+		secs, err := timed(metric, fn)
+		if err != nil {
+			return 0, err
+		}
+		runs = append(runs, secs)
+	}
+	sort.Float64s(runs)
+	if os.Getenv("BANSSHEE_BENCH_VERBOSE") != "" {
+		fmt.Printf("     %s runs: %.3f %.3f %.3f\n", metric, runs[0], runs[1], runs[2])
+	}
+	return runs[1], nil
+}
+
+// fleetList writes 100 000 bans into r's ledger and times the real `bansshee list --json` as an
+// operator runs it: its own process (its own heap, not the emulator's), from start to the last row
+// printed. It also reports the CLI's own CPU, apart from the emulator's: what bansshee costs.
+func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, lat time.Duration) error {
+	r.env.SetLatency(0)
+	if err := r.bans(ctx, 100000); err != nil {
+		return err
+	}
+	r.env.SetLatency(lat)
+	bin, err := buildCLI(ctx)
+	if err != nil {
+		return err
+	}
+	var cliCPU []float64
+	secs, err := median3("list_100000_bans_seconds", func() error {
+		cmd := exec.CommandContext(ctx, bin, "list", "--json", "--table", r.c.Table, "--queue-prefix", r.c.Queues.Prefix,
+			"--endpoint-url", r.env.URL(), "--region", awstest.Region)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("bansshee list: %v: %s", err, stderr.String())
+		}
+		cliCPU = append(cliCPU, (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds())
+		if rows := bytes.Count(out, []byte(`"cidr"`)); rows < 100000 {
+			return fmt.Errorf("bansshee list printed %d bans, want the 100000 and more", rows)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "list_100000_bans_seconds", secs, "s"})
+	sort.Float64s(cliCPU)
+	emit(Row{"fleet", name, "list_100000_bans_cli_cpu_seconds", cliCPU[len(cliCPU)/2], "s"})
+	return nil
+}
+
+// fleetListDynalite is the list case with DynamoDB served by dynalite (LevelDB-backed: a Query
+// reads its partition's key range), beside kumo (whose Query walks the whole table, every item of
+// every partition, for each call): a second DynamoDB's opinion of the same reads.
+func fleetListDynalite(ctx context.Context, emit func(Row), lat time.Duration) error {
+	if err := awstest.DynaliteAvailable(); err != nil {
+		fmt.Printf("   SKIPPED list on dynalite: %v\n", err)
+		return nil
+	}
+	name := fmt.Sprintf("dynalite-%dms", lat.Milliseconds())
+	fmt.Printf("   list on dynalite, %s per request ...\n", lat)
+	r, err := newFleetRig(ctx, 0, true)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	return fleetList(ctx, emit, r, name, lat)
+}
+
+// buildCLI builds the bansshee command once per run, into a temporary directory.
+func buildCLI(ctx context.Context) (string, error) {
+	cliOnce.Do(func() {
+		if b := os.Getenv("BANSSHEE_BENCH_CLI"); b != "" { // built by the parent process
+			cliBin = b
+			return
+		}
+		dir, err := os.MkdirTemp("", "bansshee-bench-cli")
+		if err != nil {
+			cliErr = err
+			return
+		}
+		cliBin = filepath.Join(dir, "bansshee")
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", cliBin, "github.com/bansshee/bansshee/cmd/bansshee").CombinedOutput(); err != nil {
+			cliErr = fmt.Errorf("build bansshee (run from the repository): %v: %s", err, out)
+		}
+	})
+	return cliBin, cliErr
+}
+
+var (
+	cliOnce sync.Once
+	cliBin  string
+	cliErr  error
+)
 
 func sum(ops map[string]int) int {
 	n := 0
@@ -161,8 +295,9 @@ func opsString(ops map[string]int) string {
 	return s
 }
 
-// fleetSizes and fleetLatencies are the cases run; BANSSHEE_BENCH_FLEET (e.g. "10000") and
-// BANSSHEE_BENCH_FLEET_MS (e.g. "15") pick one of each for a quicker or profiled run.
+// fleetSizes and fleetLatencies are the cases run; BANSSHEE_BENCH_FLEET (e.g. "10000", or
+// "dynalite" for only the list on dynalite) and BANSSHEE_BENCH_FLEET_MS (e.g. "15") pick one of
+// each for a quicker or profiled run.
 func fleetSizes() []int {
 	if v := envInt("BANSSHEE_BENCH_FLEET", 0); v > 0 {
 		return []int{v}
@@ -177,13 +312,88 @@ func fleetLatencies() []time.Duration {
 	return []time.Duration{15 * time.Millisecond, 0}
 }
 
+// runFleet runs each case in a process of its own: kumo's storage is process-wide and never
+// freed (its Close stops the listener, not the services), so a case run after another would carry
+// the earlier cases' tables and queues in its heap and its collector's work.
 func runFleet(ctx context.Context, emit func(Row)) error {
-	for _, n := range fleetSizes() {
-		for _, lat := range fleetLatencies() {
-			if err := fleetCase(ctx, emit, n, lat); err != nil {
-				return fmt.Errorf("fleet %d at %s: %w", n, lat, err)
+	if spec := os.Getenv("BANSSHEE_BENCH_FLEET_CHILD"); spec != "" {
+		return fleetChild(ctx, emit, spec)
+	}
+	defer func() {
+		if cliBin != "" {
+			os.RemoveAll(filepath.Dir(cliBin))
+		}
+	}()
+	bin, err := buildCLI(ctx)
+	if err != nil {
+		return err
+	}
+	var specs []string
+	if os.Getenv("BANSSHEE_BENCH_FLEET") != "dynalite" {
+		for _, n := range fleetSizes() {
+			for _, lat := range fleetLatencies() {
+				specs = append(specs, fmt.Sprintf("%d:%d", n, lat.Milliseconds()))
 			}
 		}
+	}
+	for _, lat := range fleetLatencies() {
+		specs = append(specs, fmt.Sprintf("dynalite:%d", lat.Milliseconds()))
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	for _, spec := range specs {
+		args := []string{"--json"}
+		if profileFile != "" {
+			args = append(args, "--cpuprofile", profileFile, "--profile-metric", profileMetric)
+		}
+		cmd := exec.CommandContext(ctx, self, append(args, "fleet")...)
+		cmd.Env = append(os.Environ(), "BANSSHEE_BENCH_FLEET_CHILD="+spec, "BANSSHEE_BENCH_CLI="+bin)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var row Row
+			if line := sc.Bytes(); bytes.HasPrefix(line, []byte(`{"suite"`)) && json.Unmarshal(line, &row) == nil {
+				emit(row)
+			} else {
+				fmt.Println(string(line)) // the case's progress
+			}
+		}
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("fleet case %s: %w", spec, err)
+		}
+	}
+	return nil
+}
+
+// fleetChild runs one case, "N:MS" or "dynalite:MS", in this process.
+func fleetChild(ctx context.Context, emit func(Row), spec string) error {
+	what, ms, _ := strings.Cut(spec, ":")
+	m, err := strconv.Atoi(ms)
+	if err != nil {
+		return fmt.Errorf("BANSSHEE_BENCH_FLEET_CHILD=%q: %w", spec, err)
+	}
+	lat := time.Duration(m) * time.Millisecond
+	if what == "dynalite" {
+		if err := fleetListDynalite(ctx, emit, lat); err != nil {
+			return fmt.Errorf("list on dynalite at %s: %w", lat, err)
+		}
+		return nil
+	}
+	n, err := strconv.Atoi(what)
+	if err != nil {
+		return fmt.Errorf("BANSSHEE_BENCH_FLEET_CHILD=%q: %w", spec, err)
+	}
+	if err := fleetCase(ctx, emit, n, lat); err != nil {
+		return fmt.Errorf("fleet %d at %s: %w", n, lat, err)
 	}
 	return nil
 }
@@ -191,7 +401,7 @@ func runFleet(ctx context.Context, emit func(Row)) error {
 func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) error {
 	name := fmt.Sprintf("%d-%dms", n, lat.Milliseconds())
 	fmt.Printf("   %d instances, %s per request ...\n", n, lat)
-	r, err := newFleetRig(ctx, n)
+	r, err := newFleetRig(ctx, n, false)
 	if err != nil {
 		return err
 	}
@@ -201,7 +411,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	// First pass: every instance is new (queue, sync).
 	r.env.SetLatency(lat)
 	r.env.ResetOps()
-	secs, err := timed(func() error {
+	secs, err := timed("first_reconcile_seconds", func() error {
 		rep, err := c.ReconcileOnce(ctx)
 		if err == nil && (len(rep.QueuesCreated) != n || len(rep.Synced) != n) {
 			err = fmt.Errorf("first pass: %d queues, %d syncs", len(rep.QueuesCreated), len(rep.Synced))
@@ -224,10 +434,10 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	}
 	r.env.SetLatency(lat)
 	r.env.ResetOps()
-	secs, err = timed(func() error {
+	secs, err = timed("steady_reconcile_seconds", func() error {
 		rep, err := c.ReconcileOnce(ctx)
 		if err == nil && (len(rep.Synced) != 0 || rep.Fleet.Converged != n) {
-			err = fmt.Errorf("steady pass: %d syncs, %d converged", len(rep.Synced), rep.Fleet.Converged)
+			err = fmt.Errorf("steady pass: %d syncs, %d converged (fleet %+v, errors %v)", len(rep.Synced), rep.Fleet.Converged, rep.Fleet, rep.Errors)
 		}
 		return err
 	})
@@ -242,7 +452,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	}
 
 	// status with n agents.
-	secs, err = timed(func() error {
+	secs, err = median3("status_seconds", func() error {
 		sts, _, err := c.Status(ctx, "*")
 		if err == nil && len(sts) != n {
 			err = fmt.Errorf("status: %d instances", len(sts))
@@ -257,7 +467,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	// One ban to every queue.
 	r.env.ResetOps()
 	var res *controller.Result
-	secs, err = timed(func() error {
+	secs, err = timed("ban_fanout_seconds", func() error {
 		var err error
 		res, err = c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
 		if err == nil && (len(res.Instances) != n || len(res.Failed()) > 0) {
@@ -282,7 +492,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		go func() { _ = r.heartbeats(ctx, res.Rev, "") }()
 		r.env.SetLatency(lat)
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		secs, err = timed(func() error {
+		secs, err = timed("wait_1000_agents_seconds", func() error {
 			pending, err := c.Wait(wctx, r.ids, res.Rev, nil)
 			if err == nil && len(pending) > 0 {
 				err = fmt.Errorf("wait: %d pending", len(pending))
@@ -298,25 +508,9 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 
 	// list with 100 000 bans in the ledger.
 	if n == 1000 {
-		r.env.SetLatency(0)
-		if err := r.bans(ctx, 100000); err != nil {
+		if err := fleetList(ctx, emit, r, name, lat); err != nil {
 			return err
 		}
-		r.env.SetLatency(lat)
-		secs, err = timed(func() error {
-			bans, err := c.Ledger.BansToList(ctx, time.Now()) // what `bansshee list` reads
-			if err == nil {
-				_, err = c.Ledger.Limits(ctx)
-			}
-			if err == nil && len(bans) < 100000 {
-				err = fmt.Errorf("list: %d bans", len(bans))
-			}
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		emit(Row{"fleet", name, "list_100000_bans_seconds", secs, "s"})
 	}
 
 	// Idle cost: an idle instance-hour is its agent's polls and keep-alives plus its share of a

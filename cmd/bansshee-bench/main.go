@@ -15,6 +15,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/bansshee/bansshee/internal/cli"
 )
 
 // Row is one measured figure.
@@ -43,13 +45,14 @@ var suites = []suite{
 
 func main() {
 	if os.Getenv("GOGC") == "" {
-		// A fan-out allocates per message and the heap stays small: trade a little memory for
-		// less collector CPU (about 10 % of a 10 000-queue fan-out; set GOGC to override).
-		debug.SetGCPercent(200)
+		// The controller runs in this process as in the CLI and the Lambda (cli.TuneGC), without
+		// their memory limit: the emulator's tables live in this heap too.
+		debug.SetGCPercent(cli.ControllerGCPercent)
 	}
 	fs := flag.NewFlagSet("bansshee-bench", flag.ExitOnError)
 	jsonOut := fs.Bool("json", false, "print one JSON object per line instead of a table")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE` (go tool pprof FILE)")
+	fs.StringVar(&profileMetric, "profile-metric", "", "with --cpuprofile: profile only the timed section of `METRIC` (fleet suite, e.g. list_100000_bans_seconds)")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: bansshee-bench [--json] SUITE...|all\n\nsuites:\n")
 		for _, s := range suites {
@@ -90,7 +93,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if *cpuProfile != "" {
+	if *cpuProfile != "" && profileMetric != "" {
+		profileFile = *cpuProfile
+	} else if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err == nil {
 			err = pprof.StartCPUProfile(f)

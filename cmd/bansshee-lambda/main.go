@@ -58,6 +58,7 @@ Configuration (environment):
 `
 
 func main() {
+	cli.TuneGC(0) // GOGC 400 within three quarters of the function's memory
 	log := cli.Logger(envOr("BANSSHEE_LOG_LEVEL", "info"))
 	slog.SetDefault(log)
 	if len(os.Args) > 1 && os.Args[1] == "invoke" {

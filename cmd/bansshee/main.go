@@ -9,10 +9,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/bansshee/bansshee/controller"
+	"github.com/bansshee/bansshee/internal/cli"
 )
 
 var version = "dev"
@@ -34,11 +34,7 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		// A fan-out allocates per message and the heap stays small: trade a little memory for
-		// less collector CPU (about 10 % of a 10 000-queue fan-out; set GOGC to override).
-		debug.SetGCPercent(200)
-	}
+	cli.TuneGC(2 << 30) // GOGC 400, a soft limit of 2 GiB: see cli.TuneGC
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
