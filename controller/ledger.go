@@ -70,18 +70,24 @@ func (l *Ledger) RecordAgentRoleID(ctx context.Context, id string) error {
 
 // BanItem is one ban in the ledger.
 type BanItem struct {
-	PK        string    `dynamodbav:"pk"`
-	SK        string    `dynamodbav:"sk"`
-	CIDR      string    `dynamodbav:"cidr"`
-	Target    string    `dynamodbav:"target"`
+	PK string `dynamodbav:"pk"`
+	SK string `dynamodbav:"sk"`
+	// CIDR and Target are the sort key's two halves (<cidr>|<target>), not attributes of their
+	// own: an item is 8 attributes (9 for a tombstone), about a third fewer bytes for every
+	// reconcile pass to read. Items written with them (before 0.4) still read the same.
+	CIDR      string    `dynamodbav:"-"`
+	Target    string    `dynamodbav:"-"`
 	Reason    string    `dynamodbav:"reason"`
 	Source    string    `dynamodbav:"source"`
 	Rev       int64     `dynamodbav:"rev"`
 	ExpiresAt int64     `dynamodbav:"expires_at,omitempty"` // 0: permanent
 	Created   time.Time `dynamodbav:"created"`
 	Updated   time.Time `dynamodbav:"updated"`
-	Deleted   bool      `dynamodbav:"deleted"`
+	Deleted   bool      `dynamodbav:"deleted,omitempty"`
 }
+
+// fromKey fills CIDR and Target from the sort key (a CIDR has no "|").
+func (b *BanItem) fromKey() { b.CIDR, b.Target, _ = strings.Cut(b.SK, "|") }
 
 // Active reports whether the ban is in force at now.
 func (b BanItem) Active(now time.Time) bool {
@@ -250,6 +256,7 @@ func (l *Ledger) TombstoneBans(ctx context.Context, cidr string, rev int64, now 
 		if err := attributevalue.UnmarshalMap(raw, &b); err != nil {
 			return nil, err
 		}
+		b.fromKey()
 		if b.Deleted || b.Rev >= rev {
 			continue
 		}
@@ -284,10 +291,10 @@ func (l *Ledger) Bans(ctx context.Context, now time.Time) ([]BanItem, error) {
 
 // BansToList is Bans for `bansshee list`: the bans in force, with only what it prints. Tombstones
 // are filtered out by DynamoDB and the CIDR and target come from the sort key, so each item
-// carries 5 attributes instead of 11; eventually consistent (a listing a second stale is still a
+// carries 5 attributes; eventually consistent (a listing a second stale is still a
 // listing). At 100 000 bans this halves what is encoded, sent and decoded.
 func (l *Ledger) BansToList(ctx context.Context, now time.Time) ([]BanItem, error) {
-	bans, err := l.readBans(ctx, now, func(pk string) *dynamodb.QueryInput {
+	return l.readBans(ctx, now, func(pk string) *dynamodb.QueryInput {
 		return &dynamodb.QueryInput{TableName: aws.String(l.Table), KeyConditionExpression: aws.String("pk = :pk"),
 			FilterExpression:         aws.String("attribute_not_exists(deleted) OR deleted = :false"),
 			ProjectionExpression:     aws.String("sk, expires_at, reason, #s, rev"),
@@ -295,10 +302,6 @@ func (l *Ledger) BansToList(ctx context.Context, now time.Time) ([]BanItem, erro
 			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(pk),
 				":false": &ddbtypes.AttributeValueMemberBOOL{Value: false}}}
 	})
-	for i := range bans {
-		bans[i].CIDR, bans[i].Target, _ = strings.Cut(bans[i].SK, "|") // a CIDR has no "|"
-	}
-	return bans, err
 }
 
 // readBans queries every ban partition in parallel and keeps the items that have not expired.
@@ -320,6 +323,7 @@ func (l *Ledger) readBans(ctx context.Context, now time.Time, query func(pk stri
 					return err
 				}
 				for _, b := range items {
+					b.fromKey()
 					if b.ExpiresAt == 0 || b.ExpiresAt > now.Unix() {
 						got[i] = append(got[i], b)
 					}

@@ -7,6 +7,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
 // Bans are spread over BanShards partitions; bans a controller wrote before the split (partition
@@ -19,11 +20,15 @@ func TestBansAcrossPartitionsAndLegacy(t *testing.T) {
 	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: "Role=mail", TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	legacy := BanItem{PK: legacyBanPK, SK: "203.0.113.7/32|Role=mail", CIDR: "203.0.113.7/32", Target: "Role=mail", Rev: 1, Reason: "before the split"}
+	legacy := BanItem{PK: legacyBanPK, SK: "203.0.113.7/32|Role=mail", Rev: 1, Reason: "before the split"}
 	item, err := attributevalue.MarshalMap(legacy)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As controllers before 0.4 wrote it: CIDR and target as attributes of their own, deleted=false.
+	item["cidr"] = &ddbtypes.AttributeValueMemberS{Value: "203.0.113.7/32"}
+	item["target"] = &ddbtypes.AttributeValueMemberS{Value: "Role=mail"}
+	item["deleted"] = &ddbtypes.AttributeValueMemberBOOL{Value: false}
 	if _, err := e.clients.DynamoDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(e.c.Table), Item: item}); err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +46,9 @@ func TestBansAcrossPartitionsAndLegacy(t *testing.T) {
 		}
 		for _, b := range bans {
 			pks[b.PK] = true
+			if b.SK != b.CIDR+"|"+b.Target || b.Target != "Role=mail" || !b.Active(time.Now()) {
+				t.Fatalf("ban read as %+v", b)
+			}
 		}
 	}
 	if len(pks) < BanShards/2 || !pks[legacyBanPK] {
