@@ -74,7 +74,7 @@ type BanItem struct {
 	SK string `dynamodbav:"sk"`
 	// CIDR and Target are the sort key's two halves (<cidr>|<target>), not attributes of their
 	// own: an item is 8 attributes (9 for a tombstone), about a third fewer bytes for every
-	// reconcile pass to read. Items written with them (before 0.4) still read the same.
+	// reconcile pass to read. Items earlier controllers wrote with them still read the same.
 	CIDR      string    `dynamodbav:"-"`
 	Target    string    `dynamodbav:"-"`
 	Reason    string    `dynamodbav:"reason"`

@@ -25,7 +25,7 @@ func TestBansAcrossPartitionsAndLegacy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As controllers before 0.4 wrote it: CIDR and target as attributes of their own, deleted=false.
+	// As earlier controllers wrote it: CIDR and target as attributes of their own, deleted=false.
 	item["cidr"] = &ddbtypes.AttributeValueMemberS{Value: "203.0.113.7/32"}
 	item["target"] = &ddbtypes.AttributeValueMemberS{Value: "Role=mail"}
 	item["deleted"] = &ddbtypes.AttributeValueMemberBOOL{Value: false}
