@@ -73,8 +73,9 @@ type BanItem struct {
 	PK string `dynamodbav:"pk"`
 	SK string `dynamodbav:"sk"`
 	// CIDR and Target are the sort key's two halves (<cidr>|<target>), not attributes of their
-	// own: an item is 8 attributes (9 for a tombstone), about a third fewer bytes for every
-	// reconcile pass to read. Items earlier controllers wrote with them still read the same.
+	// own: an item is 8 attributes (9 for a tombstone), and a jail's ban 183 bytes instead of
+	// 225, for every reconcile pass to read. Items earlier controllers wrote with them still
+	// read the same.
 	CIDR      string    `dynamodbav:"-"`
 	Target    string    `dynamodbav:"-"`
 	Reason    string    `dynamodbav:"reason"`

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -116,6 +117,11 @@ func main() {
 			fmt.Fprintf(os.Stderr, "  %s %s %s = %.6g %s\n", r.Suite, r.Case, r.Metric, r.Value, r.Unit)
 		}
 	}
+	// The machine's speed when the figures were taken: a shared VM's CPU varies by a third from
+	// one hour to the next, and every CPU-bound figure with it. Not run in a fleet child process.
+	if os.Getenv("BANSSHEE_BENCH_FLEET_CHILD") == "" {
+		emit(Row{"machine", "calibration", "ed25519_signs_per_second_one_core", calibrate(), "ops/s"})
+	}
 	failed := false
 	for _, s := range run {
 		fmt.Fprintf(os.Stderr, "== %s: %s\n", s.name, s.help)
@@ -133,6 +139,19 @@ func main() {
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
+}
+
+// calibrate counts Ed25519 signatures of a 200-byte message on one core for half a second.
+func calibrate() float64 {
+	_, key, _ := ed25519.GenerateKey(nil)
+	msg := make([]byte, 200)
+	n := 0
+	start := time.Now()
+	for time.Since(start) < 500*time.Millisecond {
+		ed25519.Sign(key, msg)
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 func printTable(rows []Row) {
