@@ -186,7 +186,7 @@ func median3(metric string, fn func() error) (float64, error) {
 	}
 	sort.Float64s(runs)
 	if os.Getenv("BANSSHEE_BENCH_VERBOSE") != "" {
-		fmt.Printf("     %s runs: %.3f %.3f %.3f\n", metric, runs[0], runs[1], runs[2])
+		fmt.Fprintf(os.Stderr, "     %s runs: %.3f %.3f %.3f\n", metric, runs[0], runs[1], runs[2])
 	}
 	return runs[1], nil
 }
@@ -235,11 +235,11 @@ func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, la
 // every partition, for each call): a second DynamoDB's opinion of the same reads.
 func fleetListDynalite(ctx context.Context, emit func(Row), lat time.Duration) error {
 	if err := awstest.DynaliteAvailable(); err != nil {
-		fmt.Printf("   SKIPPED list on dynalite: %v\n", err)
+		fmt.Fprintf(os.Stderr, "   SKIPPED list on dynalite: %v\n", err)
 		return nil
 	}
 	name := fmt.Sprintf("dynalite-%dms", lat.Milliseconds())
-	fmt.Printf("   list on dynalite, %s per request ...\n", lat)
+	fmt.Fprintf(os.Stderr, "   list on dynalite, %s per request ...\n", lat)
 	r, err := newFleetRig(ctx, 0, true)
 	if err != nil {
 		return err
@@ -364,7 +364,7 @@ func runFleet(ctx context.Context, emit func(Row)) error {
 			if line := sc.Bytes(); bytes.HasPrefix(line, []byte(`{"suite"`)) && json.Unmarshal(line, &row) == nil {
 				emit(row)
 			} else {
-				fmt.Println(string(line)) // the case's progress
+				fmt.Fprintln(os.Stderr, string(line)) // not a row: pass it on
 			}
 		}
 		if err := cmd.Wait(); err != nil {
@@ -400,7 +400,7 @@ func fleetChild(ctx context.Context, emit func(Row), spec string) error {
 
 func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) error {
 	name := fmt.Sprintf("%d-%dms", n, lat.Milliseconds())
-	fmt.Printf("   %d instances, %s per request ...\n", n, lat)
+	fmt.Fprintf(os.Stderr, "   %d instances, %s per request ...\n", n, lat)
 	r, err := newFleetRig(ctx, n, false)
 	if err != nil {
 		return err
@@ -448,7 +448,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	emit(Row{"fleet", name, "steady_reconcile_seconds", secs, "s"})
 	emit(Row{"fleet", name, "steady_reconcile_requests", float64(sum(steadyOps)), "requests"})
 	if lat > 0 {
-		fmt.Printf("     steady pass requests: %s\n", opsString(steadyOps))
+		fmt.Fprintf(os.Stderr, "     steady pass requests: %s\n", opsString(steadyOps))
 	}
 
 	// status with n agents.
@@ -482,7 +482,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})
 	emit(Row{"fleet", name, "requests_per_ban_per_1000_instances", float64(sum(banOps)) * 1000 / float64(n), "requests"})
 	if lat > 0 {
-		fmt.Printf("     one ban's requests: %s\n", opsString(banOps))
+		fmt.Fprintf(os.Stderr, "     one ban's requests: %s\n", opsString(banOps))
 	}
 
 	// --wait on 1 000 agents: they answer (all at once, as agents would within a second), and

@@ -117,20 +117,25 @@ func main() {
 			fmt.Fprintf(os.Stderr, "  %s %s %s = %.6g %s\n", r.Suite, r.Case, r.Metric, r.Value, r.Unit)
 		}
 	}
+	child := os.Getenv("BANSSHEE_BENCH_FLEET_CHILD") != "" // one fleet case for a parent run
 	// The machine's speed when the figures were taken: a shared VM's CPU varies by a third from
 	// one hour to the next, and every CPU-bound figure with it. Not run in a fleet child process.
-	if os.Getenv("BANSSHEE_BENCH_FLEET_CHILD") == "" {
+	if !child {
 		emit(Row{"machine", "calibration", "ed25519_signs_per_second_one_core", calibrate(), "ops/s"})
 	}
 	failed := false
 	for _, s := range run {
-		fmt.Fprintf(os.Stderr, "== %s: %s\n", s.name, s.help)
+		if !child {
+			fmt.Fprintf(os.Stderr, "== %s: %s\n", s.name, s.help)
+		}
 		start := time.Now()
 		if err := s.run(ctx, emit); err != nil {
 			fmt.Fprintf(os.Stderr, "bansshee-bench: %s: %v\n", s.name, err)
 			failed = true
 		}
-		fmt.Fprintf(os.Stderr, "   (%s in %s)\n", s.name, time.Since(start).Round(time.Millisecond))
+		if !child {
+			fmt.Fprintf(os.Stderr, "   (%s in %s)\n", s.name, time.Since(start).Round(time.Millisecond))
+		}
 	}
 	if !*jsonOut {
 		printTable(rows)
