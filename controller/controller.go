@@ -153,6 +153,10 @@ func (r *Result) Failed() []Delivery {
 // ErrRefused wraps every validation refusal (nothing was written).
 var ErrRefused = errors.New("refused")
 
+// ErrUndelivered wraps a failure after the ledger was written (discovery failed, say): the change
+// holds, some instances may not have it yet, and the reconciler delivers it to them.
+var ErrUndelivered = errors.New("written, not delivered everywhere")
+
 // Allowlist is the admin CIDRs plus, by default, the VPC CIDRs.
 func (c *Controller) Allowlist(ctx context.Context) ([]netip.Prefix, error) {
 	allow := append([]netip.Prefix(nil), c.Admin...)
@@ -479,7 +483,7 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 	m.IssuedAt = c.Now().UTC()
 	encode, err := c.Signer.Addressed(*m)
 	if err != nil {
-		return fmt.Errorf("ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", m.Rev, err)
+		return fmt.Errorf("%w: ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", ErrUndelivered, m.Rev, err)
 	}
 	pool := c.newSendPool(ctx, func(ctx context.Context, id, url string) error {
 		// Signed per instance: the body names its instance, so it cannot be replayed elsewhere.
@@ -509,7 +513,7 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 		c.Log.Warn("fan-out partly failed; the reconciler will deliver from the ledger", "rev", m.Rev, "failed", strings.Join(ids, ","))
 	}
 	if derr != nil {
-		return fmt.Errorf("ledger written at rev %d, but discovery failed after %d instances (the reconciler will deliver to the rest): %w", m.Rev, len(res.Instances), derr)
+		return fmt.Errorf("%w: ledger written at rev %d, but discovery failed after %d instances (the reconciler will deliver to the rest): %w", ErrUndelivered, m.Rev, len(res.Instances), derr)
 	}
 	return nil
 }

@@ -808,7 +808,7 @@ func feedReportText(pf ParsedFeed, dropped []string) string {
 func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result) error {
 	all, err := c.Discover(ctx, mustParse("*"))
 	if err != nil {
-		return fmt.Errorf("ledger written, but discovery failed (the reconciler will deliver): %w", err)
+		return fmt.Errorf("%w: ledger written, but discovery failed (the reconciler will deliver): %w", ErrUndelivered, err)
 	}
 	view, err := c.readLedger(ctx)
 	if err != nil {

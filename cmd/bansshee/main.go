@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ee.code
 	case errors.Is(err, controller.ErrRefused), isUsage(err):
 		return exitUsage
+	case errors.Is(err, controller.ErrUndelivered):
+		return exitNotConverged
 	}
 	return exitFailure
 }

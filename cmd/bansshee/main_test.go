@@ -81,6 +81,22 @@ func TestCLITargetsAndBan(t *testing.T) {
 	}
 }
 
+// EC2 fails after the ban is in the ledger: the CLI says so and exits 3 (written, not delivered
+// everywhere), not 1; the ban stays listed for the reconciler to deliver.
+func TestCLIBanWhenDiscoveryFails(t *testing.T) {
+	c := newCLI(t)
+	c.env.FailAfter("ec2:DescribeInstances", 0)
+	code, _, errOut := c.run(t, "ban", "198.51.100.77", "--target", "Role=mail", "--reason", "test")
+	c.env.Recover()
+	if code != exitNotConverged || !strings.Contains(errOut, "ledger written at rev 1, but discovery failed after 0 instances") {
+		t.Fatalf("ban with EC2 down: %d %q", code, errOut)
+	}
+	code, out, _ := c.run(t, "list")
+	if code != 0 || !strings.Contains(out, "198.51.100.77/32") {
+		t.Fatalf("list: %d %s", code, out)
+	}
+}
+
 func TestCLIRefusalsWriteNothing(t *testing.T) {
 	c := newCLI(t)
 	before := c.env.Requests("sqs")
