@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -200,6 +202,13 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if service == "dynamodb" {
+		// DynamoDB signs every response body with X-Amz-Crc32, and the SDK checks it (without
+		// the header it compares against 0 and warns on every call): kumo does not send it.
+		cw := &crc32Writer{ResponseWriter: w}
+		defer cw.finish()
+		w = cw
+	}
 	if e.kumoHandler != nil {
 		// Straight into kumo's handler: the same wire protocol, without a second HTTP hop (and
 		// its CPU, which at 10 000 requests a second is most of a core on a 2-core machine).
@@ -207,6 +216,26 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.proxy.ServeHTTP(w, r)
+}
+
+// crc32Writer holds a response until it is complete, then sends it with its X-Amz-Crc32.
+type crc32Writer struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (c *crc32Writer) WriteHeader(status int) { c.status = status }
+
+func (c *crc32Writer) Write(b []byte) (int, error) { return c.body.Write(b) }
+
+func (c *crc32Writer) finish() {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	c.ResponseWriter.Header().Set("X-Amz-Crc32", strconv.FormatUint(uint64(crc32.ChecksumIEEE(c.body.Bytes())), 10))
+	c.ResponseWriter.WriteHeader(c.status)
+	_, _ = c.ResponseWriter.Write(c.body.Bytes())
 }
 
 // kumoHandler returns the http.Handler inside kumo's httptest server (kumo does not export it),
