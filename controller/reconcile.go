@@ -36,6 +36,34 @@ type desired struct {
 	bans   []proto.Ban
 	limits []proto.Limit
 	maxRev int64
+	syncs  *syncTemplates // its sync parts, split once and shared by every copy (forTags sets it)
+}
+
+// syncTemplates are a desired state's sync parts, compressed ([1]) and plain ([0]), each split
+// the first time an instance needs it.
+type syncTemplates struct {
+	once [2]sync.Once
+	tmpl [2]*proto.SyncTemplate
+	err  [2]error
+}
+
+// syncParts returns the parts of a sync of d for one instance, splitting d at most once per kind.
+func (d desired) syncParts(id, to string, issuedAt time.Time, rev int64, compress bool) ([]proto.Message, error) {
+	st := d.syncs
+	if st == nil {
+		st = &syncTemplates{}
+	}
+	k := 0
+	if compress {
+		k = 1
+	}
+	st.once[k].Do(func() {
+		st.tmpl[k], st.err[k] = proto.NewSyncTemplate(d.bans, d.limits, proto.MaxBodyBytes-proto.AttributeHeadroom, compress)
+	})
+	if st.err[k] != nil {
+		return nil, st.err[k]
+	}
+	return st.tmpl[k].For(id, to, issuedAt, rev), nil
 }
 
 type ledgerView struct {
@@ -123,7 +151,7 @@ func (v *ledgerView) sel(target string) *Selector {
 }
 
 func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
-	var d desired
+	d := desired{syncs: &syncTemplates{}}
 	byID := map[string]proto.Ban{}
 	for _, b := range v.bans {
 		s := v.sel(b.Target)
@@ -468,12 +496,9 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 	if err != nil {
 		return err
 	}
-	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, To: id, IssuedAt: c.Now().UTC(), Rev: rev, Bans: d.bans, Limits: d.limits}
-	split := proto.SplitSync
-	if compress {
-		split = proto.SplitSyncCompressed
-	}
-	parts, err := split(m, proto.MaxBodyBytes-proto.AttributeHeadroom)
+	m := proto.Message{ID: ulid.Make().String(), Kind: proto.KindSync, To: id, IssuedAt: c.Now().UTC(), Rev: rev}
+	// Split (and compressed) once per desired state, not once per instance.
+	parts, err := d.syncParts(m.ID, id, m.IssuedAt, rev, compress)
 	if err != nil {
 		return err
 	}

@@ -27,3 +27,47 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func benchBans(n int) []Ban {
+	bans := make([]Ban, n)
+	for i := range bans {
+		cidr := fmt.Sprintf("%d.%d.%d.%d/32", 11+i>>24, byte(i>>16), byte(i>>8), byte(i))
+		bans[i] = Ban{ID: "b-" + cidr, CIDR: cidr, ExpiresAt: now.Add(time.Hour), Reason: "feed spamhaus-drop", Source: "feed:spamhaus-drop", Rev: 5}
+	}
+	return bans
+}
+
+// BenchmarkSyncPerInstance: the compressed, signed parts of a 100 000-ban sync for one instance,
+// split for that instance alone (what every sync cost before templates).
+func BenchmarkSyncPerInstance(b *testing.B) {
+	s := testSigner(b, "k1")
+	m := Message{ID: "01JDZ8K3V7ABCDEFGHJKMNPQRS", Kind: KindSync, To: "i-0123456789abcdef0", IssuedAt: now, Rev: 9, Bans: benchBans(100000)}
+	for b.Loop() {
+		parts, err := SplitSyncCompressed(m, MaxBodyBytes-AttributeHeadroom)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range parts {
+			if _, _, err := s.Encode(&parts[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkSyncFromTemplate: the same parts for one more instance from a template split once.
+func BenchmarkSyncFromTemplate(b *testing.B) {
+	s := testSigner(b, "k1")
+	tmpl, err := NewSyncTemplate(benchBans(100000), nil, MaxBodyBytes-AttributeHeadroom, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		parts := tmpl.For("01JDZ8K3V7ABCDEFGHJKMNPQRS", "i-0123456789abcdef0", now, 9)
+		for i := range parts {
+			if _, _, err := s.Encode(&parts[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

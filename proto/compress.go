@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"strings"
 	"sync"
+	"time"
 )
 
 // A sync part may carry its bans compressed: bans_z is the base64 of the gzip of the JSON array of
@@ -126,4 +129,45 @@ func SplitSyncCompressed(m Message, maxBytes int) ([]Message, error) {
 		parts[0].ID, parts[0].Part = m.ID, nil
 	}
 	return parts, nil
+}
+
+// SyncTemplate is a sync's bans and limits split into parts once, to be addressed to any number of
+// instances (For): instances with the same tags share their desired state, and splitting it (JSON
+// and gzip of every ban) is what a sync costs. At 100 000 bans that is about a tenth of a second
+// of CPU per instance without a template, once per desired state with one.
+type SyncTemplate struct{ parts []Message }
+
+// NewSyncTemplate splits bans and limits as SplitSyncCompressed (compress) or SplitSync does, with
+// parts sized for the widest envelope a sync can have (a ULID, an instance id of up to 64
+// characters, any time and revision), so that every instance's parts fit maxBytes.
+func NewSyncTemplate(bans []Ban, limits []Limit, maxBytes int, compress bool) (*SyncTemplate, error) {
+	widest := Message{ID: strings.Repeat("Z", 26), Kind: KindSync, To: "i-" + strings.Repeat("f", 62),
+		IssuedAt: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC), Rev: math.MaxInt64, Bans: bans, Limits: limits}
+	split := SplitSync
+	if compress {
+		split = SplitSyncCompressed
+	}
+	parts, err := split(widest, maxBytes)
+	if err != nil {
+		return nil, err
+	}
+	for i := range parts {
+		parts[i].ID, parts[i].To, parts[i].IssuedAt, parts[i].Rev, parts[i].Part = "", "", time.Time{}, 0, nil
+	}
+	return &SyncTemplate{parts: parts}, nil
+}
+
+// For returns the template's parts as the sync id for instance to, at rev: numbered "<id>.<n>"
+// with their Part when there are several, as SplitSync numbers them.
+func (t *SyncTemplate) For(id, to string, issuedAt time.Time, rev int64) []Message {
+	parts := make([]Message, len(t.parts))
+	for i, p := range t.parts {
+		p.ID, p.To, p.IssuedAt, p.Rev = id, to, issuedAt, rev
+		if len(t.parts) > 1 {
+			p.ID = fmt.Sprintf("%s.%d", id, i+1)
+			p.Part = &Part{Set: id, Index: i + 1, Count: len(t.parts)}
+		}
+		parts[i] = p
+	}
+	return parts
 }

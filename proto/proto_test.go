@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -409,5 +410,63 @@ func TestAddressedEqualsEncode(t *testing.T) {
 	}
 	if _, _, err := enc("i-0123456789abcdef0"); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize body: %v", err)
+	}
+}
+
+// A sync template split once serves every instance: each instance's parts are within SQS's limit
+// with their attributes, verify for that instance only, carry every ban once and the limits in the
+// first part, and are numbered as SplitSync numbers them, compressed or not.
+func TestSyncTemplateServesEveryInstance(t *testing.T) {
+	s := testSigner(t, "k1")
+	for _, compress := range []bool{true, false} {
+		for _, n := range []int{0, 3, 20000} {
+			var bans []Ban
+			for i := 0; i < n; i++ {
+				p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(11 + i>>24), byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+				bans = append(bans, Ban{ID: BanID(p), CIDR: p.String(), ExpiresAt: now.Add(time.Hour), Reason: "a reason of some length", Source: "feed:x", Rev: 5})
+			}
+			limits := []Limit{{ID: "l1", Proto: "tcp", Ports: []int{110}, Hits: 5, Seconds: 60, Rev: 3}}
+			tmpl, err := NewSyncTemplate(bans, limits, MaxBodyBytes-AttributeHeadroom, compress)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, to := range []string{"i-0123456789abcdef0", "i-1"} {
+				ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }, To: to}
+				parts := tmpl.For("01JDZ8K3V7ABCDEFGHJKMNPQRS", to, now, 9)
+				got := 0
+				for i := range parts {
+					body, attrs, err := s.Encode(&parts[i])
+					if err != nil {
+						t.Fatal(err)
+					}
+					size := len(body)
+					for k, v := range attrs {
+						size += len(k) + len("String") + len(v)
+					}
+					if size > MaxBodyBytes {
+						t.Fatalf("compress %v, %d bans: part %d is %d bytes with its attributes", compress, n, i+1, size)
+					}
+					d, err := ver.Decode(body, attrs)
+					if err != nil {
+						t.Fatalf("compress %v, %d bans, to %s: part %d: %v", compress, n, to, i+1, err)
+					}
+					if d.Rev != 9 || (i == 0) != (len(d.Limits) == 1) {
+						t.Fatalf("part %d: rev %d, %d limits", i+1, d.Rev, len(d.Limits))
+					}
+					if len(parts) > 1 && (d.Part == nil || d.Part.Index != i+1 || d.Part.Count != len(parts) || d.ID != fmt.Sprintf("01JDZ8K3V7ABCDEFGHJKMNPQRS.%d", i+1)) {
+						t.Fatalf("part %d numbered %+v, id %s", i+1, d.Part, d.ID)
+					}
+					got += len(d.Bans)
+					ver2 := *ver
+					ver2.To = "i-0fffffffffffffff0"
+					if _, err := ver2.Decode(body, attrs); err == nil {
+						t.Fatalf("a part for %s verified for another instance", to)
+					}
+				}
+				if got != n {
+					t.Fatalf("compress %v: %d bans came back as %d", compress, n, got)
+				}
+			}
+		}
 	}
 }
