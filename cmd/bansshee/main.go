@@ -34,7 +34,7 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
-	cli.TuneGC(2 << 30) // GOGC 400, a soft limit of 2 GiB: see cli.TuneGC
+	cli.TuneGC(2 << 30) // GOGC 400, a soft limit of 2 GiB or half the host's memory: see cli.TuneGC
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
