@@ -497,7 +497,7 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 	derr := d.each(ctx, func(page []Instance) {
 		for _, in := range page {
 			for _, sel := range sels {
-				if sel.Match(in.Tags) {
+				if sel.MatchInstance(in.ID, in.Tags) {
 					pool.add(in)
 					break
 				}

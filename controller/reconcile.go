@@ -72,6 +72,9 @@ type ledgerView struct {
 	feeds  []feedView
 	sels   map[string]*Selector
 	rev    int64
+	// scoped are the instances some target names by id; anyID: a target depends on ids otherwise.
+	scoped map[string]bool
+	anyID  bool
 }
 
 func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
@@ -147,15 +150,38 @@ func (v *ledgerView) sel(target string) *Selector {
 		s = nil // an unparsable target in the ledger matches nothing
 	}
 	v.sels[target] = s
+	if s != nil {
+		ids, anyID := s.Instances()
+		for _, id := range ids {
+			if v.scoped == nil {
+				v.scoped = map[string]bool{}
+			}
+			v.scoped[id] = true
+		}
+		v.anyID = v.anyID || anyID
+	}
 	return s
 }
 
+// scopedKey is what, beside its tags, decides an instance's state: its id, when a ban, limit or
+// feed targets it by id.
+func (v *ledgerView) scopedKey(id string) string {
+	if v.anyID || v.scoped[id] {
+		return "\x00" + id
+	}
+	return ""
+}
+
 func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
+	return v.forInstance("", tags, now)
+}
+
+func (v *ledgerView) forInstance(id string, tags map[string]string, now time.Time) desired {
 	d := desired{syncs: &syncTemplates{}}
 	byID := map[string]proto.Ban{}
 	for _, b := range v.bans {
 		s := v.sel(b.Target)
-		if s == nil || !s.Match(tags) {
+		if s == nil || !s.MatchInstance(id, tags) {
 			continue
 		}
 		d.maxRev = max(d.maxRev, b.Rev)
@@ -174,7 +200,7 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 	}
 	for _, f := range v.feeds {
 		s := v.sel(f.Target)
-		if s == nil || !s.Match(tags) {
+		if s == nil || !s.MatchInstance(id, tags) {
 			continue
 		}
 		d.maxRev = max(d.maxRev, f.Rev)
@@ -203,7 +229,7 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 	sort.Slice(d.bans, func(i, j int) bool { return d.bans[i].ID < d.bans[j].ID })
 	for _, l := range v.limits {
 		s := v.sel(l.Target)
-		if s == nil || !s.Match(tags) {
+		if s == nil || !s.MatchInstance(id, tags) {
 			continue
 		}
 		d.maxRev = max(d.maxRev, l.Rev)
@@ -286,14 +312,14 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	// Instances with the same tags want the same state: compute it (and its digest) once.
 	var memoMu sync.Mutex
 	memo := map[string]*desiredDigest{}
-	desiredFor := func(tags map[string]string) *desiredDigest {
-		key := tagKey(tags)
+	desiredFor := func(in Instance) *desiredDigest {
+		key := tagKey(in.Tags) + view.scopedKey(in.ID)
 		memoMu.Lock()
 		defer memoMu.Unlock()
 		if d, ok := memo[key]; ok {
 			return d
 		}
-		d := view.forTags(tags, now)
+		d := view.forInstance(in.ID, in.Tags, now)
 		dd := &desiredDigest{desired: d, digest: proto.DigestV2(d.bans, d.limits)}
 		memo[key] = dd
 		return dd
@@ -306,7 +332,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			_, hasQueue := queues[in.ID]
 			st, reported := statuses[in.ID]
 			rec, seen := known[in.ID]
-			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in.Tags), st, reported, rec, seen, now, nextRev)
+			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in), st, reported, rec, seen, now, nextRev)
 			mu.Lock()
 			defer mu.Unlock()
 			rep.merge(in.ID, o)
@@ -567,7 +593,7 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 				refuse("%s: %s: limit %q is not an escalating limit", id, e.Addr, e.LimitID)
 				continue
 			}
-			if sel := view.sel(l.Target); sel == nil || tags[id] == nil || !sel.Match(tags[id]) {
+			if sel := view.sel(l.Target); sel == nil || tags[id] == nil || !sel.MatchInstance(id, tags[id]) {
 				refuse("%s: %s: limit %s does not target this instance", id, e.Addr, l.SK)
 				continue
 			}
@@ -669,7 +695,7 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	now := c.Now()
 	out := make([]InstanceStatus, 0, len(instances))
 	for _, in := range instances {
-		d := view.forTags(in.Tags, now)
+		d := view.forInstance(in.ID, in.Tags, now)
 		st := statuses[in.ID]
 		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError, Version: st.Version}
 		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || proto.Matches(st.Digest, d.bans, d.limits))

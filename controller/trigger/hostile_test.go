@@ -46,7 +46,7 @@ var hostileLines = []struct {
 
 	// Dovecot: the last rip= before ", lip=" (the user name comes first), the count of attempts.
 	{"dovecot", "Nov 26 21:32:19 mail1 dovecot: imap-login: Disconnected: Aborted login by logging out (auth failed, 2 attempts in 8 secs): user=<x>, method=PLAIN, rip=198.51.100.203, lip=1>, method=PLAIN, rip=10.97.1.2, lip=10.97.1.1, session=<SAwprTRhxa8KYQEC>", "10.97.1.2", 2},
-	{"dovecot", "Nov 26 21:33:20 mail1 dovecot: imap-login: Disconnected: Connection closed (auth failed, 17 attempts in 34 secs): user=<bob>, method=PLAIN, rip=10.97.1.2, lip=10.97.1.1, session=<nzg4rzRhg6cKYQEC>", "10.97.1.2", 17},
+	{"dovecot", "Nov 26 21:33:20 mail1 dovecot: imap-login: Disconnected: Connection closed (auth failed, 17 attempts in 34 secs): user=<bob>, method=PLAIN, rip=10.97.1.2, lip=10.97.1.1, session=<nzg4rzRhg6cKYQEC>", "10.97.1.2", 5}, // capped at maxretry
 	{"dovecot", "Nov 26 21:33:20 mail1 dovecot: imap-login: Disconnected: Connection closed (no auth attempts in 0 secs): user=<>, rip=10.97.1.2, lip=10.97.1.1, session=<IrA/sTRhe80KYQEC>", "", 0},
 	{"dovecot", "Nov 26 21:33:26 mail1 dovecot: imap-login: Login: user=<bansshee-honest>, method=PLAIN, rip=10.97.1.3, lip=10.97.1.1, mpid=16533, session=<e8o/sTRhb7QKYQED>", "", 0},
 	// auth process: only session-less lines count (a session's attempts are in its login line).
