@@ -292,7 +292,7 @@ func TestInstanceOfStream(t *testing.T) {
 	for stream, want := range map[string]string{
 		"i-0123456789abcdef0": "i-0123456789abcdef0", "i-01234567": "i-01234567",
 		"ip-10-0-0-5/i-0123456789abcdef0/secure": "i-0123456789abcdef0",
-		"ip-10-0-0-5": "", "bansshee": "", "xi-0123456789abcdef0": "", "i-0123456789abcdef0z": "",
+		"ip-10-0-0-5":                            "", "bansshee": "", "xi-0123456789abcdef0": "", "i-0123456789abcdef0z": "",
 	} {
 		if got := InstanceOfStream(stream); got != want {
 			t.Errorf("%q: %q, want %q", stream, got, want)
