@@ -105,8 +105,14 @@ var Builtin = map[string]builtinJail{
 		tag:   `dovecot`,
 		comms: []string{"dovecot", "log", "imap-login", "pop3-login", "submission-logi", "managesieve-log", "auth", "auth-worker"},
 		rules: []ruleSpec{
-			r(KindAttempt, `(?:pop3|imap|submission|managesieve|lmtp)-login: (?:(?:Info|Warning|Error): )?(?:Disconnected|Aborted login|Login aborted)[^()]*(?:\([^()]*\)[^()]*)*?\((?:auth failed, (?P<n>\d+) attempts?|tried to use disallowed plaintext auth)[^()]*\)(?: \([a-z_]+\))?: user=<.*>, (?:method=[-\w]+, )?rip=<A>(?:, lip=|$)`),
-			r(KindAttempt, `auth(?:-worker(?:\(\d+\))?)?: (?:(?:Info|Warning|Error): )?(?:conn unix:[^ ]* \([^()]*\): )?(?:auth-worker<\d+>: )?(?:request \[\d+\]: )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap)\(.*,<A>\): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \(password mismatch\?\)|User not known to the underlying authentication module))(?: \(SHA\d* of given password: [0-9a-f]+\)| \(given password: .*\))?$`),
+			r(KindAttempt, `(?:pop3|imap|submission|managesieve|lmtp)-login: (?:(?:Info|Warning|Error): )?(?:Disconnected|Aborted login|Login aborted)[^()]*(?:\([^()]*\)[^()]*)*?\((?:auth failed|tried to use disallowed (?:plaintext|cleartext) auth)(?:, (?P<n>\d+) attempts?)?[^()]*\)(?: \([a-z_]+\))?: user=<.*>, (?:method=[-\w]+, )?rip=<A>(?:, lip=|$)`),
+			// 2.2 and 2.3: "auth: DRIVER(user,rip[,<session>]): ..." (auth-worker lines may carry a
+			// "conn unix:auth-worker (...): auth-worker<N>: " prefix from 2.3.11).
+			r(KindAttempt, `auth(?:-worker(?:\(\d+\))?)?: (?:(?:Info|Warning|Error): )?(?:conn unix:[^ ]* \([^()]*\): )?(?:auth-worker<\d+>: )?(?:request \[\d+\]: )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2)\(.*,<A>\): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
+			// 2.4: the user and address moved into the prefix: "auth(user,rip,sasl:MECH)[<session>]:
+			// DRIVER: ...", "auth-worker(user,rip)<pid>[<session>]: request [N]: DRIVER: ...".
+			r(KindAttempt, `auth\(.*,<A>,[-\w:]*\): (?:(?:Info|Warning|Error): )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
+			r(KindAttempt, `auth-worker\(.*,<A>\)<\d+>: (?:request \[\d+\]: )?(?:(?:Info|Warning|Error): )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
 		},
 	},
 	// Cyrus imapd/pop3d 2.4 to 3.10: "badlogin: [host ][addr] MECH user reason"; the address is the
@@ -115,7 +121,7 @@ var Builtin = map[string]builtinJail{
 		tag:   `(?:cyrus/)?[-\w]+`,
 		comms: []string{"imapd", "pop3d", "imap", "pop3", "cyrmaster", "master"},
 		rules: []ruleSpec{
-			r(KindAttempt, `badlogin: (?:[^\s\[\]]+ )?\[<A>\] \S+ .*(?:SASL\(-13\)|SASL\(-20\)|[Aa]uthentication failure|user not found|invalid user)`),
+			r(KindAttempt, `badlogin: (?:[^\s\[\]]+ )?\[<A>\] \S+ .*(?:SASL\(-13\)|SASL\(-20\)|[Aa]uthentication failure|user not found|invalid user|login incorrect)`),
 		},
 	},
 	// Postfix 2.10 to 3.10 smtpd, submission and smtps: the client field before ": SASL" (with the
@@ -128,7 +134,7 @@ var Builtin = map[string]builtinJail{
 		rules: []ruleSpec{
 			r(KindAttempt, `warning: [-._\w]+\[<A>\](?::\d+)?: SASL [-\w]+ authentication failed:(?: |$)`),
 		},
-		ignore: []string{`^warning: [-._\w]+\[[0-9A-Fa-f.:]+\](?::\d+)?: SASL [-\w]+ authentication failed: (?:Connection lost to authentication server|Invalid authentication mechanism|no mechanism available|generic failure)`},
+		ignore: []string{`^warning: [-._\w]+\[[0-9A-Fa-f.:]+\](?::\d+)?: SASL [-\w]+ authentication failed: (?:Connection lost to authentication server|Can't connect to authentication server|remote authentication server unavailable|Authentication backend error|generic failure|Invalid authentication mechanism|no mechanism available|Invalid base64 data in initial response|bad protocol / cancel)`},
 	},
 	// PAM for services without a jail of their own (not in the defaults: under sshd and Dovecot it
 	// repeats what those jails count). pam_unix logs a connection's first failure and PAM sums up

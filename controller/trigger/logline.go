@@ -43,7 +43,10 @@ var (
 	tagRe = regexp.MustCompile(`^([^\s\[\]:]{1,64})(?:\[(\d{1,10})\])?: `)
 	// A host name as syslog writes it.
 	hostRe = regexp.MustCompile(`^[-.\w%]{1,255} `)
-	// Dovecot writing its own log file (log_path): "pop3-login: Info: ...", "auth-worker(123): Info: ...".
+	// Dovecot writing its own log file (log_path): "pop3-login: Info: ...", "auth-worker(123): Info: ...",
+	// 2.4's "auth(user,rip,sasl:plain): Info: ..." (a colon inside the parentheses) and
+	// "auth-worker(user,rip)<pid>: request [1]: Info: ...".
+	dovecotFileLineRe = regexp.MustCompile(`^((?:[a-z0-9]+-login|auth|auth-worker|imap|pop3|lmtp|submission|managesieve|master|config|log|anvil|director|doveadm|lda)(?:\([^()]*\))?(?:<[^<>]*>)*): (?:request \[\d+\]: )?(?:Info|Warning|Error|Fatal|Panic|Debug): `)
 	dovecotFileRe = regexp.MustCompile(`^(?:[a-z0-9]+-login|auth|auth-worker(?:\(\d+\))?|master|config|log|anvil|director|doveadm|imap|pop3|lmtp|submission|managesieve)(?:\(.*\))?(?:<\d+>)?(?:<[^>]*>)?$`)
 	// The severities Dovecot writes before a message in its own files.
 	dovecotLevelRe = regexp.MustCompile(`^(?:Info|Warning|Error|Fatal|Panic|Debug): `)
@@ -70,6 +73,12 @@ func ParseRecord(line string) Record {
 			shape = "rfc3339"
 		}
 		s = s[len(m):]
+		if dovecotFileLineRe.MatchString(s) {
+			// Dovecot's own file: the process name stands where syslog puts the tag. Such a
+			// file is written by Dovecot's log process alone.
+			r.Shape, r.Tag, r.Msg = "dovecot-file", "dovecot", s
+			return r
+		}
 		if m := tagRe.FindStringSubmatch(s); m == nil || !tagFollows(s, m) {
 			// Not "tag: " straight after the timestamp: a host name first.
 			if h := hostRe.FindString(s); h != "" {
