@@ -16,7 +16,7 @@ import (
 // real daemons' own lines are in testdata/real; these cover the versions this machine cannot run.
 type formatRow struct {
 	file, version, scenario, jail, addr, want, line string
-	lineNo                                         int
+	lineNo                                          int
 }
 
 func readFormats(t *testing.T) []formatRow {

@@ -47,7 +47,7 @@ var (
 	// 2.4's "auth(user,rip,sasl:plain): Info: ..." (a colon inside the parentheses) and
 	// "auth-worker(user,rip)<pid>: request [1]: Info: ...".
 	dovecotFileLineRe = regexp.MustCompile(`^((?:[a-z0-9]+-login|auth|auth-worker|imap|pop3|lmtp|submission|managesieve|master|config|log|anvil|director|doveadm|lda)(?:\([^()]*\))?(?:<[^<>]*>)*): (?:request \[\d+\]: )?(?:Info|Warning|Error|Fatal|Panic|Debug): `)
-	dovecotFileRe = regexp.MustCompile(`^(?:[a-z0-9]+-login|auth|auth-worker(?:\(\d+\))?|master|config|log|anvil|director|doveadm|imap|pop3|lmtp|submission|managesieve)(?:\(.*\))?(?:<\d+>)?(?:<[^>]*>)?$`)
+	dovecotFileRe     = regexp.MustCompile(`^(?:[a-z0-9]+-login|auth|auth-worker(?:\(\d+\))?|master|config|log|anvil|director|doveadm|imap|pop3|lmtp|submission|managesieve)(?:\(.*\))?(?:<\d+>)?(?:<[^>]*>)?$`)
 	// The severities Dovecot writes before a message in its own files.
 	dovecotLevelRe = regexp.MustCompile(`^(?:Info|Warning|Error|Fatal|Panic|Debug): `)
 )
