@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"context"
+	"encoding/json"
 	"strconv"
 	"sync"
 	"time"
@@ -24,6 +25,10 @@ type Counter interface {
 	// Witness records that stream reported addr to jail and returns how many distinct streams
 	// have within window.
 	Witness(ctx context.Context, jail, addr, stream string, window time.Duration, now time.Time) (int, error)
+	// SetPending keeps the bans a failed invocation of a recorded batch decided; Pending takes
+	// them (once) for the retry.
+	SetPending(ctx context.Context, key string, bans []Decision, ttl time.Duration, now time.Time) error
+	Pending(ctx context.Context, key string) ([]Decision, error)
 	// Take takes one from a budget of limit per window, reporting false when none is left.
 	Take(ctx context.Context, key string, limit int, window time.Duration, now time.Time) (bool, error)
 }
@@ -36,6 +41,27 @@ type MemCounter struct {
 	conns   map[string]map[string]memConn
 	witness map[string]*memWitness
 	budget  map[string]*memBudget
+	pending map[string][]Decision
+}
+
+// SetPending implements Counter.
+func (c *MemCounter) SetPending(_ context.Context, key string, bans []Decision, _ time.Duration, _ time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending == nil {
+		c.pending = map[string][]Decision{}
+	}
+	c.pending[key] = append([]Decision(nil), bans...)
+	return nil
+}
+
+// Pending implements Counter.
+func (c *MemCounter) Pending(_ context.Context, key string) ([]Decision, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pending[key]
+	delete(c.pending, key)
+	return p, nil
 }
 
 // Seen implements Counter.
@@ -317,4 +343,42 @@ func (c *LedgerCounter) Take(ctx context.Context, key string, limit int, window 
 		return false, nil
 	}
 	return false, err
+}
+
+// SetPending implements Counter: the decisions as JSON on the batch's "seen#<key>" item.
+func (c *LedgerCounter) SetPending(ctx context.Context, key string, bans []Decision, ttl time.Duration, now time.Time) error {
+	b, err := json.Marshal(bans)
+	if err != nil {
+		return err
+	}
+	_, err = c.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table),
+		Key:                       map[string]ddbtypes.AttributeValue{"pk": str("seen#" + key), "sk": str("-")},
+		UpdateExpression:          aws.String("SET pending = :p, expires_at = :exp"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":p": &ddbtypes.AttributeValueMemberB{Value: b}, ":exp": num(now.Add(ttl).Unix())}})
+	return err
+}
+
+// Pending implements Counter: it removes the pending decisions and returns what was there.
+func (c *LedgerCounter) Pending(ctx context.Context, key string) ([]Decision, error) {
+	out, err := c.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table),
+		Key:                 map[string]ddbtypes.AttributeValue{"pk": str("seen#" + key), "sk": str("-")},
+		UpdateExpression:    aws.String("REMOVE pending"),
+		ConditionExpression: aws.String("attribute_exists(pk)"),
+		ReturnValues:        ddbtypes.ReturnValueAllOld})
+	if err != nil {
+		var ccf *ddbtypes.ConditionalCheckFailedException
+		if asCCF(err, &ccf) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	p, ok := out.Attributes["pending"].(*ddbtypes.AttributeValueMemberB)
+	if !ok {
+		return nil, nil
+	}
+	var ds []Decision
+	if err := json.Unmarshal(p.Value, &ds); err != nil {
+		return nil, err
+	}
+	return ds, nil
 }

@@ -61,6 +61,8 @@ type Output struct {
 	Rev        int64      `json:"rev,omitempty"`
 	// StreamCapped counts bans a log stream could not make fleet-wide (over its hourly cap).
 	StreamCapped int `json:"stream_capped,omitempty"`
+
+	batchKey string // the log batch's dedupe key
 }
 
 // Actor carries decisions out: the controller. Nil means dry run.
@@ -200,6 +202,13 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 		return out, err
 	}
 	err = h.act(ctx, out)
+	if err != nil && out.batchKey != "" {
+		// The batch is recorded as counted, so Lambda's retry will not decide these bans again:
+		// keep them with the record for the retry to carry out.
+		if perr := h.Counter.SetPending(ctx, out.batchKey, out.Bans, time.Hour, h.Now()); perr != nil {
+			h.Log.Error("bans of a failed invocation not kept for its retry", "err", perr, "bans", len(out.Bans))
+		}
+	}
 	h.emf(out, nil)
 	return out, err
 }
@@ -340,8 +349,20 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 		}
 		if dup {
 			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("log batch of %d events already counted (a retried invocation)", len(batch.LogEvents))})
+			// Its failures are counted; the bans a failed invocation decided are carried out now.
+			pending, err := h.Counter.Pending(ctx, key)
+			if err != nil {
+				return fmt.Errorf("log batch: pending bans: %w", err)
+			}
+			for _, d := range pending {
+				if ttl, err := time.ParseDuration(d.TTL); err == nil {
+					d.ttl = ttl
+					out.Bans = append(out.Bans, d)
+				}
+			}
 			return nil
 		}
+		out.batchKey = key
 	}
 	recs := make([]Record, len(batch.LogEvents))
 	for i, ev := range batch.LogEvents {
