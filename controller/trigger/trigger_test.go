@@ -302,7 +302,7 @@ func (a *flakyActor) Ban(_ context.Context, req controller.BanRequest) (*control
 	return &controller.Result{Rev: 1}, nil
 }
 func (a *flakyActor) Unban(context.Context, []string) (*controller.Result, error) { return nil, nil }
-func (a *flakyActor) ReconcileOnce(context.Context) (*controller.Report, error) { return nil, nil }
+func (a *flakyActor) ReconcileOnce(context.Context) (*controller.Report, error)   { return nil, nil }
 
 // Lambda retries a failed invocation with the same batch: its failures are not counted twice,
 // and the bans the failed invocation decided are carried out by the retry.
