@@ -351,6 +351,9 @@ func (c *Controller) Unban(ctx context.Context, cidrs []string) (*Result, error)
 type LimitRequest struct {
 	Limit  proto.Limit
 	Target string
+	// EscalateFleet: with Limit.Escalate, a source that trips on one instance is banned on the
+	// whole target at once, not first on that instance only.
+	EscalateFleet bool
 }
 
 // Limit writes a policy and sends it to the targeted instances.
@@ -368,7 +371,7 @@ func (c *Controller) Limit(ctx context.Context, req LimitRequest) (*Result, erro
 		return nil, err
 	}
 	l.Rev = rev
-	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, EscalateUnverified: l.EscalateUnverified, Rev: rev, Updated: c.Now().UTC()}
+	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, EscalateUnverified: l.EscalateUnverified, EscalateFleet: req.EscalateFleet && l.Escalate, Rev: rev, Updated: c.Now().UTC()}
 	if _, err := c.Ledger.PutLimit(ctx, it); err != nil {
 		return nil, err
 	}

@@ -23,11 +23,13 @@ type Report struct {
 	QueuesDeleted []string
 	Synced        []string // instances sent a full sync
 	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
-	Escalated     []string // CIDRs banned from agent escalations
-	Refused       []string // escalations refused, with why
-	Fleet         FleetCounts
-	Feeds         []FeedReport // feeds that were due and refreshed before the pass
-	Errors        []error
+	Escalated     []string // CIDRs banned fleet-wide from agent escalations
+	// EscalatedLocal are CIDRs banned only on the instance that reported them.
+	EscalatedLocal []string
+	Refused        []string // escalations refused, with why
+	Fleet          FleetCounts
+	Feeds          []FeedReport // feeds that were due and refreshed before the pass
+	Errors         []error
 }
 
 // desired computes, for an instance's tags, the active bans and limits and the highest revision
@@ -537,10 +539,13 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 	return nil
 }
 
+// localEscalationSource marks a ban an escalation placed on its reporting instance only.
+const localEscalationSource = "escalation-local:"
+
 // Escalation caps: a compromised or flooded agent cannot turn its heartbeat into a stream of
 // fleet-wide bans.
 const (
-	MaxEscalationsPerInstance = 20  // per agent, per reconcile pass
+	MaxEscalationsPerInstance = 20  // per agent, per reconcile pass (local bans, and fleet-wide ones apart)
 	MaxEscalationsPerMinute   = 100 // fleet-wide, counted from the ledger
 )
 
@@ -564,10 +569,19 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		tags[in.ID] = in.Tags
 	}
 	active := map[string]bool{}
+	reporters := map[string]map[string]bool{} // cidr -> instances that reported it (earlier passes' local bans)
 	recent := 0
 	for _, b := range view.bans {
 		if b.Active(now) {
 			active[b.CIDR+"|"+b.Target] = true
+			if sel := view.sel(b.Target); sel != nil && strings.HasPrefix(b.Source, localEscalationSource) {
+				if ids, _ := sel.Instances(); len(ids) == 1 {
+					if reporters[b.CIDR] == nil {
+						reporters[b.CIDR] = map[string]bool{}
+					}
+					reporters[b.CIDR][ids[0]] = true
+				}
+			}
 		}
 		if strings.HasPrefix(b.Source, "escalation:") && now.Sub(b.Created) < time.Minute {
 			recent++
@@ -579,14 +593,19 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	byLimit := map[string][]string{}
+	byLimit := map[string][]string{}  // fleet-wide, by limit
+	local := map[[2]string][]string{} // on the reporter only, by limit and instance
 	refuse := func(format string, args ...any) {
 		if len(rep.Refused) < 100 {
 			rep.Refused = append(rep.Refused, fmt.Sprintf(format, args...))
 		}
 	}
+	// Each escalation is checked, then banned on the reporting instance at once; it goes to the
+	// limit's whole target only when a second instance reports the source (or the limit says
+	// escalate_fleet), so one compromised instance cannot spend the fleet's budget on real
+	// clients' addresses.
 	for _, id := range ids {
-		taken := 0
+		taken, fleet := 0, 0
 		for _, e := range statuses[id].Escalations {
 			l, ok := limits[e.LimitID]
 			if !ok {
@@ -611,26 +630,51 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 			if active[cidr+"|"+l.Target] {
 				continue
 			}
-			if taken >= MaxEscalationsPerInstance || budget <= 0 {
+			if reporters[cidr] == nil {
+				reporters[cidr] = map[string]bool{}
+			}
+			reporters[cidr][id] = true
+			if l.EscalateFleet || len(reporters[cidr]) >= 2 {
+				if fleet >= MaxEscalationsPerInstance || budget <= 0 {
+					refuse("%s: %s: over the escalation cap (%d per instance per pass, %d per minute)", id, cidr, MaxEscalationsPerInstance, MaxEscalationsPerMinute)
+					continue
+				}
+				fleet++
+				budget--
+				active[cidr+"|"+l.Target] = true
+				byLimit[l.SK] = append(byLimit[l.SK], cidr)
+				continue
+			}
+			own := InstanceIDKey + "=" + id
+			if active[cidr+"|"+own] {
+				continue
+			}
+			if taken >= MaxEscalationsPerInstance {
 				refuse("%s: %s: over the escalation cap (%d per instance per pass, %d per minute)", id, cidr, MaxEscalationsPerInstance, MaxEscalationsPerMinute)
 				continue
 			}
 			taken++
-			budget--
-			active[cidr+"|"+l.Target] = true
-			byLimit[l.SK] = append(byLimit[l.SK], cidr)
+			active[cidr+"|"+own] = true
+			local[[2]string{l.SK, id}] = append(local[[2]string{l.SK, id}], cidr)
 		}
 	}
-	names := make([]string, 0, len(byLimit))
-	for k := range byLimit {
-		names = append(names, k)
+	type batch struct {
+		limit, target, source string
+		cidrs                 []string
+		fleet                 bool
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		l := limits[name]
-		ok, refused, err := c.FilterCIDRs(ctx, byLimit[name])
+	var batches []batch
+	for name, cidrs := range byLimit {
+		batches = append(batches, batch{name, limits[name].Target, "escalation:" + name, cidrs, true})
+	}
+	for k, cidrs := range local {
+		batches = append(batches, batch{k[0], InstanceIDKey + "=" + k[1], localEscalationSource + k[0], cidrs, false})
+	}
+	sort.Slice(batches, func(i, j int) bool { return batches[i].target+batches[i].limit < batches[j].target+batches[j].limit })
+	for _, b := range batches {
+		ok, refused, err := c.FilterCIDRs(ctx, b.cidrs)
 		if err != nil {
-			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
+			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", b.limit, err))
 			continue
 		}
 		for cidr, why := range refused {
@@ -643,12 +687,19 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		for i, p := range ok {
 			cidrs[i] = p.String()
 		}
-		if _, err := c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: l.Target, TTL: time.Hour,
-			Reason: "tripped escalating rate limit " + name, Source: "escalation:" + name}); err != nil {
-			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
+		reason := "tripped escalating rate limit " + b.limit
+		if !b.fleet {
+			reason += " (on this instance; fleet-wide when another reports it)"
+		}
+		if _, err := c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: b.target, TTL: time.Hour, Reason: reason, Source: b.source}); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", b.limit, err))
 			continue
 		}
-		rep.Escalated = append(rep.Escalated, cidrs...)
+		if b.fleet {
+			rep.Escalated = append(rep.Escalated, cidrs...)
+		} else {
+			rep.EscalatedLocal = append(rep.EscalatedLocal, cidrs...)
+		}
 	}
 	for _, r := range rep.Refused {
 		c.Log.Warn("escalation refused", "why", r)

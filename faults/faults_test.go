@@ -404,7 +404,7 @@ func TestFaultLambdaFlood10k(t *testing.T) {
 func TestEscalationBansFleetWide(t *testing.T) {
 	r := newRig(t, 2)
 	ctx := t.Context()
-	res, err := r.c.Limit(ctx, controller.LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 3, Seconds: 60, Action: "drop", Escalate: true}, Target: "Role=mail"})
+	res, err := r.c.Limit(ctx, controller.LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 3, Seconds: 60, Action: "drop", Escalate: true}, Target: "Role=mail", EscalateFleet: true})
 	if err != nil {
 		t.Fatal(err)
 	}
