@@ -63,6 +63,9 @@ type Controller struct {
 	urls      sync.Map // instance id -> queue URL
 	feedCache sync.Map // feed name -> *feedVersion
 
+	// afterLedgerRead, when set (tests), runs between a reconcile pass's ledger read and its syncs.
+	afterLedgerRead func()
+
 	vpcMu      sync.Mutex
 	vpcs       []netip.Prefix // VPCCIDRs' cache
 	vpcAt      time.Time

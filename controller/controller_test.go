@@ -467,3 +467,40 @@ func TestInstanceScopedBan(t *testing.T) {
 		t.Fatalf("scoped keys %q %q", view.scopedKey(one), view.scopedKey("i-0fffffffffffffff0"))
 	}
 }
+
+// A ban written while a reconcile pass reads the ledger is newer than the pass's syncs, so the
+// agent keeps it over a sync that does not hold it (issue 22, finding 13).
+func TestBanDuringReconcileReadIsNewerThanTheSync(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	var banRev int64
+	e.c.afterLedgerRead = func() {
+		e.c.afterLedgerRead = nil
+		res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.44"}, Target: "Role=mail", TTL: time.Hour})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		banRev = res.Rev
+	}
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Synced) != 1 {
+		t.Fatalf("synced %v", rep.Synced)
+	}
+	var syncRev int64
+	for _, m := range e.drain(t, id) {
+		if m.Kind == proto.KindSync {
+			syncRev = m.Rev
+			for _, b := range m.Bans {
+				t.Fatalf("the sync holds %s, which its read could not see", b.CIDR)
+			}
+		}
+	}
+	if syncRev == 0 || banRev <= syncRev {
+		t.Fatalf("sync at %d, the ban written during its read at %d: the sync would claim authority over the ban", syncRev, banRev)
+	}
+}

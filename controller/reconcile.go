@@ -267,9 +267,20 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		return rep, err
 	}
 	rep.Instances = len(instances)
+	// A sync's revision is taken before the ledger is read, so that it is older than every change
+	// the read may have missed: a ban or unban written while the pass reads has a newer revision,
+	// and an agent keeps it over the sync. (Taken after the read, it claimed authority over them:
+	// a ban written meanwhile was dropped until the next digest repair.)
+	syncRev, revErr := c.Ledger.NextRev(ctx)
+	if revErr != nil {
+		return rep, revErr
+	}
 	view, err := c.readLedger(ctx)
 	if err != nil {
 		return rep, err
+	}
+	if c.afterLedgerRead != nil {
+		c.afterLedgerRead()
 	}
 	rep.Fleet.Instances = len(instances)
 	for _, b := range view.bans {
@@ -304,13 +315,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	}
 	// A sync takes a revision of its own, newer than everything it was computed from: one per
 	// pass, taken when the first instance needs one.
-	var revOnce sync.Once
-	var syncRev int64
-	var revErr error
-	nextRev := func() (int64, error) {
-		revOnce.Do(func() { syncRev, revErr = c.Ledger.NextRev(ctx) })
-		return syncRev, revErr
-	}
+	nextRev := func() (int64, error) { return syncRev, nil }
 	// Instances with the same tags want the same state: compute it (and its digest) once.
 	var memoMu sync.Mutex
 	memo := map[string]*desiredDigest{}
@@ -342,9 +347,6 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		})
 	}
 	_ = g.Wait()
-	if revErr != nil {
-		return rep, revErr
-	}
 	// Queues of instances that are gone: mark, then delete after the grace period.
 	for id, url := range queues {
 		if running[id] {
