@@ -71,24 +71,37 @@ func TestFormatsFromSource(t *testing.T) {
 	found, failures, bad := 0, 0, 0
 	for _, r := range readFormats(t) {
 		v := jails[r.jail].Check(r.line)
+		want := r.want
+		// Where this project counts differently from the research's per-line recommendation, on
+		// purpose (docs/TRIGGERS.md): a refused key is one failure per connection, not per key
+		// (an admin's agent offers several), and "Failed keyboard-interactive/pam" repeats the
+		// PAM error line that counts the attempt.
+		if r.jail == "sshd" && (strings.Contains(r.line, ": Failed publickey for ") || strings.Contains(r.line, ": Failed keyboard-interactive/pam for ")) {
+			want = "conn"
+		}
+		// A change of user name in mid-connection writes both client-chosen names after the
+		// address, so the address is taken from the connection's earlier lines, not this one.
+		if r.jail == "sshd" && strings.Contains(r.line, "Change of username or service not allowed") && want == "conn" {
+			r.addr = "-"
+		}
 		var ok bool
-		switch r.want {
+		switch want {
 		case "attempt":
 			ok = v.Kind == KindAttempt && v.Addr == r.addr
 		case "conn":
-			ok = (v.Kind == KindMarker || v.Kind == KindEndUser || v.Kind == KindEnd) && v.Addr == r.addr
+			ok = (v.Kind == KindMarker || v.Kind == KindEndUser || v.Kind == KindEnd) && (v.Addr == r.addr || r.addr == "-" && v.Addr == "")
 		case "success":
 			ok = v.Kind == KindSuccess && v.Addr == r.addr
 		case "none", "0":
 			ok = v.Count == 0 && v.Kind != KindMarker && v.Kind != KindEndUser
 		default:
-			n, err := strconv.Atoi(r.want)
+			n, err := strconv.Atoi(want)
 			if err != nil {
 				t.Fatalf("%s:%d: want %q", r.file, r.lineNo, r.want)
 			}
 			ok = v.Addr == r.addr && v.Count == min(n, 5)
 		}
-		if r.want != "none" && r.want != "0" && r.want != "success" {
+		if want != "none" && want != "0" && want != "success" {
 			failures++
 			if ok {
 				found++

@@ -83,18 +83,31 @@ var Builtin = map[string]builtinJail{
 		tag:   `sshd(?:-session|-auth)?`,
 		comms: []string{"sshd", "sshd-session", "sshd-auth"},
 		rules: []ruleSpec{
-			r(KindAttempt, `Failed (?:password|keyboard-interactive/pam|keyboard-interactive) for (?:invalid user )?.* from <A> port \d+(?: ssh2)?$`),
+			r(KindAttempt, `Failed password for (?:invalid user )?.* from <A> port \d+(?: ssh2)?$`),
+			// PAM conversations (keyboard-interactive): auth-pam.c logs every failure at ERROR;
+			// the "Failed keyboard-interactive/pam" line repeats it (and reaches INFO only from the
+			// MaxAuthTries/2-th failure), so it marks the connection and is not counted again.
+			r(KindAttempt, `(?:error: )?PAM: [^()]* for (?:illegal user )?.* from <A>$`),
 			r(KindSuccess, `Accepted [-\w/@.]+ for .* from <A> port \d+(?: ssh2)?(?:: .*)?$`),
-			r(KindMarker, `Failed (?:publickey|hostbased|none|gssapi-with-mic|gssapi-keyex) for (?:invalid user )?.* from <A> port \d+(?: ssh2)?(?:: [-\w@.]+ [-\w:+/=]+(?: ID \S+ \(serial \d+\) CA [-\w@.]+ [-\w:+/=]+)?)?$`),
+			r(KindMarker, `Failed (?:keyboard-interactive/pam|keyboard-interactive|publickey|hostbased|none|gssapi-with-mic|gssapi-keyex) for (?:invalid user )?.* from <A> port \d+(?: ssh2)?(?:: [-\w@.]+ [-\w:+/=]+(?: ID \S+ \(serial \d+\) CA [-\w@.]+ [-\w:+/=]+)?)?$`),
 			r(KindMarker, `[Ii]nvalid user .* from <A>(?: port \d+)?$`),
 			r(KindMarker, `User .* from <A> not allowed because [^()]+$`),
+			r(KindMarker, `ROOT LOGIN REFUSED FROM <A> port \d+(?: \[preauth\])?$`),
 			r(KindMarker, `(?:error: )?maximum authentication attempts exceeded for (?:invalid user )?.* from <A> port \d+(?: ssh2)?(?: \[preauth\])?$`),
-			r(KindMarker, `(?:error: )?PAM: [^()]* for (?:illegal user )?.* from <A>$`),
 			r(KindMarker, `pam_unix\(sshd:auth\): authentication failure; logname=\S* uid=\d+ euid=\d+ tty=\S* ruser=\S* rhost=<A>(?:\s|$)`),
 			r(KindEndUser, `(?:Connection (?:closed|reset) by|Disconnected from) (?:invalid|authenticating) user .* <A> port \d+ \[preauth\]$`),
 			r(KindEndUser, `Disconnecting (?:invalid|authenticating) user .* <A> port \d+: Too many authentication failures(?: \[preauth\])?$`),
 			r(KindEnd, `(?:Connection (?:closed|reset) by|Disconnected from) <A> port \d+ \[preauth\]$`),
-			r(KindEnd, `Timeout before authentication for (?:connection from )?<A> (?:port|to) .*$`),
+			// The connection's own process timing out (8.5 to 9.7). The listener's 9.8+ line
+			// ("for connection from X to Y, pid = N") is another process, and 9.8 swapped X and Y.
+			r(KindEnd, `(?:fatal: )?Timeout before authentication for <A> port \d+$`),
+			// Lines that name no address (or only after client-written text), which count through
+			// their connection (the pid's earlier lines name the source): OpenSSH 7.4's
+			// "Disconnecting: Too many authentication failures", the shell checks, a change of
+			// user name in mid-connection (both names are the client's).
+			r(KindEndUser, `Disconnecting: (?:Too many authentication failures|Change of username or service not allowed: .*)(?: \[preauth\])?$`),
+			r(KindEndUser, `Disconnecting (?:invalid|authenticating) user .* port \d+: Change of username or service not allowed: .* \[preauth\]$`),
+			r(KindMarker, `User \S+ not allowed because (?:shell \S+ (?:does not exist|is not executable)|account is locked)$`),
 		},
 	},
 	// Dovecot 2.2 to 2.4: the login process's summary counts the connection's failed attempts
@@ -295,6 +308,11 @@ func (j *Jail) CheckRecord(rec Record) Verdict {
 		if len(j.rules) > 0 {
 			v.Why = "no rule matched"
 		}
+		return v
+	}
+	if re.SubexpIndex("addr") < 0 {
+		// A rule for a line that names no address: it counts through its connection.
+		v.Why = which + ", no address: counts through its connection"
 		return v
 	}
 	raw := m[re.SubexpIndex("addr")]

@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -128,10 +129,23 @@ func TestSSHConnections(t *testing.T) {
 			"sshd[106]: Accepted password for alice from " + a + " port 4106 ssh2"}, 0},
 		{"scanner: no user, no marker", []string{
 			"sshd[107]: Connection closed by " + a + " port 4107 [preauth]"}, 0},
-		{"keyboard-interactive and PAM", []string{
+		{"keyboard-interactive and PAM, once", []string{
 			"sshd[108]: error: PAM: Authentication failure for root from " + a,
 			"sshd[108]: Failed keyboard-interactive/pam for root from " + a + " port 4108 ssh2",
 			"sshd[108]: Connection closed by authenticating user root " + a + " port 4108 [preauth]"}, 1},
+		{"OpenSSH 7.4: too many keys, the end line names no address", []string{
+			"sshd[110]: error: maximum authentication attempts exceeded for root from " + a + " port 4110 ssh2 [preauth]",
+			"sshd[110]: Disconnecting: Too many authentication failures [preauth]"}, 1},
+		{"a change of user name: both names are the client's, the address comes from the connection", []string{
+			"sshd[111]: Invalid user x from " + a + " port 4111",
+			"sshd[111]: Disconnecting invalid user x 198.51.100.9 port 1: Change of username or service not allowed: (y " + a + " port 4111: Change of username or service not allowed: (x 198.51.100.9 port 1: Change of username or service not allowed: (y,ssh-connection) -> (root,ssh-connection) [preauth]"}, 1},
+		{"keyboard-interactive: the PAM errors count, the Failed lines repeat them", []string{
+			"sshd[112]: error: PAM: Authentication failure for root from " + a,
+			"sshd[112]: error: PAM: Authentication failure for root from " + a,
+			"sshd[112]: error: PAM: Authentication failure for root from " + a,
+			"sshd[112]: error: PAM: Authentication failure for root from " + a,
+			"sshd[112]: Failed keyboard-interactive/pam for root from " + a + " port 4112 ssh2",
+			"sshd[112]: Connection closed by authenticating user root " + a + " port 4112 [preauth]"}, 4},
 		{"bot sends a disconnect", []string{
 			"sshd[109]: Invalid user test from " + a + " port 4109",
 			"sshd[109]: Received disconnect from " + a + " port 4109:11: Bye Bye [preauth]",
@@ -298,4 +312,37 @@ func TestInstanceOfStream(t *testing.T) {
 			t.Errorf("%q: %q, want %q", stream, got, want)
 		}
 	}
+}
+
+// FuzzParseRecord: any event text is taken apart without a panic, and whatever a built-in jail
+// then finds is a canonical address that the line names.
+func FuzzParseRecord(f *testing.F) {
+	for _, s := range []string{
+		"Jun  8 18:11:13 host sshd[1]: Failed password for root from 203.0.113.5 port 1 ssh2",
+		`<38>1 2019-07-08T17:40:16Z host sshd 1 - [a b="\]"] Connection closed by invalid user x 203.0.113.5 port 1 [preauth]`,
+		`{"SYSLOG_IDENTIFIER":"dovecot","_COMM":"log","MESSAGE":[105,109,97,112]}`,
+		"Jan 29 09:33:58 auth(jdoe,203.0.113.7,sasl:plain): Info: passwd-file: unknown user",
+		"<1>1 - - - - - [", "{", "Jan 1 00:00:00 ", "x[1]: ",
+	} {
+		f.Add(s)
+	}
+	cfg, err := ParseConfig(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		rec := ParseRecord(line)
+		_ = rec.Canonical()
+		for i := range cfg.Jails {
+			v := cfg.Jails[i].CheckRecord(rec)
+			if v.Addr == "" {
+				continue
+			}
+			if !strings.Contains(line, v.Addr) && !strings.HasPrefix(line, "{") {
+				if a, err := netip.ParseAddr(v.Addr); err != nil || a.String() != v.Addr {
+					t.Fatalf("jail %s found %q in %q", cfg.Jails[i].Name, v.Addr, line)
+				}
+			}
+		}
+	})
 }

@@ -47,7 +47,7 @@ func ConnKey(rec Record) string {
 // them needs.
 func NeedsConns(vs []Verdict) bool {
 	for _, v := range vs {
-		if v.Kind != KindNone && v.Addr != "" && v.Rec.PID != "" {
+		if v.Kind != KindNone && v.Rec.PID != "" {
 			return true
 		}
 	}
@@ -86,11 +86,27 @@ func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally {
 	seen := map[string]bool{} // prior applies to a key's first connection in the batch only
 	var order []string
 	for _, v := range vs {
-		if v.Kind == KindNone || v.Addr == "" {
+		if v.Kind == KindNone {
 			continue
 		}
-		t.Lines[v.Addr]++
 		key := ConnKey(v.Rec)
+		if v.Addr == "" {
+			// A line that names no address belongs to its connection, if the connection is known.
+			c := conns[key]
+			if c == nil && !seen[key] {
+				if p, ok := prior[key]; ok && key != "" {
+					c = &connAcc{st: p}
+					seen[key] = true
+					conns[key] = c
+					order = append(order, key)
+				}
+			}
+			if c == nil || c.st.Addr == "" {
+				continue
+			}
+			v.Addr = c.st.Addr
+		}
+		t.Lines[v.Addr]++
 		if key == "" {
 			// No pid, so no connection to follow: a line counts for what it says on its own.
 			switch v.Kind {
