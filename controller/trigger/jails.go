@@ -97,7 +97,9 @@ var Builtin = map[string]builtinJail{
 			r(KindMarker, `pam_unix\(sshd:auth\): authentication failure; logname=\S* uid=\d+ euid=\d+ tty=\S* ruser=\S* rhost=<A>(?:\s|$)`),
 			r(KindEndUser, `(?:Connection (?:closed|reset) by|Disconnected from) (?:invalid|authenticating) user .* <A> port \d+ \[preauth\]$`),
 			r(KindEndUser, `Disconnecting (?:invalid|authenticating) user .* <A> port \d+: Too many authentication failures(?: \[preauth\])?$`),
+			r(KindEndUser, `Connection from (?:invalid|authenticating) user .* <A> port \d+ timed out(?: \[preauth\])?$`),
 			r(KindEnd, `(?:Connection (?:closed|reset) by|Disconnected from) <A> port \d+ \[preauth\]$`),
+			r(KindEnd, `Connection from <A> port \d+ timed out(?: \[preauth\])?$`),
 			// The connection's own process timing out (8.5 to 9.7). The listener's 9.8+ line
 			// ("for connection from X to Y, pid = N") is another process, and 9.8 swapped X and Y.
 			r(KindEnd, `(?:fatal: )?Timeout before authentication for <A> port \d+$`),
