@@ -322,7 +322,8 @@ func testJail(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%d: %s x%d (%s)\n", lines, v.Addr, v.Count, v.Why)
 		case v.Kind != trigger.KindNone:
 			vs = append(vs, v)
-			what := map[trigger.Kind]string{trigger.KindMarker: "its connection counts once if it ends without logging in",
+			what := map[trigger.Kind]string{trigger.KindMarker: "a failed connection: one failure, once",
+				trigger.KindRefused: "a refused key: one failure if its connection ends without logging in",
 				trigger.KindEndUser: "the end of a failed connection: one failure, unless its attempts were counted",
 				trigger.KindEnd:     "the end of a connection: one failure if it failed before",
 				trigger.KindSuccess: "logged in: nothing on this connection counts"}[v.Kind]
@@ -337,8 +338,8 @@ func testJail(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bansshee-lambda test-jail: read %s: %v\n", *logFile, err)
 		return 1
 	}
-	// The whole file as one log stream: connections are followed across its lines.
-	t := jail.Tally(vs, nil)
+	// The whole file as one log stream: connections are followed across its lines, and end with it.
+	t := jail.TallyAll(vs)
 	var shapeList []string
 	for sh, n := range shapes {
 		if sh == "" {

@@ -89,11 +89,11 @@ func TestFormatsFromSource(t *testing.T) {
 		case "attempt":
 			ok = v.Kind == KindAttempt && v.Addr == r.addr
 		case "conn":
-			ok = (v.Kind == KindMarker || v.Kind == KindEndUser || v.Kind == KindEnd) && (v.Addr == r.addr || r.addr == "-" && v.Addr == "")
+			ok = (v.Kind == KindMarker || v.Kind == KindRefused || v.Kind == KindEndUser || v.Kind == KindEnd) && (v.Addr == r.addr || r.addr == "-" && v.Addr == "")
 		case "success":
 			ok = v.Kind == KindSuccess && v.Addr == r.addr
 		case "none", "0":
-			ok = v.Count == 0 && v.Kind != KindMarker && v.Kind != KindEndUser
+			ok = v.Count == 0 && v.Kind != KindMarker && v.Kind != KindRefused && v.Kind != KindEndUser
 		default:
 			n, err := strconv.Atoi(want)
 			if err != nil {

@@ -620,7 +620,7 @@ func (h *Handler) queryLogs(ctx context.Context, name string, act AlarmAction, o
 	}
 	// Each stream's connections are its own (a pid means nothing across instances).
 	for _, vs := range byStream {
-		t := q.jail.Tally(vs, nil)
+		t := q.jail.TallyAll(vs)
 		for addr, n := range t.Hits {
 			counts[q.jail.banUnit(addr)] += n
 		}

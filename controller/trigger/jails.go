@@ -30,20 +30,27 @@ const (
 	KindNone Kind = iota
 	// KindAttempt: one failed attempt (or the number the rule's group "n" holds), counted at once.
 	KindAttempt
-	// KindMarker: the connection failed to authenticate somehow (an invalid user, a refused key),
-	// counted once when it ends without logging in.
+	// KindMarker: the connection failed to authenticate without a counted attempt (an invalid
+	// user, a user AllowUsers refuses, too many attempts): one failure for the connection,
+	// counted at once and never twice.
 	KindMarker
 	// KindEndUser: the connection ended before authentication, naming an invalid or
 	// authenticating user: a marker and an end in one line.
 	KindEndUser
-	// KindEnd: the connection ended before authentication; counted once if it had a marker.
+	// KindEnd: the connection ended before authentication; one failure if it had a marker or a
+	// refused key.
 	KindEnd
-	// KindSuccess: the connection logged in; nothing on it is counted.
+	// KindSuccess: the connection logged in; nothing on it is counted (in the same batch).
 	KindSuccess
+	// KindRefused: a refused key or method ("Failed publickey"): honest clients offer several
+	// keys before the right one, so it counts (once) only when the connection ends without
+	// logging in.
+	KindRefused
 )
 
 func (k Kind) String() string {
-	return [...]string{"none", "attempt", "marker", "end", "end", "success"}[k]
+	return map[Kind]string{KindNone: "none", KindAttempt: "attempt", KindMarker: "marker", KindEndUser: "end",
+		KindEnd: "end", KindSuccess: "success", KindRefused: "refused"}[k]
 }
 
 type ruleSpec struct {
@@ -89,7 +96,8 @@ var Builtin = map[string]builtinJail{
 			// MaxAuthTries/2-th failure), so it marks the connection and is not counted again.
 			r(KindAttempt, `(?:error: )?PAM: [^()]* for (?:illegal user )?.* from <A>$`),
 			r(KindSuccess, `Accepted [-\w/@.]+ for .* from <A> port \d+(?: ssh2)?(?:: .*)?$`),
-			r(KindMarker, `Failed (?:keyboard-interactive/pam|keyboard-interactive|publickey|hostbased|none|gssapi-with-mic|gssapi-keyex) for (?:invalid user )?.* from <A> port \d+(?: ssh2)?(?:: [-\w@.]+ [-\w:+/=]+(?: ID \S+ \(serial \d+\) CA [-\w@.]+ [-\w:+/=]+)?)?$`),
+			r(KindMarker, `Failed (?:keyboard-interactive/pam|keyboard-interactive) for (?:invalid user )?.* from <A> port \d+(?: ssh2)?$`),
+			r(KindRefused, `Failed (?:publickey|hostbased|none|gssapi-with-mic|gssapi-keyex) for (?:invalid user )?.* from <A> port \d+(?: ssh2)?(?:: [-\w@.]+ [-\w:+/=]+(?: ID \S+ \(serial \d+\) CA [-\w@.]+ [-\w:+/=]+)?)?$`),
 			r(KindMarker, `[Ii]nvalid user .* from <A>(?: port \d+)?$`),
 			r(KindMarker, `User .* from <A> not allowed because [^()]+$`),
 			r(KindMarker, `ROOT LOGIN REFUSED FROM <A> port \d+(?: \[preauth\])?$`),

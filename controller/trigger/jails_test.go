@@ -161,14 +161,14 @@ func TestSSHConnections(t *testing.T) {
 	}
 }
 
-// The honest admin whose agent offers four wrong keys before the right one: sshd logs the third
-// and fourth refusals at INFO, then the login. Ten sessions count nothing.
+// The honest admin whose agent offers four wrong keys before the right one: under LogLevel
+// VERBOSE sshd logs every refusal, then the login. Ten sessions count nothing.
 func TestHonestMultiKeyAdminNeverCounted(t *testing.T) {
 	j := sshdJail(t)
 	var lines []string
 	for s := 0; s < 10; s++ {
 		pid := 500 + s
-		for k := 3; k <= 4; k++ {
+		for k := 1; k <= 4; k++ {
 			lines = append(lines, fmt.Sprintf("sshd[%d]: Failed publickey for admin from 203.0.113.50 port 5%d ssh2: ED25519 SHA256:k%dAbc+/x=", pid, pid, k))
 		}
 		lines = append(lines, fmt.Sprintf("sshd[%d]: Accepted publickey for admin from 203.0.113.50 port 5%d ssh2: ED25519 SHA256:good", pid, pid))
@@ -190,14 +190,33 @@ func TestSSHConnectionAcrossBatches(t *testing.T) {
 	if second.Hits[a] != 0 || len(second.Closed) != 1 {
 		t.Fatalf("second batch counted the connection again: %v", second.Hits)
 	}
-	// A key-only connection whose end arrives later counts once, at the end.
+	// An invalid user counts at once (it can never log in), and its end in a later batch adds
+	// nothing.
 	first = tallyLines(t, j, nil, "sshd[8]: Invalid user admin from "+a+" port 4008")
-	if first.Hits[a] != 0 {
-		t.Fatalf("an open key-only connection counted before it ended: %v", first.Hits)
+	if first.Hits[a] != 1 {
+		t.Fatalf("an invalid user's connection: %v", first.Hits)
 	}
 	second = tallyLines(t, j, first.Open, "sshd[8]: Connection closed by invalid user admin "+a+" port 4008 [preauth]")
+	if second.Hits[a] != 0 {
+		t.Fatalf("key-only connection counted again across batches: %v", second.Hits)
+	}
+	// A refused key waits for the end: the connection may still log in (an admin's agent offers
+	// several keys; LogLevel VERBOSE writes every refusal).
+	first = tallyLines(t, j, nil, "sshd[10]: Failed publickey for root from "+a+" port 4010 ssh2: ED25519 SHA256:x")
+	if first.Hits[a] != 0 {
+		t.Fatalf("a refused key counted before its connection ended: %v", first.Hits)
+	}
+	second = tallyLines(t, j, first.Open, "sshd[10]: Connection closed by "+a+" port 4010 [preauth]")
 	if second.Hits[a] != 1 {
-		t.Fatalf("key-only connection across batches: %v", second.Hits)
+		t.Fatalf("refused keys, then the connection ended: %v", second.Hits)
+	}
+	// A whole log (test-jail, an alarm's window) ends every connection still open in it.
+	var vs []Verdict
+	for _, l := range []string{"sshd[11]: Failed publickey for root from " + a + " port 4011 ssh2: RSA SHA256:y", "sshd[12]: Invalid user x from " + a + " port 4012"} {
+		vs = append(vs, j.Check(l))
+	}
+	if all := j.TallyAll(vs); all.Hits[a] != 2 {
+		t.Fatalf("TallyAll: %v", all.Hits)
 	}
 	// A marker then a login in the next batch: nothing.
 	first = tallyLines(t, j, nil, "sshd[9]: Failed publickey for admin from "+a+" port 4009 ssh2: RSA SHA256:x")

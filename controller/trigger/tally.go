@@ -11,6 +11,7 @@ type ConnState struct {
 	Addr     string `json:"a" dynamodbav:"a"`
 	Attempts int    `json:"n,omitempty" dynamodbav:"n,omitempty"`
 	Marker   bool   `json:"m,omitempty" dynamodbav:"m,omitempty"`
+	Refused  bool   `json:"r,omitempty" dynamodbav:"r,omitempty"`
 	Counted  int    `json:"c,omitempty" dynamodbav:"c,omitempty"`
 }
 
@@ -55,10 +56,17 @@ func NeedsConns(vs []Verdict) bool {
 }
 
 // Tally counts a batch's verdicts (in the order the lines were written) for one log stream.
-// Attempts count at once; a connection that failed without an attempt (an invalid user, a refused
-// key) counts one when it ends; a connection is never counted twice, and nothing on a connection
-// that logs in is counted. prior holds the connections a previous batch left open.
-func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally {
+// Attempts count at once; a connection that failed without an attempt (an invalid user, a user
+// AllowUsers refuses) counts one, at once; one whose only failure is a refused key counts one when
+// it ends without logging in; a connection is never counted twice, and nothing on a connection
+// that logs in within the batch is counted. prior holds the connections a previous batch left open.
+func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally { return j.tally(vs, prior, false) }
+
+// TallyAll is Tally over a whole log (a file, an alarm's window): every connection still open at
+// its end has ended.
+func (j *Jail) TallyAll(vs []Verdict) *Tally { return j.tally(vs, nil, true) }
+
+func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tally {
 	t := &Tally{Hits: map[string]int{}, Lines: map[string]int{}, Open: map[string]ConnState{}}
 	add := func(addr string, n int) {
 		if n <= 0 {
@@ -74,7 +82,7 @@ func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally {
 			return
 		}
 		want := c.st.Attempts
-		if c.ended && c.st.Marker {
+		if c.st.Marker || c.ended && c.st.Refused {
 			want = max(want, 1)
 		}
 		if d := want - c.st.Counted; d > 0 {
@@ -139,10 +147,15 @@ func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally {
 			c.st.Marker = true
 		case KindMarker:
 			c.st.Marker = true
+		case KindRefused:
+			c.st.Refused = true
 		case KindEndUser:
 			c.st.Marker, c.ended = true, true
 		case KindEnd:
 			c.ended = true
+			if c.st.Refused {
+				c.st.Marker = true
+			}
 		case KindSuccess:
 			c.success = true
 		}
@@ -157,7 +170,10 @@ func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally {
 		if !ok {
 			continue
 		}
-		finish(c) // attempts so far count now; a marker waits for the connection's end
+		if final {
+			c.ended = true
+		}
+		finish(c) // what failed so far counts now; a refused key waits for the connection's end
 		t.Open[key] = c.st
 	}
 	return t
