@@ -60,7 +60,9 @@ func NeedsConns(vs []Verdict) bool {
 // AllowUsers refuses) counts one, at once; one whose only failure is a refused key counts one when
 // it ends without logging in; a connection is never counted twice, and nothing on a connection
 // that logs in within the batch is counted. prior holds the connections a previous batch left open.
-func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally { return j.tally(vs, prior, false) }
+func (j *Jail) Tally(vs []Verdict, prior map[string]ConnState) *Tally {
+	return j.tally(vs, prior, false)
+}
 
 // TallyAll is Tally over a whole log (a file, an alarm's window): every connection still open at
 // its end has ended.
