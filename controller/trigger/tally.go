@@ -47,7 +47,10 @@ func ConnKey(rec Record) string {
 
 // NeedsConns reports whether verdicts hold lines of connections, whose earlier state a Tally of
 // them needs.
-func NeedsConns(vs []Verdict) bool {
+func (j *Jail) NeedsConns(vs []Verdict) bool {
+	if !j.conns {
+		return false
+	}
 	for _, v := range vs {
 		if v.Kind != KindNone && v.Rec.PID != "" {
 			return true
@@ -101,6 +104,9 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 			continue
 		}
 		key := ConnKey(v.Rec)
+		if !j.conns {
+			key = "" // only attempts: nothing to follow
+		}
 		if v.Addr == "" {
 			// A line that names no address belongs to its connection, if the connection is known.
 			c := conns[key]
