@@ -364,7 +364,7 @@ func (a *Agent) handle(ctx context.Context, sm sqstypes.Message) bool {
 	}
 	if m.Dropped > 0 {
 		a.Metrics.Dropped.Add(float64(m.Dropped))
-		a.log.Warn("sync entries expired in transit; applied the rest", "id", m.ID, "dropped", m.Dropped)
+		a.log.Warn("sync entries dropped (expired in transit, or breaking a rule); applied the rest", "id", m.ID, "dropped", m.Dropped)
 	}
 	start := time.Now()
 	if err := a.apply(ctx, m); err != nil {
@@ -450,6 +450,9 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 	}
 	if ch.Full && m.Part != nil {
 		a.removeParts(m.Part.Set)
+	}
+	for _, set := range a.state.ExpiredSets() {
+		a.removeParts(set)
 	}
 	a.setGauges()
 	return nil
@@ -555,6 +558,9 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.state.Prune(time.Now())
+	for _, set := range a.state.ExpiredSets() {
+		a.removeParts(set)
+	}
 	a.allow = a.allowlist() // addresses can change (a new ENI)
 	if a.saveErr != nil {
 		a.save()
@@ -769,7 +775,7 @@ func (a *Agent) loadParts(st *State) error {
 			os.Remove(f)
 			continue
 		}
-		st.addPart(m)
+		st.addPart(m, info.ModTime())
 	}
 	return nil
 }

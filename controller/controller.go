@@ -121,6 +121,9 @@ type BanRequest struct {
 	Reason string
 	Source string
 	Force  bool // allow prefixes broader than the soft minimum
+	// Operator: a person typed the reason (the CLI). Text over proto.MaxTextBytes is refused;
+	// otherwise (an alarm's query, a long alarm name) it is truncated.
+	Operator bool
 }
 
 // Delivery is the outcome of sending to one instance.
@@ -245,6 +248,14 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	if req.TTL < 0 || req.TTL > c.Limits.MaxTTL {
 		return nil, fmt.Errorf("%w: ttl %s is not between 0 (permanent) and %s", ErrRefused, req.TTL, c.Limits.MaxTTL)
 	}
+	if req.Operator {
+		for field, v := range map[string]string{"reason": req.Reason, "source": req.Source} {
+			if len(v) > proto.MaxTextBytes {
+				return nil, fmt.Errorf("%w: %s: %d bytes is over the limit of %d", ErrRefused, field, len(v), proto.MaxTextBytes)
+			}
+		}
+	}
+	req.Reason, req.Source = proto.TruncateText(req.Reason, proto.MaxTextBytes), proto.TruncateText(req.Source, proto.MaxTextBytes)
 	prefixes, err := c.CheckCIDRs(ctx, req.CIDRs, req.Force)
 	if err != nil {
 		return nil, err

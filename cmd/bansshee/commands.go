@@ -153,7 +153,7 @@ func banCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force})
+			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force, Operator: true})
 			if err != nil {
 				return err
 			}

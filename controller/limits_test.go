@@ -1,0 +1,72 @@
+package controller
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bansshee/bansshee/proto"
+)
+
+// Every ban the controller writes is one an agent takes (issue 22, finding 4): an operator's
+// over-long reason is refused, a machine's truncated, and an old ledger item with a long reason
+// still reaches a new instance in a sync the agent accepts whole.
+func TestEntryLimitsAtEveryEntry(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.drain(t, id)
+	long := strings.Repeat("x", 1000)
+	before, _ := e.c.Ledger.CurrentRev(ctx)
+
+	_, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.1"}, Reason: long, Operator: true})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "reason") || !strings.Contains(err.Error(), "256") {
+		t.Fatalf("operator's 1000-byte reason: %v, want a refusal naming the field and the limit", err)
+	}
+	if rev, _ := e.c.Ledger.CurrentRev(ctx); rev != before {
+		t.Fatalf("the refusal wrote the ledger (rev %d)", rev)
+	}
+
+	// A machine's (an alarm's query, a long alarm name): truncated, delivered.
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.2"}, Reason: long, Source: "lambda:" + long, TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := e.drain(t, id) // drain fails the test on any message the agent's decoder refuses
+	if len(msgs) != 1 || len(msgs[0].Bans) != 1 {
+		t.Fatalf("got %+v", msgs)
+	}
+	if b := msgs[0].Bans[0]; len(b.Reason) > proto.MaxTextBytes || len(b.Source) > proto.MaxTextBytes || !strings.HasSuffix(b.Reason, "...") {
+		t.Fatalf("reason %d bytes, source %d bytes", len(b.Reason), len(b.Source))
+	}
+	bans, err := e.c.Ledger.Bans(ctx, e.c.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bans {
+		if len(b.Reason) > proto.MaxTextBytes || len(b.Source) > proto.MaxTextBytes {
+			t.Fatalf("ledger holds a %d-byte reason", len(b.Reason))
+		}
+	}
+
+	// An item an earlier controller wrote: the sync carries it truncated, and nothing is dropped.
+	now := e.c.Now()
+	rev, err := e.c.Ledger.NextRev(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Ledger.PutBan(ctx, BanItem{CIDR: "198.51.100.3/32", Target: "", Reason: long, Source: long, Rev: rev, Created: now, Updated: now}); err != nil {
+		t.Fatal(err)
+	}
+	late := e.launch(t, "mail2", map[string]string{"Role": "mail"})
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs = e.drain(t, late)
+	if len(msgs) != 1 || msgs[0].Kind != proto.KindSync || len(msgs[0].Bans) != 2 || msgs[0].Dropped != 0 {
+		t.Fatalf("new instance's sync: %d messages, first %+v", len(msgs), *msgs[0])
+	}
+}
