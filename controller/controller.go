@@ -42,8 +42,11 @@ type Config struct {
 	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
 	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 10 min: agents keep alive every 4)
 	VisibilityTimeout  int
-	// AgentRoleID: see Queues.AgentRoleID.
+	// AgentRoleID: see Queues.AgentRoleID. Empty: the id recorded in the ledger.
 	AgentRoleID string
+	// PolicyCheck: how often each queue's live policy is compared with the one it should have
+	// (default PolicyCheckEvery); a changed agent role id is acted on in the next pass.
+	PolicyCheck time.Duration
 	// FeedClient fetches feeds (default: an http.Client with a one-minute timeout).
 	FeedClient *http.Client
 	// FeedAllowHTTP lets feeds use plain http:// URLs (tests; a mirror inside the VPC).
@@ -95,6 +98,9 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.LagGrace == 0 {
 		cfg.LagGrace = 30 * time.Second
 	}
+	if cfg.PolicyCheck == 0 {
+		cfg.PolicyCheck = PolicyCheckEvery
+	}
 	if cfg.SilentAfter == 0 {
 		cfg.SilentAfter = 10 * time.Minute
 	}
@@ -108,9 +114,9 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("managed selector: %w", err)
 	}
-	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed,
-		Ledger: &Ledger{DDB: cfg.DDB, Table: cfg.Table, AgentRoleID: cfg.AgentRoleID},
-		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout, AgentRoleID: cfg.AgentRoleID}}, nil
+	l := &Ledger{DDB: cfg.DDB, Table: cfg.Table, AgentRoleID: cfg.AgentRoleID}
+	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed, Ledger: l,
+		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout, AgentRoleID: cfg.AgentRoleID, RoleID: l.agentRoleID}}, nil
 }
 
 // BanRequest asks for bans.

@@ -20,6 +20,9 @@ import (
 	"github.com/bansshee/bansshee/proto"
 )
 
+// TestAgentRoleID is the agent role id the test ledgers record.
+const TestAgentRoleID = "AROATESTAGENTROLE"
+
 type env struct {
 	c       *Controller
 	clients awstest.Clients
@@ -51,6 +54,10 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	if err := c.Ledger.CreateTable(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// As the stack's Lambda does: queues are created only with the agent role's id.
+	if err := c.Ledger.RecordAgentRoleID(t.Context(), TestAgentRoleID); err != nil {
 		t.Fatal(err)
 	}
 	te.c = c

@@ -143,6 +143,9 @@ type InstanceItem struct {
 	SyncedAt  time.Time `dynamodbav:"synced_at,omitempty"`
 	GoneSince time.Time `dynamodbav:"gone_since,omitempty"`
 	LagSince  time.Time `dynamodbav:"lag_since,omitempty"`
+	// The agent role id the queue's policy was last found or written with, and when.
+	PolicyRole    string    `dynamodbav:"policy_role,omitempty"`
+	PolicyChecked time.Time `dynamodbav:"policy_checked,omitempty"`
 }
 
 func s(v string) ddbtypes.AttributeValue { return &ddbtypes.AttributeValueMemberS{Value: v} }

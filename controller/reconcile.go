@@ -23,11 +23,13 @@ type Report struct {
 	QueuesDeleted []string
 	Synced        []string // instances sent a full sync
 	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
-	Escalated     []string // CIDRs banned from agent escalations
-	Refused       []string // escalations refused, with why
-	Fleet         FleetCounts
-	Feeds         []FeedReport // feeds that were due and refreshed before the pass
-	Errors        []error
+	// PoliciesRewritten: instances whose queue policy named another role (or none) and was rewritten.
+	PoliciesRewritten []string
+	Escalated         []string // CIDRs banned from agent escalations
+	Refused           []string // escalations refused, with why
+	Fleet             FleetCounts
+	Feeds             []FeedReport // feeds that were due and refreshed before the pass
+	Errors            []error
 }
 
 // desired computes, for an instance's tags, the active bans and limits and the highest revision
@@ -381,6 +383,7 @@ func tagKey(tags map[string]string) string {
 // instanceOutcome is what reconciling one instance did.
 type instanceOutcome struct {
 	queueCreated, synced, silent bool
+	policyRewritten              bool
 	state                        string // converged, lagging, silent, unreported
 	errs                         []error
 }
@@ -391,6 +394,9 @@ func (r *Report) merge(id string, o instanceOutcome) {
 	}
 	if o.synced {
 		r.Synced = append(r.Synced, id)
+	}
+	if o.policyRewritten {
+		r.PoliciesRewritten = append(r.PoliciesRewritten, id)
 	}
 	if o.silent {
 		r.Silent = append(r.Silent, id)
@@ -413,6 +419,7 @@ func (r *Report) merge(id string, o instanceOutcome) {
 func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueue bool, dd *desiredDigest, st proto.AgentStatus, reported bool,
 	rec InstanceItem, seen bool, now time.Time, nextRev func() (int64, error)) instanceOutcome {
 	var o instanceOutcome
+	role := c.Queues.Role(ctx)
 	if !hasQueue {
 		u, err := c.Queues.Ensure(ctx, in.ID)
 		if err != nil {
@@ -421,6 +428,18 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 		}
 		c.urls.Store(in.ID, u)
 		o.queueCreated = true
+		rec.PolicyRole, rec.PolicyChecked = role, now
+	} else if role != "" && (rec.PolicyRole != role || now.Sub(rec.PolicyChecked) >= c.PolicyCheck) {
+		// The recorded role is compared every pass (free: the record is read anyway); the live
+		// policy is read when it differs and otherwise once per PolicyCheck.
+		if err := c.checkPolicy(ctx, in.ID, role, &o); err != nil {
+			o.errs = append(o.errs, err)
+		} else {
+			rec.SK, rec.PolicyRole, rec.PolicyChecked = in.ID, role, now
+			if err := c.Ledger.PutInstance(ctx, rec); err != nil {
+				o.errs = append(o.errs, err)
+			}
+		}
 	}
 	d := dd.desired
 	// An agent lags when its applied revision stays below what concerns it, or what it holds
@@ -480,6 +499,22 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 	}
 	o.synced = true
 	return o
+}
+
+// PolicyCheckEvery is how often the reconciler reads each queue's policy to compare it.
+const PolicyCheckEvery = time.Hour
+
+func (c *Controller) checkPolicy(ctx context.Context, id, role string, o *instanceOutcome) error {
+	url, err := c.queueURL(ctx, id)
+	if err != nil {
+		return err
+	}
+	rewritten, err := c.Queues.CheckPolicy(ctx, id, url, role)
+	if rewritten {
+		c.Log.Warn("queue policy differed from the agent role's; rewritten", "instance", id, "role", role)
+		o.policyRewritten = true
+	}
+	return err
 }
 
 // compressFor says whether an agent takes compressed syncs (bans_z): every agent that reports

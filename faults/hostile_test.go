@@ -275,7 +275,7 @@ func TestHostileAgentDownNoSyncStorm(t *testing.T) {
 	r := newRig(t, 1)
 	ctx := t.Context()
 	n := r.Nodes()[0]
-	c, err := controller.New(controller.Config{EC2: r.Clients.EC2, SQS: r.Clients.SQS, DDB: r.Clients.DynamoDB, Table: r.table,
+	c, err := controller.New(controller.Config{AgentRoleID: fleet.AgentRoleID, EC2: r.Clients.EC2, SQS: r.Clients.SQS, DDB: r.Clients.DynamoDB, Table: r.table,
 		Prefix: r.Queues.Prefix, Signer: r.Signer, LagGrace: time.Nanosecond, SilentAfter: 2 * time.Second, VisibilityTimeout: r.Queues.VisibilityTimeout})
 	if err != nil {
 		t.Fatal(err)

@@ -517,6 +517,13 @@ func initCmd(g *globals) *cobra.Command {
 			if _, err := c.Queues.EnsureDLQ(ctx); err != nil {
 				return err
 			}
+			// Queues are created only with the agent role's id; record it for controllers without it.
+			if g.agentRoleID != "" {
+				if err := c.Ledger.RecordAgentRoleID(ctx, g.agentRoleID); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "agent role id %s recorded\n", g.agentRoleID)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ledger table %s and queue %s ready\n", g.table, c.Queues.DLQName())
 			return nil
 		}}

@@ -34,7 +34,7 @@ func newCLI(t *testing.T) *cliEnv {
 	if code, _, errOut := c.run(t, "keys", "gen", "--out", key, "--id", "k1"); code != 0 {
 		t.Fatalf("keys gen: %s", errOut)
 	}
-	if code, _, errOut := c.run(t, "init"); code != 0 {
+	if code, _, errOut := c.run(t, "init", "--agent-role-id", "AROACLITESTAGENT"); code != 0 {
 		t.Fatalf("init: %s", errOut)
 	}
 	for _, tags := range []map[string]string{
