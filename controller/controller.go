@@ -49,6 +49,13 @@ type Config struct {
 	PolicyCheck time.Duration
 	// FeedClient fetches feeds (default: an http.Client with a one-minute timeout).
 	FeedClient *http.Client
+	// MaxInstanceCoverage4 and 6: what the bans and feeds one instance holds may cover together,
+	// in IPv4 addresses and IPv6 /64s (0: DefaultInstanceMaxCoverage). A feed version that would
+	// pass it is held.
+	MaxInstanceCoverage4, MaxInstanceCoverage6 uint64
+	// FeedsApart: reconcile passes do not refresh feeds; they run in an invocation of their own
+	// (the Lambda's feed schedule, the feed loop of Serve), so a bad feed cannot stop a pass.
+	FeedsApart bool
 	// FeedAllowHTTP lets feeds use plain http:// URLs (tests; a mirror inside the VPC).
 	FeedAllowHTTP bool
 	Log           *slog.Logger

@@ -231,11 +231,13 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	// Feeds that are due are fetched first, so that this pass already syncs what they changed.
 	// A feed that fails keeps its last good version; its failure is in its report, not an error
 	// of the pass.
-	feeds, err := c.RefreshFeeds(ctx, FeedOptions{})
-	if err != nil {
-		rep.Errors = append(rep.Errors, err)
+	if !c.FeedsApart {
+		feeds, err := c.RefreshFeeds(ctx, FeedOptions{})
+		if err != nil {
+			rep.Errors = append(rep.Errors, err)
+		}
+		rep.Feeds = feeds
 	}
-	rep.Feeds = feeds
 	instances, err := c.Discover(ctx, mustParse("*"))
 	if err != nil {
 		return rep, err
@@ -817,7 +819,13 @@ func (c *Controller) Wait(ctx context.Context, ids []string, rev int64, progress
 }
 
 // Serve runs ReconcileOnce every interval until ctx ends.
+//
+// Feeds are refreshed apart from the passes, by a loop of their own with its own time budget
+// (FeedBudget a round), so that a slow or huge feed cannot hold up new instances' queues or
+// repair syncs.
 func (c *Controller) Serve(ctx context.Context, interval time.Duration, onPass func(*Report, error)) {
+	c.FeedsApart = true
+	go c.serveFeeds(ctx, interval)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -825,6 +833,33 @@ func (c *Controller) Serve(ctx context.Context, interval time.Duration, onPass f
 		if onPass != nil {
 			onPass(rep, err)
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// FeedBudget is how long one round of feed refreshes may take in Serve's feed loop.
+const FeedBudget = 5 * time.Minute
+
+func (c *Controller) serveFeeds(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					c.Log.Error("feed refresh panicked; the reconciler runs on", "panic", r)
+				}
+			}()
+			fctx, cancel := context.WithTimeout(ctx, FeedBudget)
+			defer cancel()
+			if _, err := c.RefreshFeeds(fctx, FeedOptions{}); err != nil {
+				c.Log.Error("feed refresh", "err", err)
+			}
+		}()
 		select {
 		case <-ctx.Done():
 			return
