@@ -83,6 +83,7 @@ type Agent struct {
 	allow       []netip.Prefix
 	queueURL    string
 	lastErr     string
+	kernelDirty bool // a kernel change failed: the next reconcile applies the whole state
 	escalations []proto.Escalation
 	healthy     time.Time // last successful receive
 	passes      int       // reconcile passes
@@ -431,22 +432,24 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 			err = a.fw.Unban(ctx, ch.Removed)
 		}
 	}
-	if err == nil {
-		if ch.Full {
-			a.rebuilding = false
-		}
-		a.persist(m, ch.Full)
+	if err != nil {
+		// The kernel refused (a full set, an ipset error). The message is still taken into the
+		// state and the state file and then deleted; every reconcile pass retries the kernel from
+		// the state until it takes it. Returned to the queue, it and every good message behind it
+		// would come back until maxReceiveCount and go to the DLQ.
+		a.kernelDirty = true
+		a.lastErr = "kernel apply failed, retried every reconcile pass: " + err.Error()
+		a.Metrics.KernelErrors.Inc()
+		a.log.Error("kernel apply failed; the change is kept and retried every reconcile pass", "id", m.ID, "kind", m.Kind, "err", err)
 	}
+	if ch.Full {
+		a.rebuilding = false
+	}
+	a.persist(m, ch.Full)
 	if ch.Full && a.state.BanCount() > 10000 {
 		// A large sync briefly needs tens of MB (parts, JSON, ipset batches); give them back so
 		// an idle agent stays small.
 		debug.FreeOSMemory()
-	}
-	if err != nil {
-		if st, lerr := a.load(); lerr == nil && a.loadParts(st) == nil {
-			a.state = st
-		}
-		return err
 	}
 	if ch.Full && m.Part != nil {
 		a.removeParts(m.Part.Set)
@@ -570,15 +573,22 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	}
 	// Every tenth pass compares every set member; the others only count them (cheap with 100 000).
 	a.passes++
-	apply, full := a.fw.Quick, a.passes%10 == 1
+	apply, full := a.fw.Quick, a.passes%10 == 1 || a.kernelDirty
 	if full {
 		apply = a.fw.Apply
 	}
 	res, err := apply(ctx, a.desired())
 	if err != nil {
 		a.lastErr = err.Error()
+		if a.kernelDirty {
+			a.lastErr = "kernel apply failed, retried every reconcile pass: " + err.Error()
+		}
 		a.log.Error("reconcile failed", "err", err)
 		return
+	}
+	if a.kernelDirty {
+		a.kernelDirty, a.lastErr = false, ""
+		a.log.Info("the kernel took the changes it had refused")
 	}
 	for _, r := range res.Repairs {
 		a.Metrics.Repairs.WithLabelValues(r).Inc()

@@ -53,6 +53,9 @@ type Config struct {
 	// in IPv4 addresses and IPv6 /64s (0: DefaultInstanceMaxCoverage). A feed version that would
 	// pass it is held.
 	MaxInstanceCoverage4, MaxInstanceCoverage6 uint64
+	// MaxInstanceEntries: the most bans (per address family) one instance's desired state may
+	// hold (0: DefaultMaxInstanceEntries, what an agent's set holds).
+	MaxInstanceEntries int
 	// FeedsApart: reconcile passes do not refresh feeds; they run in an invocation of their own
 	// (the Lambda's feed schedule, the feed loop of Serve), so a bad feed cannot stop a pass.
 	FeedsApart bool

@@ -2,11 +2,14 @@ package controller
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bansshee/bansshee/proto"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Every ban the controller writes is one an agent takes (issue 22, finding 4): an operator's
@@ -68,5 +71,38 @@ func TestEntryLimitsAtEveryEntry(t *testing.T) {
 	msgs = e.drain(t, late)
 	if len(msgs) != 1 || msgs[0].Kind != proto.KindSync || len(msgs[0].Bans) != 2 || msgs[0].Dropped != 0 {
 		t.Fatalf("new instance's sync: %d messages, first %+v", len(msgs), *msgs[0])
+	}
+}
+
+// The desired state of one instance is capped at what its agent's sets hold (issue 22, finding 9):
+// the reconciler sends no sync that cannot apply, and says why, with a metric.
+func TestDesiredStateCappedPerInstance(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.c.MaxInstanceEntries = 5
+	var cidrs []string
+	for i := range 6 {
+		cidrs = append(cidrs, fmt.Sprintf("198.51.100.%d", i+1))
+	}
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: "Role=mail", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	web := e.launch(t, "web1", map[string]string{"Role": "web"})
+	rep, err := e.c.ReconcileOnce(ctx)
+	if !errors.Is(err, ErrOverCapacity) || !strings.Contains(err.Error(), "6 IPv4 bans, more than the 5") {
+		t.Fatalf("err %v, want ErrOverCapacity naming the counts", err)
+	}
+	if slices.Contains(rep.Synced, id) || !slices.Contains(rep.OverCapacity, id) || !slices.Contains(rep.Synced, web) {
+		t.Fatalf("synced %v, over capacity %v", rep.Synced, rep.OverCapacity)
+	}
+	m := NewMetrics()
+	m.Observe(rep, err)
+	var pb dto.Metric
+	if err := m.OverCapacity.Write(&pb); err != nil {
+		t.Fatal(err)
+	}
+	if got := pb.GetGauge().GetValue(); got != 1 {
+		t.Fatalf("bansshee_fleet_instances_over_capacity = %v", got)
 	}
 }

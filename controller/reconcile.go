@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,9 @@ type Report struct {
 	QueuesDeleted []string
 	Synced        []string // instances sent a full sync
 	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
+	// OverCapacity: instances whose desired state is more than their agent's sets hold; they get
+	// no sync (ErrOverCapacity says why).
+	OverCapacity []string
 	// PoliciesRewritten: instances whose queue policy named another role (or none) and was rewritten.
 	PoliciesRewritten []string
 	Escalated         []string // CIDRs banned from agent escalations
@@ -385,7 +389,7 @@ func tagKey(tags map[string]string) string {
 // instanceOutcome is what reconciling one instance did.
 type instanceOutcome struct {
 	queueCreated, synced, silent bool
-	policyRewritten              bool
+	policyRewritten, over        bool
 	state                        string // converged, lagging, silent, unreported
 	errs                         []error
 }
@@ -399,6 +403,9 @@ func (r *Report) merge(id string, o instanceOutcome) {
 	}
 	if o.policyRewritten {
 		r.PoliciesRewritten = append(r.PoliciesRewritten, id)
+	}
+	if o.over {
+		r.OverCapacity = append(r.OverCapacity, id)
 	}
 	if o.silent {
 		r.Silent = append(r.Silent, id)
@@ -483,6 +490,10 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 		}
 		return o
 	}
+	if err := c.checkCapacity(in.ID, d); err != nil {
+		o.errs, o.over = append(o.errs, err), true
+		return o
+	}
 	rev, err := nextRev()
 	if err != nil {
 		o.errs = append(o.errs, err)
@@ -501,6 +512,33 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 	}
 	o.synced = true
 	return o
+}
+
+// ErrOverCapacity: an instance's desired state is more than its agent's sets hold.
+var ErrOverCapacity = errors.New("desired state over the agent's capacity")
+
+// DefaultMaxInstanceEntries is what an agent's ban set holds, per address family.
+const DefaultMaxInstanceEntries = 1 << 20
+
+// checkCapacity refuses a desired state the agent cannot apply: a sync of it would fail on the
+// agent every pass.
+func (c *Controller) checkCapacity(id string, d desired) error {
+	limit := cmp.Or(c.MaxInstanceEntries, DefaultMaxInstanceEntries)
+	var n [2]int
+	for _, b := range d.bans {
+		if strings.Contains(b.CIDR, ":") {
+			n[1]++
+		} else {
+			n[0]++
+		}
+	}
+	for i, fam := range []string{"IPv4", "IPv6"} {
+		if n[i] > limit {
+			return fmt.Errorf("%w: instance %s: its bans and feeds make %d %s bans, more than the %d its agent's set holds; no sync sent (remove bans or feeds that target it)",
+				ErrOverCapacity, id, n[i], fam, limit)
+		}
+	}
+	return nil
 }
 
 // PolicyCheckEvery is how often the reconciler reads each queue's policy to compare it.

@@ -329,9 +329,11 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 		if !viaNetlink {
 			break
 		}
-		err := ipsetEntries(nl.IPSET_CMD_ADD, ch.set, ch.add, true)
+		// Deletions first: a change that replaces entries of a nearly full set fits whenever
+		// its final state does.
+		err := ipsetEntries(nl.IPSET_CMD_DEL, ch.set, ch.del, false)
 		if err == nil {
-			err = ipsetEntries(nl.IPSET_CMD_DEL, ch.set, ch.del, false)
+			err = ipsetEntries(nl.IPSET_CMD_ADD, ch.set, ch.add, true)
 		}
 		if err != nil {
 			f.fallbacks.Add(1)
@@ -340,11 +342,11 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	}
 	if !viaNetlink { // all of it again as text: adds and dels are idempotent under -exist
 		for _, ch := range changes {
-			for _, e := range ch.add {
-				writeAdd(&batch, ch.set, e.prefix(), e.t)
-			}
 			for _, e := range ch.del {
 				fmt.Fprintf(&batch, "del %s %s\n", ch.set, e.prefix())
+			}
+			for _, e := range ch.add {
+				writeAdd(&batch, ch.set, e.prefix(), e.t)
 			}
 		}
 	}

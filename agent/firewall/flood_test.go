@@ -129,3 +129,41 @@ func TestFloodSetsResizedOnUpgrade(t *testing.T) {
 	}
 	l.mustReach(t, l.src1, l.Victim.IP4, true)
 }
+
+// A change that replaces entries of a nearly full set fits when the final state fits (issue 22,
+// finding 9): deletions go to the kernel before additions. Before, replacing 5 % of a
+// million-entry feed overflowed the 1 048 576-entry set.
+func TestApplyDeletesBeforeItAddsNearCapacity(t *testing.T) {
+	for _, noNetlink := range []bool{false, true} {
+		t.Run(fmt.Sprintf("netlink=%v", !noNetlink), func(t *testing.T) {
+			l := newLab(t)
+			l.do(t, func() error {
+				var err error
+				l.fw, err = New(Config{MaxSet: 1024, NoNetlink: noNetlink})
+				return err
+			})
+			bans := func(from, n int) []Ban {
+				out := make([]Ban, n)
+				for i := range out {
+					x := from + i
+					out[i] = ban(fmt.Sprintf("10.%d.%d.%d/32", 120+x>>16, x>>8&255, x&255), time.Hour)
+				}
+				return out
+			}
+			l.apply(t, State{Bans: bans(0, 1024)})
+			// 100 leave, 100 others come: 1 024 before and after.
+			var res Result
+			var err error
+			l.do(t, func() error {
+				res, err = l.fw.Apply(t.Context(), State{Bans: bans(100, 1024)})
+				return nil
+			})
+			if err != nil || res.Added != 100 || res.Removed != 100 {
+				t.Fatalf("replacing 100 of 1024 in a 1024-entry set: %+v %v", res, err)
+			}
+			if n, _ := l.setCount(t, "bansshee-ban4"); n != 1024 {
+				t.Fatalf("set holds %d entries", n)
+			}
+		})
+	}
+}
