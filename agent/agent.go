@@ -54,7 +54,10 @@ type Config struct {
 	AdminCIDRs  []netip.Prefix
 	// VPCCIDRs are the instance's VPC ranges (from IMDS): load balancers, NAT gateways and
 	// bastions live there, and a rate limit must not throttle every client behind them.
-	VPCCIDRs          []netip.Prefix
+	VPCCIDRs []netip.Prefix
+	// VPCSource reads the VPC CIDRs (IMDS) when VPCCIDRs is empty: at Restore and then every
+	// reconcile pass until it succeeds, so a first read that fails is not the last.
+	VPCSource         func(context.Context) ([]netip.Prefix, error)
 	StateDir          string
 	Table             string // ledger table for the heartbeat; empty: no heartbeat
 	ReconcileInterval time.Duration
@@ -536,8 +539,20 @@ func (a *Agent) noteSave(err error) {
 	}
 }
 
-// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs.
+// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs. VPC CIDRs not yet known
+// are read again (VPCSource) until they arrive.
 func (a *Agent) allowlist() []netip.Prefix {
+	if len(a.cfg.VPCCIDRs) == 0 && a.cfg.VPCSource != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		vpcs, err := a.cfg.VPCSource(ctx)
+		cancel()
+		if err != nil || len(vpcs) == 0 {
+			a.log.Warn("VPC CIDRs unknown: not allowlisted in the kernel yet; read again next reconcile pass", "err", err)
+		} else {
+			a.cfg.VPCCIDRs = vpcs
+			a.log.Info("VPC CIDRs allowlisted", "cidrs", vpcs)
+		}
+	}
 	return Allowlist(append(slices.Clone(a.cfg.AdminCIDRs), a.cfg.VPCCIDRs...))
 }
 
