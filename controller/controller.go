@@ -79,6 +79,8 @@ type Controller struct {
 	vpcMu      sync.Mutex
 	vpcs       []netip.Prefix // VPCCIDRs' cache
 	vpcAt      time.Time
+	fleetPub   fleetAddrs // FleetAddresses' cache
+	fleetAt    time.Time
 	recordRole sync.Once
 }
 
@@ -222,6 +224,10 @@ func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]
 	if err != nil {
 		return nil, nil, err
 	}
+	pub, err := c.FleetAddresses(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	var out []netip.Prefix
 	refused := map[string]error{}
 	for _, raw := range cidrs {
@@ -245,6 +251,9 @@ func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]
 					break
 				}
 			}
+		}
+		if a, ok := pub.covered(p); err == nil && ok {
+			err = fmt.Errorf("%s covers %s, a public address of the fleet (an instance, an Elastic IP or a NAT gateway)", p, a)
 		}
 		if err != nil {
 			refused[raw] = err

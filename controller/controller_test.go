@@ -383,7 +383,11 @@ func TestFanoutStreamsDiscoveryAndSurvivesItsFailure(t *testing.T) {
 			ids = append(ids, aws.ToString(in.InstanceId))
 		}
 	}
-	// Discovery pages by 1 000: the first page is answered, the second never is.
+	// The fleet's public addresses are read first (and cached); then discovery pages by 1 000:
+	// the first page is answered, the second never is.
+	if _, err := e.c.FleetAddresses(ctx); err != nil {
+		t.Fatal(err)
+	}
 	e.aws.FailAfter("ec2:DescribeInstances", 1)
 	res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"203.0.113.9"}, Target: "Role=mail", TTL: time.Hour, Reason: "test"})
 	if err == nil || !strings.Contains(err.Error(), "discovery failed after 1000 instances") {

@@ -874,6 +874,10 @@ func (c *Controller) screenFeed(ctx context.Context, f FeedItem, in []netip.Pref
 			return nil, "", err
 		}
 	}
+	pub, err := c.FleetAddresses(ctx)
+	if err != nil {
+		return nil, "", err
+	}
 	kept = in[:0:0]
 	var covering []string
 entries:
@@ -895,6 +899,10 @@ entries:
 				rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers allowlisted %s", p, a))
 				continue entries
 			}
+		}
+		if a, ok := pub.covered(p); ok {
+			rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers %s, a public address of the fleet", p, a))
+			continue
 		}
 		for _, v := range vpcs {
 			if p.Overlaps(v) {

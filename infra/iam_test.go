@@ -137,7 +137,7 @@ func TestIAMGrantsExactlyTheCallsTheCodeMakes(t *testing.T) {
 	}
 	tp := loadTemplate(t)
 	// Describe and List calls have no resource-level permissions; nothing else may use "*".
-	wildcardOK := map[string]bool{"ec2:DescribeInstances": true, "ec2:DescribeVpcs": true, "sqs:ListQueues": true}
+	wildcardOK := map[string]bool{"ec2:DescribeInstances": true, "ec2:DescribeVpcs": true, "ec2:DescribeAddresses": true, "ec2:DescribeNatGateways": true, "sqs:ListQueues": true}
 	for name, r := range roles {
 		t.Run(name, func(t *testing.T) {
 			needed := map[string]bool{}

@@ -85,7 +85,7 @@ func TestCLITargetsAndBan(t *testing.T) {
 // everywhere), not 1; the ban stays listed for the reconciler to deliver.
 func TestCLIBanWhenDiscoveryFails(t *testing.T) {
 	c := newCLI(t)
-	c.env.FailAfter("ec2:DescribeInstances", 0)
+	c.env.FailAfter("ec2:DescribeInstances", 1) // the fleet's public addresses are read first
 	code, _, errOut := c.run(t, "ban", "198.51.100.77", "--target", "Role=mail", "--reason", "test")
 	c.env.Recover()
 	if code != exitNotConverged || !strings.Contains(errOut, "ledger written at rev 1, but discovery failed after 0 instances") {
