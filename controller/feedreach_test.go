@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bansshee/bansshee/proto"
 )
 
 // slash16s lists n public /16s from first.0.0.0 on.
@@ -169,5 +171,61 @@ func TestFeedCheckedBeforeFetchAndRunApart(t *testing.T) {
 	rep, err := e.c.ReconcileOnce(ctx)
 	if err != nil || len(rep.Feeds) != 0 {
 		t.Fatalf("a pass with feeds apart refreshed %v (%v)", rep.Feeds, err)
+	}
+}
+
+// An operator unbans an address a feed also lists (issue 22, finding 6): the unban's tombstone is
+// newer than the feed entry, and the agent skipped the entry in every later sync: its digest never
+// matched and it got a full sync every pass. Now the first sync brings it level, and the passes
+// after it send nothing.
+func TestUnbanOfAFeedEntryConverges(t *testing.T) {
+	e, fs := feedEnv(t)
+	ctx := t.Context()
+	tags := map[string]string{"Role": "mail", "bansshee:managed": "true"}
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	list := docAddrs(10, 0)
+	fs.set(strings.Join(list, "\n"), "")
+	if _, err := e.c.AddFeed(ctx, FeedSpec{Name: "intel", URL: fs.URL + "/intel.txt", Target: "Role=mail"}); err != nil {
+		t.Fatal(err)
+	}
+	ag := agents{}
+	report := func() {
+		e.putStatus(t, id, proto.AgentStatus{AppliedRev: ag[id].AppliedRev, Digest: ag[id].Digest(), Heartbeat: e.c.Now()})
+	}
+	if _, err := e.c.ReconcileOnce(ctx); err != nil { // the queue
+		t.Fatal(err)
+	}
+	if rep, err := e.c.SyncFeed(ctx, "intel", FeedOptions{}); err != nil || rep.Entries != 10 {
+		t.Fatal(err, rep)
+	}
+	ag.pump(t, e, id)
+	// The operator bans and unbans one of the feed's addresses.
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{list[0]}, Target: "Role=mail", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Unban(ctx, []string{list[0]}); err != nil {
+		t.Fatal(err)
+	}
+	ag.pump(t, e, id)
+	report()
+	if _, err := e.c.ReconcileOnce(ctx); err != nil { // the agent is seen lagging
+		t.Fatal(err)
+	}
+	e.advance(time.Minute) // past the lag grace: the reconciler syncs the lagging agent
+	report()
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil || len(rep.Synced) != 1 {
+		t.Fatalf("first pass after the unban: synced %v (%v)", rep.Synced, err)
+	}
+	ag.pump(t, e, id)
+	ag.wantDigest(t, e, id, tags) // the feed's entry is back: the sync wins over the older tombstone
+	report()
+	for pass := range 3 {
+		e.advance(time.Minute)
+		rep, err := e.c.ReconcileOnce(ctx)
+		if err != nil || len(rep.Synced) != 0 {
+			t.Fatalf("pass %d after the sync: synced %v (%v): a sync storm", pass+2, rep.Synced, err)
+		}
+		report()
 	}
 }
