@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -517,17 +518,32 @@ func (d *discovery) each(ctx context.Context, fn func([]Instance)) error {
 func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selector, m *proto.Message, res *Result) error {
 	m.ID = ulid.Make().String()
 	m.IssuedAt = c.Now().UTC()
-	encode, err := c.Signer.Addressed(*m)
-	if err != nil {
-		return fmt.Errorf("%w: ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", ErrUndelivered, m.Rev, err)
+	parts := splitBody(*m)
+	type part struct {
+		id     string
+		encode func(string) ([]byte, map[string]string, error)
+	}
+	encoders := make([]part, len(parts))
+	for i, pm := range parts {
+		encode, err := c.Signer.Addressed(pm)
+		if err != nil {
+			return fmt.Errorf("%w: ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", ErrUndelivered, m.Rev, err)
+		}
+		encoders[i] = part{pm.ID, encode}
 	}
 	pool := c.newSendPool(ctx, func(ctx context.Context, id, url string) error {
 		// Signed per instance: the body names its instance, so it cannot be replayed elsewhere.
-		body, attrs, err := encode(id)
-		if err != nil {
-			return err
+		// Parts go out in order, in the queue's one FIFO group.
+		for _, p := range encoders {
+			body, attrs, err := p.encode(id)
+			if err != nil {
+				return err
+			}
+			if err := SendRaw(ctx, c.Queues.SQS, url, p.id, body, attrs); err != nil {
+				return err
+			}
 		}
-		return SendRaw(ctx, c.Queues.SQS, url, m.ID, body, attrs)
+		return nil
 	})
 	// Sends start with discovery's first page, not after its last.
 	derr := d.each(ctx, func(page []Instance) {
@@ -552,6 +568,58 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 		return fmt.Errorf("%w: ledger written at rev %d, but discovery failed after %d instances (the reconciler will deliver to the rest): %w", ErrUndelivered, m.Rev, len(res.Instances), derr)
 	}
 	return nil
+}
+
+// splitBody splits a ban or unban message whose body would pass SQS's limit (thousands of
+// addresses, or long reasons) into messages of the same revision that each fit; m itself when it
+// fits. Syncs are split by proto.SplitSync; limits are few.
+func splitBody(m proto.Message) []proto.Message {
+	const budget = proto.MaxBodyBytes - proto.AttributeHeadroom - 1024 // the envelope: id, kind, to, issued_at, rev
+	size := func(v any) int { b, _ := json.Marshal(v); return len(b) + 1 }
+	var out []proto.Message
+	emit := func(bans []proto.Ban, unbans []proto.Tombstone) {
+		pm := m
+		pm.Bans, pm.Unbans = bans, unbans
+		if len(out) > 0 {
+			pm.ID = ulid.Make().String()
+		}
+		out = append(out, pm)
+	}
+	total := 0
+	for _, b := range m.Bans {
+		total += size(b)
+	}
+	for _, u := range m.Unbans {
+		total += size(u)
+	}
+	if total <= budget && len(m.Bans)+len(m.Unbans) <= proto.DefaultLimits().MaxEntries {
+		return []proto.Message{m}
+	}
+	for start, n, i := 0, 0, 0; i <= len(m.Bans); i++ {
+		if i == len(m.Bans) || n+size(m.Bans[i]) > budget {
+			if i > start {
+				emit(m.Bans[start:i], nil)
+			}
+			if i == len(m.Bans) {
+				break
+			}
+			start, n = i, 0
+		}
+		n += size(m.Bans[i])
+	}
+	for start, n, i := 0, 0, 0; i <= len(m.Unbans); i++ {
+		if i == len(m.Unbans) || n+size(m.Unbans[i]) > budget {
+			if i > start {
+				emit(nil, m.Unbans[start:i])
+			}
+			if i == len(m.Unbans) {
+				break
+			}
+			start, n = i, 0
+		}
+		n += size(m.Unbans[i])
+	}
+	return out
 }
 
 func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(ctx context.Context, id, url string) error) []Delivery {

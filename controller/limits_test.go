@@ -106,3 +106,43 @@ func TestDesiredStateCappedPerInstance(t *testing.T) {
 		t.Fatalf("bansshee_fleet_instances_over_capacity = %v", got)
 	}
 }
+
+// A ban of thousands of addresses (a direct invoke, an alarm's query) goes out as several messages
+// that each fit SQS's 256 KiB, not as one body SQS refuses (found while testing finding 4's entry
+// limits: 3 000 addresses with 200-byte reasons made a 922 377-byte body, delivered nowhere until
+// the reconciler's sync). The same holds for unbans.
+func TestLargeBanSplitIntoMessagesThatFit(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	var cidrs []string
+	for i := range 3000 {
+		cidrs = append(cidrs, fmt.Sprintf("100.%d.%d.%d", 64+i>>16, i>>8&255, i&255))
+	}
+	res, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, TTL: time.Hour, Reason: strings.Repeat("r", 200), Source: strings.Repeat("s", 200)})
+	if err != nil || len(res.Failed()) != 0 {
+		t.Fatalf("ban: %v, failed %v", err, res.Failed())
+	}
+	msgs := e.drain(t, id) // decoded as the agent does: each under the size limit, signed
+	n := 0
+	for _, m := range msgs {
+		n += len(m.Bans)
+		if m.Rev != res.Rev {
+			t.Fatalf("a part has rev %d, the ban %d", m.Rev, res.Rev)
+		}
+	}
+	if len(msgs) < 4 || n != 3000 {
+		t.Fatalf("%d messages holding %d bans", len(msgs), n)
+	}
+	ures, err := e.c.Unban(ctx, cidrs)
+	if err != nil || len(ures.Failed()) != 0 {
+		t.Fatalf("unban: %v, failed %v", err, ures.Failed())
+	}
+	n = 0
+	for _, m := range e.drain(t, id) {
+		n += len(m.Unbans)
+	}
+	if n != 3000 {
+		t.Fatalf("%d tombstones delivered", n)
+	}
+}
