@@ -148,7 +148,7 @@ func (fam *family) limitRule(l proto.Limit) string {
 	// The table is sized explicitly (see FloodTableSize): the kernel drops the packets of a source
 	// it cannot add, so a full table would shut out every new client.
 	return fmt.Sprintf("-p %s -m multiport --dports %s -m conntrack --ctstate NEW -m hashlimit --hashlimit-above %s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name %s --hashlimit-htable-size %d --hashlimit-htable-max %d --hashlimit-htable-expire %d -j %s",
-		l.Proto, strings.Join(ports, ","), rate(l.Hits, l.Seconds), l.Hits, name, max(fam.flood/4, 1024), fam.flood, l.Seconds*1000+1000, target)
+		l.Proto, strings.Join(ports, ","), rate(l.Hits, l.Seconds), l.Hits, name, max(fam.flood/8, 1024), fam.flood, l.Seconds*1000+1000, target)
 }
 
 // rate expresses hits per seconds in the smallest hashlimit unit that keeps it exact.
