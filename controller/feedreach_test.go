@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -146,15 +147,17 @@ func TestFeedParsedAsAStreamStopsAtTheLimit(t *testing.T) {
 // Checked is written before the fetch: a feed whose refresh kills the process is not due again at
 // once (issue 22, finding 8), and refreshes run apart from the reconcile pass.
 func TestFeedCheckedBeforeFetchAndRunApart(t *testing.T) {
-	e, fs := feedEnv(t)
+	e := newEnv(t)
 	ctx := t.Context()
 	e.launch(t, "mail1", map[string]string{"Role": "mail"})
 	var checkedDuringFetch atomic.Bool
-	fs.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fs := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, _, _ := e.c.Ledger.Feed(r.Context(), "big")
 		checkedDuringFetch.Store(!f.Checked.IsZero())
 		_, _ = w.Write([]byte("198.51.100.1\n"))
-	})
+	}))
+	t.Cleanup(fs.Close)
+	e.c.FeedClient = fs.Client()
 	if _, err := e.c.AddFeed(ctx, FeedSpec{Name: "big", URL: fs.URL + "/big.txt", Target: "Role=mail"}); err != nil {
 		t.Fatal(err)
 	}
