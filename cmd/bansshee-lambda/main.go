@@ -38,6 +38,9 @@ In AWS Lambda (provided.al2023) it serves events. Locally:
 prints the decisions as JSON: {"bans":[...],"ignored":[...]}. With --dry-run nothing is written
 and jail counts live only for this run.
 
+The event {"bansshee":"refresh-feeds"} (the stack's feed schedule) refreshes the blocklist feeds
+that are due, in an invocation of its own; the 1-minute schedule's passes never fetch feeds.
+
   bansshee-lambda test-jail --jail NAME --log FILE [--config FILE]
 
 runs one jail on every line of a log file (- for stdin) and prints, per line, the address found
