@@ -81,6 +81,7 @@ func ParseFeedStream(r io.Reader, format string, maxEntries int) (ParsedFeed, er
 				Records *int   `json:"records"`
 			}
 			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				pf.Lines++ // an entry line, unreadable: a body of nothing else is not a feed
 				pf.invalid(n+1, line)
 				continue
 			}

@@ -232,3 +232,28 @@ func TestUnbanOfAFeedEntryConverges(t *testing.T) {
 		report()
 	}
 }
+
+// A feed body is outside input: parsing never panics, keeps at most the limit, and what it keeps
+// is sorted and unique.
+func FuzzParseFeedStream(f *testing.F) {
+	for _, seed := range []string{spamhausText, spamhausJSON, fireholNetset, "1.2.3.4\n1.2.3.4/32\n::ffff:1.2.3.4\n", "{\"cidr\":\n", "\x00\xff\n/", strings.Repeat("9", 70000)} {
+		f.Add([]byte(seed), 3)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, limit int) {
+		limit = (limit%8+8)%8 + 1
+		for _, format := range FeedFormats {
+			pf, err := ParseFeedStream(bytes.NewReader(body), format, limit)
+			if err == nil && len(pf.Prefixes) > limit {
+				t.Fatalf("%d entries kept over a limit of %d", len(pf.Prefixes), limit)
+			}
+			for i := 1; i < len(pf.Prefixes); i++ {
+				if comparePrefix(pf.Prefixes[i-1], pf.Prefixes[i]) >= 0 {
+					t.Fatalf("not sorted and unique: %v", pf.Prefixes)
+				}
+			}
+			if pf.Invalid > pf.Lines {
+				t.Fatalf("%d invalid of %d lines", pf.Invalid, pf.Lines)
+			}
+		}
+	})
+}
