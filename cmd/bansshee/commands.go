@@ -506,7 +506,7 @@ func serveCmd(g *globals) *cobra.Command {
 }
 
 func initCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent)", Args: cobra.NoArgs,
+	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent); with --agent-role-id, record the agent role id queues are created with", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
