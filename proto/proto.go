@@ -56,7 +56,7 @@ type Message struct {
 	Unlimits []Tombstone `json:"unlimits,omitempty"` // unlimit
 	Part     *Part       `json:"part,omitempty"`     // sync split over several messages
 
-	// Dropped counts the sync entries Validate left out because they expired in transit.
+	// Dropped counts the sync entries Validate left out: expired in transit, or breaking a rule.
 	Dropped int `json:"-"`
 }
 

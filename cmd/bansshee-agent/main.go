@@ -142,15 +142,15 @@ func runAgent(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	var vpcs []netip.Prefix
+	var vpcSource func(context.Context) ([]netip.Prefix, error)
 	if o.instanceID == "" {
 		if o.instanceID, err = instanceFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
 			return err
 		}
-		// On EC2: the VPC's ranges join the kernel allowlist, as they do the controller's.
-		if vpcs, err = vpcFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
-			log.Warn("VPC CIDRs from IMDS: not allowlisted in the kernel", "err", err)
-		}
+		// On EC2: the VPC's ranges join the kernel allowlist, as they do the controller's; the
+		// agent reads them (again, each reconcile pass, until IMDS answers).
+		imdsc := imds.NewFromConfig(cfg)
+		vpcSource = func(ctx context.Context) ([]netip.Prefix, error) { return vpcFromIMDS(ctx, imdsc) }
 	}
 	// What IAM knows this agent as (aws:userid): its status item is keyed by it, which the agent
 	// role's policy allows for its own principal only.
@@ -172,7 +172,7 @@ func runAgent(ctx context.Context, o *options) error {
 	log.Info("starting", "version", version, "instance", o.instanceID, "iptables", fw.Mode(), "keys", len(keys))
 	table := o.table
 	a, err := agent.New(agent.Config{InstanceID: o.instanceID, Principal: principal, QueuePrefix: o.queuePrefix, QueueURL: o.queueURL, Keys: keys,
-		AdminCIDRs: admin, VPCCIDRs: vpcs, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, KeepAlive: o.keepAlive, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
+		AdminCIDRs: admin, VPCSource: vpcSource, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, KeepAlive: o.keepAlive, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
 		sqs.NewFromConfig(cfg), dynamodb.NewFromConfig(cfg), fw)
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ import (
 type globals struct {
 	endpoint, region, table, prefix, keyFile, logLevel, managed string
 	agentRoleID, feedCA                                         string
+	maxInstanceAddrs                                            uint64
 	admin                                                       []string
 	noVPCAllow                                                  bool
 	concurrency                                                 int
@@ -84,6 +85,7 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.IntVar(&g.concurrency, "concurrency", 256, "parallel sends during fan-out and reconcile (each is one SQS connection; at 15 ms a request, 256 reach 10 000 queues in about 0.6 s of waiting)")
 	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
+	pf.Uint64Var(&g.maxInstanceAddrs, "max-instance-addresses", controller.DefaultInstanceMaxCoverage, "most IPv4 addresses (and IPv6 /64s) the bans and feeds of one instance may cover together; a feed version that would pass it is held")
 	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")
 	root.AddCommand(feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
@@ -134,7 +136,7 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 	}
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
-		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, FeedClient: feedClient, Log: cli.Logger(g.logLevel)})
+		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, MaxInstanceCoverage4: g.maxInstanceAddrs, MaxInstanceCoverage6: g.maxInstanceAddrs, FeedClient: feedClient, Log: cli.Logger(g.logLevel)})
 }
 
 func banCmd(g *globals) *cobra.Command {
@@ -153,7 +155,7 @@ func banCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force})
+			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force, Operator: true})
 			if err != nil {
 				return err
 			}
@@ -508,7 +510,7 @@ func serveCmd(g *globals) *cobra.Command {
 }
 
 func initCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent)", Args: cobra.NoArgs,
+	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent); with --agent-role-id, record the agent role id queues are created with", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
@@ -520,6 +522,13 @@ func initCmd(g *globals) *cobra.Command {
 			}
 			if _, err := c.Queues.EnsureDLQ(ctx); err != nil {
 				return err
+			}
+			// Queues are created only with the agent role's id; record it for controllers without it.
+			if g.agentRoleID != "" {
+				if err := c.Ledger.RecordAgentRoleID(ctx, g.agentRoleID); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "agent role id %s recorded\n", g.agentRoleID)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ledger table %s and queue %s ready\n", g.table, c.Queues.DLQName())
 			return nil

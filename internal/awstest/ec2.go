@@ -23,6 +23,8 @@ type ec2Server struct {
 	seq       int
 	instances []*instance
 	vpcs      []vpc
+	eips      []eip
+	nats      []natGateway
 	tokens    map[string]runInstancesResponse // ClientToken -> first answer (idempotent retries)
 }
 
@@ -31,6 +33,7 @@ type instance struct {
 	State   string
 	Tags    map[string]string
 	IP      string
+	Public  string // public IPv4 address
 	Launch  time.Time
 	VpcID   string
 	Subnet  string
@@ -75,6 +78,14 @@ func (s *ec2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp, err = s.terminateInstances(f)
 	case "DescribeVpcs":
 		resp = s.describeVpcs()
+	case "AllocateAddress":
+		resp = s.allocateAddress()
+	case "DescribeAddresses":
+		resp = s.describeAddresses()
+	case "CreateNatGateway":
+		resp, err = s.createNatGateway(f)
+	case "DescribeNatGateways":
+		resp = s.describeNatGateways()
 	default:
 		err = &ec2Error{400, "InvalidAction", fmt.Sprintf("The action %s is not valid for this web service (bansshee test harness).", action)}
 	}
@@ -137,6 +148,7 @@ type xmlInstance struct {
 	ImageID      string   `xml:"imageId"`
 	State        xmlState `xml:"instanceState"`
 	PrivateIP    string   `xml:"privateIpAddress"`
+	PublicIP     string   `xml:"ipAddress,omitempty"`
 	InstanceType string   `xml:"instanceType"`
 	LaunchTime   string   `xml:"launchTime"`
 	VpcID        string   `xml:"vpcId"`
@@ -148,7 +160,7 @@ var stateCodes = map[string]int{"pending": 0, "running": 16, "shutting-down": 32
 
 func (in *instance) xml() xmlInstance {
 	x := xmlInstance{InstanceID: in.ID, ImageID: in.ImageID, State: xmlState{stateCodes[in.State], in.State},
-		PrivateIP: in.IP, InstanceType: in.Type, LaunchTime: in.Launch.UTC().Format(time.RFC3339), VpcID: in.VpcID, SubnetID: in.Subnet}
+		PrivateIP: in.IP, PublicIP: in.Public, InstanceType: in.Type, LaunchTime: in.Launch.UTC().Format(time.RFC3339), VpcID: in.VpcID, SubnetID: in.Subnet}
 	keys := make([]string, 0, len(in.Tags))
 	for k := range in.Tags {
 		keys = append(keys, k)
@@ -211,7 +223,7 @@ func (s *ec2Server) runInstances(f url.Values) (any, *ec2Error) {
 		// kumo keeps its state in process-wide storage, shared by every emulator in a test binary:
 		// ids must be unique across them, or queues named after instances would collide.
 		in := &instance{ID: fmt.Sprintf("i-%017x", rand.Uint64()>>4), State: "running", Tags: cloneMap(tags),
-			IP: fmt.Sprintf("172.31.%d.%d", s.seq/250, s.seq%250+4), Launch: time.Now(), VpcID: s.vpcs[0].ID,
+			IP: fmt.Sprintf("172.31.%d.%d", s.seq/250, s.seq%250+4), Public: fmt.Sprintf("54.240.%d.%d", s.seq/250, s.seq%250+4), Launch: time.Now(), VpcID: s.vpcs[0].ID,
 			Subnet: "subnet-0b5a55hee000001", ImageID: f.Get("ImageId"), Type: f.Get("InstanceType")}
 		s.instances = append(s.instances, in)
 		resp.Instances = append(resp.Instances, in.xml())
