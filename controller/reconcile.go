@@ -67,6 +67,8 @@ func (d desired) syncParts(id, to string, issuedAt time.Time, rev int64, compres
 }
 
 type ledgerView struct {
+	allows []PolicyItem // in force
+	holds  []PolicyItem // in force
 	bans   []BanItem
 	limits []LimitItem
 	feeds  []feedView
@@ -89,6 +91,24 @@ func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 		return nil, err
 	}
 	v := &ledgerView{bans: bans, limits: limits, sels: map[string]*Selector{}, rev: rev}
+	allows, err := c.Ledger.Allows(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	holds, err := c.Ledger.Holds(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range allows {
+		if a.Active(now) {
+			v.allows = append(v.allows, a)
+		}
+	}
+	for _, h := range holds {
+		if h.Active(now) {
+			v.holds = append(v.holds, h)
+		}
+	}
 	feeds, err := c.Ledger.Feeds(ctx)
 	if err != nil {
 		return nil, err
@@ -163,6 +183,10 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 			continue
 		}
 		w := b.Wire()
+		// An allow entry beats any ban (Allow tombstones what it covers; this covers a race).
+		if len(v.allows) > 0 && policyRefusal(w.Prefix(), v.allows, nil, true) != nil {
+			continue
+		}
 		// Two ledger bans of one CIDR reaching one instance: the longer wins.
 		if old, ok := byID[w.ID]; ok && (old.ExpiresAt.IsZero() || (!w.ExpiresAt.IsZero() && old.ExpiresAt.After(w.ExpiresAt))) {
 			w.ExpiresAt = old.ExpiresAt
@@ -183,7 +207,12 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 		}
 		exp := time.Unix(f.GoodUntil, 0).UTC()
 		src, reason := f.Source(), "feed "+f.SK
+		screen := len(v.allows)+len(v.holds) > 0
 		for _, e := range f.entries {
+			// A feed is a trigger: allow entries and holds keep its entries off the agents.
+			if screen && policyRefusal(e.p, v.allows, v.holds, false) != nil {
+				continue
+			}
 			w := proto.Ban{ID: proto.BanID(e.p), CIDR: e.p.String(), ExpiresAt: exp, Reason: reason, Source: src, Rev: e.rev}
 			if old, ok := byID[w.ID]; ok {
 				// A ban and a feed (or two feeds) on one prefix: the longer expiry and the newer

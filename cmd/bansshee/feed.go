@@ -62,6 +62,7 @@ func feedAddCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&spec.Refresh, "refresh", time.Hour, "how often to fetch it again (at least 1m)")
 	fl.DurationVar(&spec.TTL, "ttl", 0, "how long entries stay after the last good fetch (default: 48h or three refreshes, whichever is longer)")
 	fl.Int64Var(&spec.MaxBytes, "max-bytes", controller.DefaultFeedMaxBytes, "largest body accepted; a larger one is a failed fetch")
+	fl.StringVar(&spec.Mode, "mode", "enforce", "enforce, or simulate: fetch and record what the feed would ban (history, why), ban nothing")
 	fl.BoolVar(&spec.Force, "force", false, "take entries broader than /16 (IPv4) or /48 (IPv6); without it they are dropped and reported (/8 and /32 are never taken)")
 	fl.BoolVar(&spec.DropVPCOverlap, "drop-vpc-overlap", false, "drop entries that cover a VPC CIDR instead of holding the version (FireHOL level 1 lists the private ranges)")
 	fl.BoolVar(&noSync, "no-sync", false, "only record the feed; the next scheduled pass fetches it")
