@@ -55,6 +55,7 @@ Configuration (environment):
   BANSSHEE_MANAGED               selector of managed instances (default bansshee:managed=true)
   BANSSHEE_GUARDDUTY_BANS        true|false: ban GuardDuty findings' attackers (overrides the config)
   BANSSHEE_AGENT_ROLE_ID         the agent role's id (AROA...): queues admit only their own instance
+  BANSSHEE_NOTICE_TOPIC          SNS topic ARN for ban notices (at most one message per 30 s)
 `
 
 func main() {
@@ -227,7 +228,8 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 	table := envOr("BANSSHEE_TABLE", "bansshee")
 	c, err := controller.New(controller.Config{EC2: ec2.NewFromConfig(awsCfg), SQS: sqs.NewFromConfig(awsCfg), DDB: dynamodb.NewFromConfig(awsCfg),
 		Table: table, Prefix: envOr("BANSSHEE_QUEUE_PREFIX", "bansshee"), Signer: signer, Admin: admin,
-		Managed: envOr("BANSSHEE_MANAGED", "bansshee:managed=true"), AgentRoleID: os.Getenv("BANSSHEE_AGENT_ROLE_ID"), Log: log})
+		Managed: envOr("BANSSHEE_MANAGED", "bansshee:managed=true"), AgentRoleID: os.Getenv("BANSSHEE_AGENT_ROLE_ID"), Log: log,
+		NoticeTopic: os.Getenv("BANSSHEE_NOTICE_TOPIC"), SNS: cli.NewPublisher(awsCfg)})
 	if err != nil {
 		return nil, err
 	}

@@ -49,6 +49,19 @@ type Output struct {
 	Reconciled bool       `json:"reconciled,omitempty"`
 	Feeds      []string   `json:"feeds,omitempty"` // a schedule's feed refreshes, a line each
 	Rev        int64      `json:"rev,omitempty"`
+	Simulated  []string   `json:"simulated,omitempty"` // what simulate-mode triggers would have banned
+
+	causes map[string]controller.Cause // by CIDR: a jail's log group, stream and count, a finding id
+}
+
+// cause records what made the ban of addr (for the history and `bansshee why`).
+func (o *Output) cause(addr string, c controller.Cause) {
+	if p, err := proto.ParseCIDR(addr); err == nil {
+		if o.causes == nil {
+			o.causes = map[string]controller.Cause{}
+		}
+		o.causes[p.String()] = c
+	}
 }
 
 // Actor carries decisions out: the controller. Nil means dry run.
@@ -240,8 +253,9 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 		return err
 	}
 	type key struct {
-		target string
-		ttl    time.Duration
+		target   string
+		ttl      time.Duration
+		simulate bool
 	}
 	groups := map[key][]Decision{}
 	var kept []Decision
@@ -251,39 +265,83 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 			h.Log.Warn("refused", "cidr", d.CIDR, "trigger", d.Trigger, "err", e)
 			continue
 		}
-		k := key{d.Target, d.ttl}
+		k := key{d.Target, d.ttl, h.mode(d.Trigger) == Simulate}
 		groups[k] = append(groups[k], d)
-		kept = append(kept, d)
+		if !k.simulate {
+			kept = append(kept, d) // a simulate-mode decision is reported in Simulated, not Bans
+		}
 	}
 	out.Bans = kept
 	keys := make([]key, 0, len(groups))
 	for k := range groups {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].target+keys[i].ttl.String() < keys[j].target+keys[j].ttl.String() })
+	sort.Slice(keys, func(i, j int) bool {
+		return fmt.Sprint(keys[i].target, keys[i].ttl, keys[i].simulate) < fmt.Sprint(keys[j].target, keys[j].ttl, keys[j].simulate)
+	})
 	var errs []error
 	for _, k := range keys {
 		ds := groups[k]
 		cidrs := make([]string, len(ds))
 		var triggers []string
+		causes := map[string]controller.Cause{}
 		for i, d := range ds {
 			cidrs[i] = d.CIDR
 			if !slices.Contains(triggers, d.Trigger) {
 				triggers = append(triggers, d.Trigger)
 			}
+			causes[d.CIDR] = triggerCause(d.Trigger, out.causes[d.CIDR])
 		}
 		reason := ds[0].Reason
 		if len(ds) > 1 {
 			reason = "lambda: " + strings.Join(triggers, ", ")
 		}
-		res, err := h.Actor.Ban(ctx, controller.BanRequest{CIDRs: cidrs, Target: k.target, TTL: k.ttl, Reason: reason, Source: "lambda:" + strings.Join(triggers, ",")})
+		req := controller.BanRequest{CIDRs: cidrs, Target: k.target, TTL: k.ttl, Reason: reason, Source: "lambda:" + strings.Join(triggers, ","),
+			Who: strings.Join(triggers, ","), Causes: causes, Simulate: k.simulate}
+		if !slices.Contains(triggers, "invoke") {
+			req.Trigger = strings.Join(triggers, ",") // its bans count as offences (repeat offenders)
+		}
+		res, err := h.Actor.Ban(ctx, req)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		out.Simulated = append(out.Simulated, res.Simulated...)
 		out.Rev = max(out.Rev, res.Rev)
 	}
 	return errors.Join(errs...)
+}
+
+// mode is the mode of the jail, alarm action or GuardDuty setting that made a decision.
+func (h *Handler) mode(trigger string) string {
+	kind, name, _ := strings.Cut(trigger, "/")
+	switch kind {
+	case "jail":
+		for _, j := range h.Cfg.Jails {
+			if j.Name == name {
+				return j.Mode
+			}
+		}
+	case "alarm":
+		if a, ok := h.alarmAction(name); ok {
+			return a.Mode
+		}
+	case "guardduty":
+		return h.Cfg.GuardDuty.Mode
+	}
+	return ""
+}
+
+// triggerCause completes a decision's cause with what its trigger's name says.
+func triggerCause(trigger string, c controller.Cause) controller.Cause {
+	kind, name, _ := strings.Cut(trigger, "/")
+	switch {
+	case kind == "jail" && c.Jail == "":
+		c.Jail = name
+	case kind == "alarm":
+		c.Alarm = name
+	}
+	return c
 }
 
 // logs decodes a subscription batch (base64, gzip, bounded) and runs every jail on every line.
@@ -352,6 +410,7 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 			}
 			if count >= j.MaxRetry {
 				h.decide(out, addr, j.Target, time.Duration(j.BanTime), fmt.Sprintf("%d failures in %s (%s)", count, time.Duration(j.FindTime), batch.LogGroup), "jail/"+j.Name)
+				out.cause(addr, controller.Cause{Jail: j.Name, LogGroup: batch.LogGroup, LogStream: batch.LogStream, Count: count, Window: time.Duration(j.FindTime).String()})
 			} else {
 				out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %d of %d failures", j.Name, addr, count, j.MaxRetry)})
 			}
@@ -555,6 +614,7 @@ func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {
 	}
 	for _, a := range addrs {
 		h.decide(out, a, h.Cfg.GuardDuty.Target, time.Duration(h.Cfg.GuardDuty.TTL), fmt.Sprintf("GuardDuty %s (severity %.1f)", d.Type, d.Severity), "guardduty/"+d.Type)
+		out.cause(a, controller.Cause{Finding: d.ID})
 	}
 }
 
