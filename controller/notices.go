@@ -11,7 +11,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -46,7 +48,7 @@ type noticeItem struct {
 	Bans   int      `dynamodbav:"bans"`
 	Unbans int      `dynamodbav:"unbans"`
 	Allows int      `dynamodbav:"allows"`
-	Addrs  []string `dynamodbav:"addrs"`
+	Addrs  []string `dynamodbav:"addrs,stringset"`
 	Since  int64    `dynamodbav:"since"`
 	SentAt int64    `dynamodbav:"sent_at"`
 }
@@ -68,24 +70,28 @@ func (c *Controller) notify(ctx context.Context, kind string, res *Result) {
 	if count == 0 {
 		return
 	}
-	for _, b := range res.Tombstoned {
+	// Addresses are a string set (a set ADD is atomic where a list append would need a read),
+	// each prefixed with when it came, so that the notice lists the first ones; a call adds at
+	// most NoticeAddrs, so a flood's pending item stays small.
+	at := c.Now().UnixNano()
+	add := func(what string) {
 		if len(addrs) < NoticeAddrs {
-			addrs = append(addrs, kind+" "+b.CIDR)
+			addrs = append(addrs, fmt.Sprintf("%019d %s %s", at+int64(len(addrs)), kind, what))
 		}
 	}
+	for _, b := range res.Tombstoned {
+		add(b.CIDR)
+	}
 	for _, cidr := range res.banned {
-		if len(addrs) < NoticeAddrs {
-			addrs = append(addrs, kind+" "+cidr)
-		}
+		add(cidr)
 	}
 	ctx = context.WithoutCancel(ctx)
 	field := map[string]string{"ban": "bans", "unban": "unbans", "allow": "allows"}[kind]
-	now := c.Now().Unix()
 	_, err := c.Ledger.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table),
 		Key:                       map[string]ddbtypes.AttributeValue{"pk": s("notice"), "sk": s(c.NoticeTopic)},
-		UpdateExpression:          aws.String("ADD #f :n SET addrs = list_append(if_not_exists(addrs, :empty), :a), since = if_not_exists(since, :now)"),
+		UpdateExpression:          aws.String("ADD #f :n, addrs :a SET since = if_not_exists(since, :now)"),
 		ExpressionAttributeNames:  map[string]string{"#f": field},
-		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":n": n(int64(count)), ":a": strList(addrs), ":empty": strList(nil), ":now": n(now)}})
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":n": n(int64(count)), ":a": &ddbtypes.AttributeValueMemberSS{Value: addrs}, ":now": n(c.Now().Unix())}})
 	if err != nil {
 		c.Log.Warn("ban notice not queued", "topic", c.NoticeTopic, "err", err)
 		return
@@ -93,14 +99,6 @@ func (c *Controller) notify(ctx context.Context, kind string, res *Result) {
 	if _, err := c.FlushNotices(ctx); err != nil {
 		c.Log.Warn("ban notice not sent", "topic", c.NoticeTopic, "err", err)
 	}
-}
-
-func strList(v []string) ddbtypes.AttributeValue {
-	l := make([]ddbtypes.AttributeValue, len(v))
-	for i, x := range v {
-		l[i] = s(x)
-	}
-	return &ddbtypes.AttributeValueMemberL{Value: l}
 }
 
 // FlushNotices sends the pending notice if there is one and the last was sent at least
@@ -114,9 +112,9 @@ func (c *Controller) FlushNotices(ctx context.Context) (bool, error) {
 	// old item says what to send.
 	out, err := c.Ledger.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table),
 		Key:                 map[string]ddbtypes.AttributeValue{"pk": s("notice"), "sk": s(c.NoticeTopic)},
-		UpdateExpression:    aws.String("SET sent_at = :now, bans = :zero, unbans = :zero, allows = :zero, addrs = :empty REMOVE since"),
+		UpdateExpression:    aws.String("SET sent_at = :now, bans = :zero, unbans = :zero, allows = :zero REMOVE since, addrs"),
 		ConditionExpression: aws.String("attribute_exists(since) AND (attribute_not_exists(sent_at) OR sent_at <= :due)"),
-		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":now": n(now.Unix()), ":zero": n(0), ":empty": strList(nil),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":now": n(now.Unix()), ":zero": n(0),
 			":due": n(now.Add(-NoticeInterval).Unix())},
 		ReturnValues: ddbtypes.ReturnValueAllOld})
 	if isConditionFailed(err) {
@@ -130,7 +128,11 @@ func (c *Controller) FlushNotices(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	nt := Notice{Bans: it.Bans, Unbans: it.Unbans, Allows: it.Allows, Since: time.Unix(it.Since, 0).UTC(), Until: now.UTC()}
-	nt.First = it.Addrs[:min(len(it.Addrs), NoticeAddrs)]
+	sort.Strings(it.Addrs)
+	for _, a := range it.Addrs[:min(len(it.Addrs), NoticeAddrs)] {
+		_, what, _ := strings.Cut(a, " ")
+		nt.First = append(nt.First, what)
+	}
 	nt.Partial = it.Bans+it.Unbans+it.Allows > len(nt.First)
 	body, _ := json.Marshal(nt)
 	subject := "bansshee: " + strconv.Itoa(it.Bans) + " bans, " + strconv.Itoa(it.Unbans) + " unbans"

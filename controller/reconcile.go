@@ -371,6 +371,10 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		rep.QueuesDeleted = append(rep.QueuesDeleted, id)
 	}
 	c.escalate(ctx, view, statuses, instances, rep)
+	// Notices held back by the 30 s batching go out here if no later ban sent them.
+	if _, err := c.FlushNotices(ctx); err != nil {
+		c.Log.Warn("ban notice not sent", "err", err)
+	}
 	return rep, errors.Join(rep.Errors...)
 }
 

@@ -1,12 +1,20 @@
 package controller
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/bansshee/bansshee/internal/awstest"
 	"github.com/bansshee/bansshee/proto"
 )
 
@@ -253,5 +261,103 @@ func TestHistoryCoversPrefixes(t *testing.T) {
 	all, err := e.c.History(ctx, netip.Prefix{}, e.c.Now().Add(-time.Hour))
 	if err != nil || len(all) != 4 {
 		t.Fatalf("all history: %d %v", len(all), err)
+	}
+}
+
+// snsPublisher is the CLI's and the Lambda's publisher, in the test's package.
+type snsPublisher struct{ c *sns.Client }
+
+func (p snsPublisher) Publish(ctx context.Context, topic, subject, message string) error {
+	_, err := p.c.Publish(ctx, &sns.PublishInput{TopicArn: aws.String(topic), Subject: aws.String(subject), Message: aws.String(message)})
+	return err
+}
+
+// noticeQueue makes an SNS topic with an SQS queue subscribed (the real SDK clients against the
+// emulator), and returns the topic and a function that reads what reached the queue.
+func noticeQueue(t *testing.T, e *env) (string, func() []Notice) {
+	t.Helper()
+	ctx := t.Context()
+	topic, err := e.clients.SNS.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(awstest.Unique("notices"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := e.clients.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(awstest.Unique("notices"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qa, err := e.clients.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: q.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{"QueueArn"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.clients.SNS.Subscribe(ctx, &sns.SubscribeInput{TopicArn: topic.TopicArn, Protocol: aws.String("sqs"), Endpoint: aws.String(qa.Attributes["QueueArn"]),
+		Attributes: map[string]string{"RawMessageDelivery": "true"}}); err != nil {
+		t.Fatal(err)
+	}
+	read := func() []Notice {
+		t.Helper()
+		var out []Notice
+		r, err := e.clients.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range r.Messages {
+			body := aws.ToString(m.Body)
+			var env struct{ Message string }
+			if json.Unmarshal([]byte(body), &env) == nil && env.Message != "" {
+				body = env.Message // not raw: the SNS envelope
+			}
+			var n Notice
+			if err := json.Unmarshal([]byte(body), &n); err != nil {
+				t.Fatalf("notice %q: %v", body, err)
+			}
+			out = append(out, n)
+			_, _ = e.clients.SQS.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: q.QueueUrl, ReceiptHandle: m.ReceiptHandle})
+		}
+		return out
+	}
+	return aws.ToString(topic.TopicArn), read
+}
+
+// Ban and unban notices reach the SNS topic batched: the first at once, the rest at most one
+// per 30 s, with the counts and the first addresses; nothing is counted twice or lost.
+func TestNoticesAreBatched(t *testing.T) {
+	e := newEnv(t)
+	e.fleet6(t)
+	ctx := t.Context()
+	topic, read := noticeQueue(t, e)
+	e.c.NoticeTopic, e.c.SNS = topic, snsPublisher{e.clients.SNS}
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"192.0.2.1"}, Target: "*", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	first := read()
+	if len(first) != 1 || first[0].Bans != 1 || len(first[0].First) != 1 || first[0].First[0] != "ban 192.0.2.1/32" {
+		t.Fatalf("first notice %+v", first)
+	}
+	var cidrs []string
+	for i := 0; i < 30; i++ {
+		cidrs = append(cidrs, fmt.Sprintf("192.0.2.%d", 100+i))
+	}
+	if _, err := e.c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: "*", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.UnbanWith(ctx, UnbanRequest{CIDRs: []string{"192.0.2.1"}, Hold: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); len(got) != 0 {
+		t.Fatalf("a second notice within 30 s: %+v", got)
+	}
+	if sent, err := e.c.FlushNotices(ctx); sent || err != nil {
+		t.Fatalf("flush within 30 s: %v %v", sent, err)
+	}
+	e.advance(NoticeInterval)
+	if sent, err := e.c.FlushNotices(ctx); !sent || err != nil {
+		t.Fatalf("flush after 30 s: %v %v", sent, err)
+	}
+	second := read()
+	if len(second) != 1 || second[0].Bans != 30 || second[0].Unbans != 1 || len(second[0].First) != NoticeAddrs || !second[0].Partial {
+		t.Fatalf("second notice %+v", second)
+	}
+	if sent, _ := e.c.FlushNotices(ctx); sent {
+		t.Fatal("an empty notice was sent")
 	}
 }
