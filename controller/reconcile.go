@@ -67,7 +67,9 @@ func (d desired) syncParts(id, to string, issuedAt time.Time, rev int64, compres
 }
 
 type ledgerView struct {
-	allows []PolicyItem // in force
+	allowRev  int64         // the allowlist's revision
+	allowList []proto.Allow // what agents' kernels get
+	allows    []PolicyItem  // in force
 	holds  []PolicyItem // in force
 	bans   []BanItem
 	limits []LimitItem
@@ -104,6 +106,7 @@ func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 			v.allows = append(v.allows, a)
 		}
 	}
+	v.allowRev, v.allowList = allowList(allows, now)
 	for _, h := range holds {
 		if h.Active(now) {
 			v.holds = append(v.holds, h)
@@ -336,6 +339,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			st, reported := statuses[in.ID]
 			rec, seen := known[in.ID]
 			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in.Tags), st, reported, rec, seen, now, nextRev)
+			if view.allowRev > 0 && reported && takesAllows(st, reported) && st.AllowRev < view.allowRev && o.state != "silent" {
+				if err := c.sendAllowsTo(ctx, in.ID, view.allowRev, view.allowList); err != nil {
+					o.errs = append(o.errs, err)
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			rep.merge(in.ID, o)
