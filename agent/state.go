@@ -27,8 +27,8 @@ type State struct {
 	AppliedRev int64
 	// Allows is the ledger allowlist at AllowRev (an allow message replaces it whole); the agent
 	// adds it to its kernel allow set.
-	Allows   []proto.Allow
-	AllowRev int64
+	Allows     []proto.Allow
+	AllowRev   int64
 	bans       banSet
 	Limits     map[string]proto.Limit
 	Tombstones map[string]proto.Tombstone // ban and limit ids removed, until expiry

@@ -70,12 +70,12 @@ type ledgerView struct {
 	allowRev  int64         // the allowlist's revision
 	allowList []proto.Allow // what agents' kernels get
 	allows    []PolicyItem  // in force
-	holds  []PolicyItem // in force
-	bans   []BanItem
-	limits []LimitItem
-	feeds  []feedView
-	sels   map[string]*Selector
-	rev    int64
+	holds     []PolicyItem  // in force
+	bans      []BanItem
+	limits    []LimitItem
+	feeds     []feedView
+	sels      map[string]*Selector
+	rev       int64
 }
 
 func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
