@@ -211,6 +211,15 @@ func (c *Controller) Allow(ctx context.Context, req AllowRequest) (*Result, erro
 	c.Log.Info("allow add", "cidr", p.String(), "who", req.Who, "reason", req.Reason, "ttl", req.TTL, "rev", rev)
 	wait := c.recordAsync(ctx, Event{Kind: EventAllow, CIDRs: []string{p.String()}, Who: req.Who, Reason: req.Reason, Rev: rev, Until: it.Expires()})
 	res, err := c.lift(ctx, p, rev)
+	if res != nil && len(res.Tombstoned) > 0 {
+		var lifted []string
+		for _, b := range res.Tombstoned {
+			lifted = append(lifted, b.CIDR)
+		}
+		if herr := c.record(ctx, Event{Kind: EventUnban, CIDRs: lifted, Who: req.Who, Reason: "lifted by allow entry " + p.String() + ": " + req.Reason, Rev: rev}); herr != nil {
+			c.Log.Warn("history not written", "kind", EventUnban, "err", herr)
+		}
+	}
 	c.notify(ctx, "allow", res)
 	if aerr := c.sendAllows(ctx, rev); aerr != nil && err == nil {
 		err = aerr
