@@ -26,7 +26,9 @@ import (
 )
 
 // kernelSet reads a set's members, with their timeouts (0: none), from a node's kernel.
-func (r *rig) kernelSet(n interface{ Run(string, ...string) (string, error) }, set string) map[string]int {
+func (r *rig) kernelSet(n interface {
+	Run(string, ...string) (string, error)
+}, set string) map[string]int {
 	r.t.Helper()
 	text, err := n.Run("ipset", "save", set)
 	if err != nil {
