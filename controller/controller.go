@@ -54,6 +54,8 @@ type Config struct {
 	PolicyCache time.Duration
 	// HistoryRetention is how long history events are kept (default 90 days).
 	HistoryRetention time.Duration
+	// NoHistory writes no history (the bench compares a fan-out with and without it).
+	NoHistory bool
 	// Repeat lengthens the bans of repeat offenders (triggers' bans only).
 	Repeat Repeat
 	// NoticeTopic is an SNS topic ARN that gets ban and unban notices (empty: none).

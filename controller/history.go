@@ -207,7 +207,7 @@ func (c *Controller) record(ctx context.Context, events ...Event) error {
 // recordAsync writes events while the caller goes on (a fan-out); the returned func waits for
 // the write and logs a failure (a history write never fails a ban).
 func (c *Controller) recordAsync(ctx context.Context, events ...Event) (wait func()) {
-	if len(events) == 0 {
+	if len(events) == 0 || c.NoHistory {
 		return func() {}
 	}
 	done := make(chan error, 1)

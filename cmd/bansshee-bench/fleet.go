@@ -480,6 +480,18 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	}
 	banOps := r.env.Ops()
 	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})
+	// The same without the history write, which runs beside the fan-out: the difference is what
+	// history costs a ban.
+	c.NoHistory = true
+	secs, err = timed("ban_fanout_no_history_seconds", func() error {
+		_, err := c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.8"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+		return err
+	})
+	c.NoHistory = false
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "ban_fanout_no_history_seconds", secs, "s"})
 	emit(Row{"fleet", name, "requests_per_ban_per_1000_instances", float64(sum(banOps)) * 1000 / float64(n), "requests"})
 	if lat > 0 {
 		fmt.Fprintf(os.Stderr, "     one ban's requests: %s\n", opsString(banOps))
@@ -512,11 +524,68 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 			return err
 		}
 	}
+	// why with 100 000 bans in the ledger and n agents.
+	if n == 10000 {
+		if err := fleetWhy(ctx, emit, r, name, lat, res.Rev); err != nil {
+			return err
+		}
+	}
 
 	// Idle cost: an idle instance-hour is its agent's polls and keep-alives plus its share of a
 	// steady reconcile pass every minute (the scheduled Lambda).
 	perHour := float64(agentPollsPerHour+agentKeepAlivesPerHour) + float64(sum(steadyOps))*60/float64(n)
 	emit(Row{"fleet", name, "requests_per_idle_instance_hour", perHour, "requests"})
 	emit(Row{"fleet", name, "idle_vs_long_poll_floor", perHour / agentPollsPerHour, "ratio"})
+	return nil
+}
+
+// fleetWhy writes 100 000 bans into r's ledger and times the real `bansshee why ADDR --json` for
+// the address the fleet case banned: its ban, its history, and which of the n agents applied it
+// (half of them, here).
+func fleetWhy(ctx context.Context, emit func(Row), r *fleetRig, name string, lat time.Duration, rev int64) error {
+	r.env.SetLatency(0)
+	if err := r.bans(ctx, 100000); err != nil {
+		return err
+	}
+	half := r.ids
+	r.ids = half[:len(half)/2]
+	err := r.heartbeats(ctx, rev, "")
+	r.ids = half
+	if err != nil {
+		return err
+	}
+	r.env.SetLatency(lat)
+	bin, err := buildCLI(ctx)
+	if err != nil {
+		return err
+	}
+	r.env.ResetOps()
+	secs, err := median3("why_100000_bans_seconds", func() error {
+		cmd := exec.CommandContext(ctx, bin, "why", "198.51.100.7", "--json", "--table", r.c.Table, "--queue-prefix", r.c.Queues.Prefix,
+			"--endpoint-url", r.env.URL(), "--region", awstest.Region)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("bansshee why: %v: %s", err, stderr.String())
+		}
+		var rep controller.WhyReport
+		if err := json.Unmarshal(out, &rep); err != nil {
+			return err
+		}
+		if len(rep.Bans) != 1 || rep.Bans[0].Targeted != len(r.ids) || rep.Bans[0].Applied.Applied != len(r.ids)/2 || len(rep.History) == 0 {
+			return fmt.Errorf("why: %d bans, %+v, %d events", len(rep.Bans), rep.Bans, len(rep.History))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "why_100000_bans_seconds", secs, "s"})
+	emit(Row{"fleet", name, "why_requests", float64(sum(r.env.Ops())) / 3, "requests"})
+	if lat > 0 {
+		fmt.Fprintf(os.Stderr, "     one why's requests (x3): %s\n", opsString(r.env.Ops()))
+	}
 	return nil
 }
