@@ -29,6 +29,9 @@ import (
 //	pk="instance"  sk="<instance id>"   what the reconciler knows of an instance
 //	pk="agent#<id>" sk="status"         the agent's heartbeat (proto.AgentStatus)
 //	pk="jail#..."  sk="<addr>"          Lambda jail counters
+//	pk="allow"     sk="<cidr>"          a ledger allow entry (policy.go); pk="hold": an unban's hold
+//	pk="hist#<bucket>", pk="hday#<date>" history events (history.go)
+//	pk="notice"    sk="<topic ARN>"     ban notices not yet sent (notices.go)
 //
 // expires_at (epoch seconds) is the TTL attribute; reads filter on it since TTL deletes late.
 type Ledger struct {

@@ -8,7 +8,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/bansshee/bansshee/proto"
 	"golang.org/x/sync/errgroup"
 )
@@ -86,9 +89,21 @@ func (c *Controller) Why(ctx context.Context, addr string) (*WhyReport, error) {
 	if p.Addr().Is6() {
 		min = c.Limits.MinPrefix6
 	}
+	// The partition of bans written before the split is read per prefix only if it holds any.
+	legacy, err := c.Ledger.DDB.Query(ctx, &dynamodb.QueryInput{TableName: aws.String(c.Table), KeyConditionExpression: aws.String("pk = :pk"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(legacyBanPK)}, Limit: aws.Int32(1), ProjectionExpression: aws.String("pk")})
+	if err != nil {
+		return nil, fmt.Errorf("why %s: %w", p, err)
+	}
+	pks := func(cidr string) []string {
+		if len(legacy.Items) > 0 {
+			return []string{BanPK(cidr), legacyBanPK}
+		}
+		return []string{BanPK(cidr)}
+	}
 	for bits := min; bits <= p.Bits(); bits++ {
 		cidr := netip.PrefixFrom(p.Addr(), bits).Masked().String()
-		for _, pk := range []string{BanPK(cidr), legacyBanPK} {
+		for _, pk := range pks(cidr) {
 			g.Go(func() error {
 				raws, err := c.Ledger.query(ctx, pk, cidr+"|")
 				if err != nil {

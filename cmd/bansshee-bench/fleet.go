@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -338,6 +339,9 @@ func runFleet(ctx context.Context, emit func(Row)) error {
 	}
 	for _, lat := range fleetLatencies() {
 		specs = append(specs, fmt.Sprintf("dynalite:%d", lat.Milliseconds()))
+		if slices.Contains(fleetSizes(), 10000) && lat > 0 {
+			specs = append(specs, fmt.Sprintf("why-dynalite:%d", lat.Milliseconds()))
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -385,6 +389,12 @@ func fleetChild(ctx context.Context, emit func(Row), spec string) error {
 	if what == "dynalite" {
 		if err := fleetListDynalite(ctx, emit, lat); err != nil {
 			return fmt.Errorf("list on dynalite at %s: %w", lat, err)
+		}
+		return nil
+	}
+	if what == "why-dynalite" {
+		if err := fleetWhyDynalite(ctx, emit, lat); err != nil {
+			return fmt.Errorf("why on dynalite at %s: %w", lat, err)
 		}
 		return nil
 	}
@@ -525,7 +535,7 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		}
 	}
 	// why with 100 000 bans in the ledger and n agents.
-	if n == 10000 {
+	if n == 10000 || os.Getenv("BANSSHEE_BENCH_WHY") != "" {
 		if err := fleetWhy(ctx, emit, r, name, lat, res.Rev); err != nil {
 			return err
 		}
@@ -537,6 +547,26 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	emit(Row{"fleet", name, "requests_per_idle_instance_hour", perHour, "requests"})
 	emit(Row{"fleet", name, "idle_vs_long_poll_floor", perHour / agentPollsPerHour, "ratio"})
 	return nil
+}
+
+// fleetWhyDynalite is the why case with DynamoDB served by dynalite, whose Query reads its key
+// range as DynamoDB's does (kumo's walks the whole table for each of why's 30 queries).
+func fleetWhyDynalite(ctx context.Context, emit func(Row), lat time.Duration) error {
+	if err := awstest.DynaliteAvailable(); err != nil {
+		fmt.Fprintf(os.Stderr, "   SKIPPED why on dynalite: %v\n", err)
+		return nil
+	}
+	fmt.Fprintf(os.Stderr, "   why on dynalite, 10000 instances, %s per request ...\n", lat)
+	r, err := newFleetRig(ctx, 10000, true)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	res, err := r.c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+	if err != nil {
+		return err
+	}
+	return fleetWhy(ctx, emit, r, fmt.Sprintf("dynalite-10000-%dms", lat.Milliseconds()), lat, res.Rev)
 }
 
 // fleetWhy writes 100 000 bans into r's ledger and times the real `bansshee why ADDR --json` for
@@ -553,6 +583,16 @@ func fleetWhy(ctx context.Context, emit func(Row), r *fleetRig, name string, lat
 	r.ids = half
 	if err != nil {
 		return err
+	}
+	if os.Getenv("BANSSHEE_BENCH_WHY") != "" {
+		st, err := r.c.Ledger.Statuses(ctx, r.ids)
+		applied := 0
+		for _, x := range st {
+			if x.AppliedRev >= rev {
+				applied++
+			}
+		}
+		fmt.Fprintf(os.Stderr, "DEBUG statuses %d, %d applied, %v rev %d\n", len(st), applied, err, rev)
 	}
 	r.env.SetLatency(lat)
 	bin, err := buildCLI(ctx)
