@@ -715,6 +715,8 @@ func (c *Controller) commitFeed(ctx context.Context, f FeedItem, old, next []fee
 	if f.Mode == FeedSimulate {
 		return *rep, c.simulateFeed(ctx, f, rep.Added)
 	}
+	wait := c.recordAsync(ctx, feedEvents(f, rev, rep)...)
+	defer wait()
 	if f.GoodUntil != oldGood || len(rep.Added)+len(rep.Removed) > FeedDiffMax {
 		rep.Delivery = "sync"
 		return *rep, c.SyncTargets(ctx, sel, rep.Result)
@@ -900,6 +902,30 @@ func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result
 		return c.Ledger.PutInstance(ctx, rec)
 	})
 	return nil
+}
+
+// feedEvents are a feed version's changes for the history: its first 1 000 added entries as a
+// ban, its first 1 000 removed ones as an unban (a list that turned over is not 2 million events).
+func feedEvents(f FeedItem, rev int64, rep *FeedReport) []Event {
+	var out []Event
+	for _, ch := range []struct {
+		kind string
+		list []netip.Prefix
+	}{{EventBan, rep.Added}, {EventUnban, rep.Removed}} {
+		if len(ch.list) == 0 {
+			continue
+		}
+		var cidrs []string
+		for _, p := range ch.list[:min(len(ch.list), 1000)] {
+			cidrs = append(cidrs, p.String())
+		}
+		// No Trigger (a feed's entry is no offence of a repeat offender) and no Until (the
+		// entries' expiry moves with every good fetch: `why` shows the current one).
+		out = append(out, Event{Kind: ch.kind, CIDRs: cidrs, Target: f.Target, Who: f.Source(), Source: f.Source(), Rev: rev,
+			Reason: fmt.Sprintf("feed %s version %d: %d entries %s", f.SK, f.Version, len(ch.list), map[string]string{EventBan: "added", EventUnban: "removed"}[ch.kind]),
+			Cause: &Cause{Feed: f.SK}})
+	}
+	return out
 }
 
 // simulateFeed records the entries a simulate-mode feed's new version would have banned (the

@@ -422,6 +422,14 @@ func (l *Ledger) DeleteInstance(ctx context.Context, id string) error {
 // taken from the key, which IAM lets an agent write only for itself, and an item whose
 // instance_id attribute disagrees with its key is skipped.
 func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.AgentStatus, error) {
+	return l.statuses(ctx, ids, "")
+}
+
+// appliedOnly is the projection of a status that says which revision it applied (`why`).
+const appliedOnly = "pk, sk, instance_id, applied_rev, heartbeat"
+
+// statuses is Statuses reading only the attributes of projection (all if empty).
+func (l *Ledger) statuses(ctx context.Context, ids []string, projection string) (map[string]proto.AgentStatus, error) {
 	var keys []map[string]ddbtypes.AttributeValue
 	role := l.agentRoleID(ctx)
 	for _, id := range ids {
@@ -441,7 +449,7 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 	for i := 0; i < len(keys); i += 100 {
 		chunk := keys[i:min(i+100, len(keys))]
 		g.Go(func() error {
-			items, err := l.batchGet(ctx, chunk)
+			items, err := l.batchGet(ctx, chunk, projection)
 			if err != nil {
 				return err
 			}
@@ -470,11 +478,15 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 }
 
 // batchGet reads up to 100 keys, retrying what DynamoDB leaves unprocessed.
-func (l *Ledger) batchGet(ctx context.Context, keys []map[string]ddbtypes.AttributeValue) ([]map[string]ddbtypes.AttributeValue, error) {
+func (l *Ledger) batchGet(ctx context.Context, keys []map[string]ddbtypes.AttributeValue, projection string) ([]map[string]ddbtypes.AttributeValue, error) {
 	var out []map[string]ddbtypes.AttributeValue
 	// Eventually consistent: half the read units (a heartbeat a second stale changes nothing), and
 	// the reconciler reads every status every pass.
-	req := map[string]ddbtypes.KeysAndAttributes{l.Table: {Keys: keys, ConsistentRead: aws.Bool(false)}}
+	ka := ddbtypes.KeysAndAttributes{Keys: keys, ConsistentRead: aws.Bool(false)}
+	if projection != "" {
+		ka.ProjectionExpression = aws.String(projection)
+	}
+	req := map[string]ddbtypes.KeysAndAttributes{l.Table: ka}
 	for attempt := 0; len(req) > 0; attempt++ {
 		if attempt > 0 {
 			select { // backoff for unprocessed keys (throttling), as the SDK documents

@@ -595,6 +595,7 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 	}
 	sort.Strings(ids)
 	byLimit := map[string][]string{}
+	from := map[string]string{} // CIDR -> the instance that reported it
 	refuse := func(format string, args ...any) {
 		if len(rep.Refused) < 100 {
 			rep.Refused = append(rep.Refused, fmt.Sprintf(format, args...))
@@ -634,6 +635,7 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 			budget--
 			active[cidr+"|"+l.Target] = true
 			byLimit[l.SK] = append(byLimit[l.SK], cidr)
+			from[cidr] = id
 		}
 	}
 	names := make([]string, 0, len(byLimit))
@@ -658,8 +660,13 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		for i, p := range ok {
 			cidrs[i] = p.String()
 		}
+		causes := map[string]Cause{}
+		for _, cidr := range cidrs {
+			causes[cidr] = Cause{Limit: name, Instance: from[cidr]}
+		}
 		if _, err := c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: l.Target, TTL: time.Hour,
-			Reason: "tripped escalating rate limit " + name, Source: "escalation:" + name}); err != nil {
+			Reason: "tripped escalating rate limit " + name, Source: "escalation:" + name,
+			Trigger: "escalation/" + name, Who: "limit " + name, Causes: causes}); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
 			continue
 		}

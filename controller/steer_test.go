@@ -106,7 +106,7 @@ func TestAllowLiftsBansAndRefusesEveryPath(t *testing.T) {
 	for _, ev := range events {
 		kinds = append(kinds, ev.Kind+":"+ev.Who)
 	}
-	want := "ban:,allow:arn:aws:iam::1:user/alice,allow-rm:arn:aws:iam::1:user/bob,ban:"
+	want := "ban:,allow:arn:aws:iam::1:user/alice,unban:arn:aws:iam::1:user/alice,allow-rm:arn:aws:iam::1:user/bob,ban:"
 	if strings.Join(kinds, ",") != want {
 		t.Fatalf("history %v, want %s", kinds, want)
 	}

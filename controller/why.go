@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -157,8 +158,32 @@ func (c *Controller) Why(ctx context.Context, addr string) (*WhyReport, error) {
 	g.Go(func() (err error) { allows, err = c.Ledger.Allows(ctx, now); return err })
 	g.Go(func() (err error) { holds, err = c.Ledger.Holds(ctx, now); return err })
 	g.Go(func() (err error) { rep.History, err = c.History(ctx, p, time.Time{}); return err })
+	// Discovery, and the statuses of each page's instances as the page arrives (not after the
+	// last page): at 10 000 instances, 10 pages and 100 status reads overlap.
 	var instances []Instance
-	g.Go(func() (err error) { instances, err = c.Discover(ctx, mustParse("*")); return err })
+	statuses := map[string]proto.AgentStatus{}
+	g.Go(func() error {
+		var sg errgroup.Group
+		err := c.discoverPages(ctx, mustParse("*"), func(page []Instance) {
+			mu.Lock()
+			instances = append(instances, page...)
+			mu.Unlock()
+			ids := make([]string, len(page))
+			for i, in := range page {
+				ids[i] = in.ID
+			}
+			sg.Go(func() error {
+				st, err := c.Ledger.statuses(ctx, ids, appliedOnly)
+				mu.Lock()
+				defer mu.Unlock()
+				for id, s := range st {
+					statuses[id] = s
+				}
+				return err
+			})
+		})
+		return errors.Join(err, sg.Wait())
+	})
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
@@ -192,26 +217,14 @@ func (c *Controller) Why(ctx context.Context, addr string) (*WhyReport, error) {
 			rep.Feeds = append(rep.Feeds, wf)
 		}
 	}
-	if len(rep.Bans)+len(rep.Feeds) > 0 {
-		if err := c.applied(ctx, instances, rep); err != nil {
-			return nil, err
-		}
-	}
+	c.applied(instances, statuses, rep)
 	sort.Slice(rep.Bans, func(i, j int) bool { return rep.Bans[i].CIDR+rep.Bans[i].Target < rep.Bans[j].CIDR+rep.Bans[j].Target })
 	return rep, nil
 }
 
 // applied fills in, for every ban and feed entry of rep, which targeted instances report its
 // revision.
-func (c *Controller) applied(ctx context.Context, instances []Instance, rep *WhyReport) error {
-	ids := make([]string, len(instances))
-	for i, in := range instances {
-		ids[i] = in.ID
-	}
-	statuses, err := c.Ledger.Statuses(ctx, ids)
-	if err != nil {
-		return err
-	}
+func (c *Controller) applied(instances []Instance, statuses map[string]proto.AgentStatus, rep *WhyReport) {
 	count := func(target string, rev int64) Applied {
 		var a Applied
 		sel, err := ParseSelector(target)
@@ -237,5 +250,4 @@ func (c *Controller) applied(ctx context.Context, instances []Instance, rep *Why
 	for i := range rep.Feeds {
 		rep.Feeds[i].Applied = count(rep.Feeds[i].Target, rep.Feeds[i].Rev)
 	}
-	return nil
 }
