@@ -923,7 +923,7 @@ func feedEvents(f FeedItem, rev int64, rep *FeedReport) []Event {
 		// entries' expiry moves with every good fetch: `why` shows the current one).
 		out = append(out, Event{Kind: ch.kind, CIDRs: cidrs, Target: f.Target, Who: f.Source(), Source: f.Source(), Rev: rev,
 			Reason: fmt.Sprintf("feed %s version %d: %d entries %s", f.SK, f.Version, len(ch.list), map[string]string{EventBan: "added", EventUnban: "removed"}[ch.kind]),
-			Cause: &Cause{Feed: f.SK}})
+			Cause:  &Cause{Feed: f.SK}})
 	}
 	return out
 }
