@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/bansshee/bansshee/proto"
+	"golang.org/x/sync/errgroup"
 )
 
 // Partitions of the policy items.
@@ -130,10 +131,10 @@ func (c *Controller) policies(ctx context.Context) (allows, holds []PolicyItem, 
 	now := c.Now()
 	if c.policy.at.IsZero() || time.Since(c.policy.at) >= c.PolicyCache {
 		var a, h []PolicyItem
-		if a, err = c.Ledger.Allows(ctx, now); err == nil {
-			h, err = c.Ledger.Holds(ctx, now)
-		}
-		if err != nil {
+		var g errgroup.Group // both partitions at once: one round trip, not two
+		g.Go(func() (err error) { a, err = c.Ledger.Allows(ctx, now); return err })
+		g.Go(func() (err error) { h, err = c.Ledger.Holds(ctx, now); return err })
+		if err = g.Wait(); err != nil {
 			return nil, nil, fmt.Errorf("read allow list and holds: %w", err)
 		}
 		c.policy.allows, c.policy.holds, c.policy.at = a, h, time.Now()
