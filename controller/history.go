@@ -305,10 +305,11 @@ func (c *Controller) History(ctx context.Context, p netip.Prefix, since time.Tim
 		}
 	} else {
 		oldest := now.Add(-c.HistoryRetention)
-		if since.Before(oldest) {
-			since = oldest
+		from := since.UTC() // day partitions are named by the UTC date
+		if from.Before(oldest) {
+			from = oldest
 		}
-		for d := since.Truncate(24 * time.Hour); !d.After(now); d = d.Add(24 * time.Hour) {
+		for d := from.Truncate(24 * time.Hour); !d.After(now); d = d.Add(24 * time.Hour) {
 			pk := "hday#" + d.Format("2006-01-02")
 			g.Go(func() error {
 				items, err := queryItems[histItem](ctx, c.Ledger, pk)
@@ -481,4 +482,54 @@ func (c *Controller) simulate(ctx context.Context, req BanRequest, sel *Selector
 	c.simulated.Add(int64(len(prefixes)))
 	c.Log.Info("simulate: would ban", "cidrs", len(prefixes), "target", sel.String(), "source", req.Source)
 	return res, c.record(ctx, events...)
+}
+
+// ParseRepeat reads "factor=2,max=7d,forget=30d" (any part may be left out: its default). A
+// duration is Go's ("36h") or whole days ("7d").
+func ParseRepeat(spec string) (Repeat, error) {
+	var r Repeat
+	for _, part := range strings.Split(spec, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return r, fmt.Errorf("repeat %q: want factor=F,max=D,forget=D", spec)
+		}
+		var err error
+		switch k {
+		case "factor":
+			r.Factor, err = strconv.ParseFloat(v, 64)
+			if err == nil && (r.Factor < 1 || r.Factor > 100) {
+				err = fmt.Errorf("not between 1 and 100")
+			}
+		case "max":
+			r.Max, err = ParseDays(v)
+		case "forget":
+			r.Forget, err = ParseDays(v)
+		default:
+			err = fmt.Errorf("unknown setting")
+		}
+		if err != nil {
+			return r, fmt.Errorf("repeat %s: %w", part, err)
+		}
+	}
+	return r.withDefaults(), nil
+}
+
+// ParseDays reads a Go duration or a whole number of days ("7d"); it must be positive.
+func ParseDays(s string) (time.Duration, error) {
+	var d time.Duration
+	var err error
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		var days int
+		days, err = strconv.Atoi(n)
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q: want a positive duration (36h) or days (7d)", s)
+	}
+	return d, nil
 }

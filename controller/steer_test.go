@@ -361,3 +361,19 @@ func TestNoticesAreBatched(t *testing.T) {
 		t.Fatal("an empty notice was sent")
 	}
 }
+
+func TestParseRepeat(t *testing.T) {
+	r, err := ParseRepeat("factor=3, forget=10d")
+	if err != nil || r.Factor != 3 || r.Max != 7*24*time.Hour || r.Forget != 240*time.Hour {
+		t.Fatalf("%+v %v", r, err)
+	}
+	if r.TTL(time.Hour, 3) != 9*time.Hour || r.TTL(time.Hour, 10) != r.Max || r.TTL(10*24*time.Hour, 2) != 10*24*time.Hour {
+		t.Fatalf("TTLs %s %s %s", r.TTL(time.Hour, 3), r.TTL(time.Hour, 10), r.TTL(10*24*time.Hour, 2))
+	}
+	for spec, want := range map[string]string{"factor=0.5": "not between 1 and 100", "max=-1h": "positive", "forget=x": "want a positive duration",
+		"speed=2": "unknown setting", "factor": "want factor=F"} {
+		if _, err := ParseRepeat(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", spec, err, want)
+		}
+	}
+}

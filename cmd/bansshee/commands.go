@@ -37,7 +37,7 @@ type globals struct {
 	admin                                                       []string
 	noVPCAllow                                                  bool
 	concurrency                                                 int
-	noticeTopic                                                 string
+	noticeTopic, repeat, historyRetention                       string
 	aws                                                         *aws.Config // set by controller()
 }
 
@@ -88,6 +88,8 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")
+	pf.StringVar(&g.repeat, "repeat", "factor=2,max=7d,forget=30d", "repeat offenders: a trigger's n-th ban of an address within forget lasts its TTL x factor^(n-1), at most max")
+	pf.StringVar(&g.historyRetention, "history-retention", "90d", "how long history events are kept")
 	pf.StringVar(&g.noticeTopic, "notice-topic", "", "SNS topic ARN for ban notices (stack output NoticeTopicArn; empty: none)")
 	root.AddCommand(allowCmd(g), whyCmd(g), historyCmd(g), feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
@@ -136,11 +138,19 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		feedClient = &http.Client{Transport: tr, Timeout: controller.DefaultFeedTimeout}
 	}
+	repeat, err := controller.ParseRepeat(g.repeat)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--repeat: %w", err)}
+	}
+	retention, err := controller.ParseDays(g.historyRetention)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--history-retention: %w", err)}
+	}
 	g.aws = &cfg
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
 		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, FeedClient: feedClient, Log: cli.Logger(g.logLevel),
-		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg)})
+		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg), Repeat: repeat, HistoryRetention: retention})
 }
 
 func banCmd(g *globals) *cobra.Command {
