@@ -159,6 +159,7 @@ func feedListCmd(g *globals) *cobra.Command {
 				Error     string    `json:"error,omitempty"`
 				Held      string    `json:"held,omitempty"`
 				Report    string    `json:"report,omitempty"`
+				Mode      string    `json:"mode,omitempty"`
 			}
 			var rows []row
 			for _, f := range feeds {
@@ -166,7 +167,7 @@ func feedListCmd(g *globals) *cobra.Command {
 					continue
 				}
 				r := row{Name: f.SK, URL: f.URL, Target: f.Target, Format: f.Format, Refresh: (time.Duration(f.Refresh) * time.Second).String(),
-					Entries: f.Entries, Version: f.Version, LastOK: f.OK, Error: f.Error, Held: f.Held, Report: f.Report}
+					Entries: f.Entries, Version: f.Version, LastOK: f.OK, Error: f.Error, Held: f.Held, Report: f.Report, Mode: f.Mode}
 				if f.GoodUntil > 0 {
 					r.GoodUntil = time.Unix(f.GoodUntil, 0).UTC()
 				}
@@ -187,6 +188,9 @@ func feedListCmd(g *globals) *cobra.Command {
 					state = "FAILING: " + r.Error
 				case r.Version == 0:
 					state = "not fetched yet"
+				}
+				if r.Mode != "" {
+					state = r.Mode + ", " + state // recorded, not banned
 				}
 				last, until := "never", "-"
 				if !r.LastOK.IsZero() {
