@@ -407,6 +407,8 @@ func (c *Controller) UnbanWith(ctx context.Context, req UnbanRequest) (*Result, 
 		}
 		c.invalidatePolicies()
 		res.Hold = hold
+		// A feed's entries the hold covers leave the agents now, not at the next reconcile pass.
+		herrs = append(herrs, c.liftFeedEntries(ctx, prefixes, res.Rev))
 	}
 	cidrs := make([]string, len(prefixes))
 	for i, p := range prefixes {
@@ -468,4 +470,46 @@ func (c *Controller) unban(ctx context.Context, prefixes []netip.Prefix) (*Resul
 	c.Log.Info("unban", "rev", rev, "cidrs", len(tombs))
 	err = c.fanoutAny(ctx, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
 	return res, err
+}
+
+// liftFeedEntries tells the targets of every active feed to drop its entries that overlap
+// prefixes (which a hold or allow entry now keeps off them), at rev.
+func (c *Controller) liftFeedEntries(ctx context.Context, prefixes []netip.Prefix, rev int64) error {
+	now := c.Now()
+	feeds, err := c.Ledger.Feeds(ctx)
+	if err != nil {
+		return err
+	}
+	tombs := map[string]proto.Tombstone{}
+	var sels []*Selector
+	for _, f := range feeds {
+		if !f.Active(now) {
+			continue
+		}
+		entries, err := c.loadFeed(ctx, f)
+		if err != nil {
+			return err
+		}
+		hit := false
+		for _, e := range entries {
+			for _, p := range prefixes {
+				if e.p.Overlaps(p) {
+					tombs[proto.BanID(e.p)] = proto.Tombstone{ID: proto.BanID(e.p), Rev: rev, ExpiresAt: time.Unix(f.GoodUntil, 0).UTC()}
+					hit = true
+				}
+			}
+		}
+		if sel, err := ParseSelector(f.Target); err == nil && hit {
+			sels = append(sels, sel)
+		}
+	}
+	if len(tombs) == 0 {
+		return nil
+	}
+	list := make([]proto.Tombstone, 0, len(tombs))
+	for _, t := range tombs {
+		list = append(list, t)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	return c.fanoutAny(ctx, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: list}, &Result{})
 }
