@@ -76,6 +76,9 @@ type Controller struct {
 	urls      sync.Map // instance id -> queue URL
 	feedCache sync.Map // feed name -> *feedVersion
 
+	// afterLedgerRead, when set (tests), runs between a reconcile pass's ledger read and its syncs.
+	afterLedgerRead func()
+
 	vpcMu      sync.Mutex
 	vpcs       []netip.Prefix // VPCCIDRs' cache
 	vpcAt      time.Time
@@ -377,6 +380,9 @@ func (r BanRequest) causeOf(raw []string, i int, prefixes []netip.Prefix) *Cause
 type LimitRequest struct {
 	Limit  proto.Limit
 	Target string
+	// EscalateFleet: with Limit.Escalate, a source that trips on one instance is banned on the
+	// whole target at once, not first on that instance only.
+	EscalateFleet bool
 }
 
 // Limit writes a policy and sends it to the targeted instances.
@@ -394,7 +400,7 @@ func (c *Controller) Limit(ctx context.Context, req LimitRequest) (*Result, erro
 		return nil, err
 	}
 	l.Rev = rev
-	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, EscalateUnverified: l.EscalateUnverified, Rev: rev, Updated: c.Now().UTC()}
+	it := LimitItem{SK: l.ID, Target: sel.String(), Proto: l.Proto, Ports: l.Ports, Hits: l.Hits, Seconds: l.Seconds, Action: l.Action, Escalate: l.Escalate, EscalateUnverified: l.EscalateUnverified, EscalateFleet: req.EscalateFleet && l.Escalate, Rev: rev, Updated: c.Now().UTC()}
 	if _, err := c.Ledger.PutLimit(ctx, it); err != nil {
 		return nil, err
 	}
@@ -523,7 +529,7 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 	derr := d.each(ctx, func(page []Instance) {
 		for _, in := range page {
 			for _, sel := range sels {
-				if sel.Match(in.Tags) {
+				if sel.MatchInstance(in.ID, in.Tags) {
 					pool.add(in)
 					break
 				}

@@ -413,3 +413,94 @@ func TestFanoutStreamsDiscoveryAndSurvivesItsFailure(t *testing.T) {
 		t.Fatalf("first message: %+v", msgs)
 	}
 }
+
+// A ban on one instance by id (a jail's ban on the instance that logged the failures): only
+// that instance's queue gets it, a late sync of that instance holds it, and the other instances'
+// state (and the sync they share) does not.
+func TestInstanceScopedBan(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	e.launch(t, "mail2", map[string]string{"Role": "mail"})
+	if _, err := e.c.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.drain(t, e.ids["mail1"])
+	e.drain(t, e.ids["mail2"])
+	one := e.ids["mail1"]
+	res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.9"}, Target: "instance-id=" + one, TTL: time.Hour, Reason: "jail sshd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Instances) != 1 || res.Instances[0].InstanceID != one {
+		t.Fatalf("deliveries %+v, want only %s", res.Instances, one)
+	}
+	if m := e.drain(t, one); len(m) != 1 || m[0].Bans[0].CIDR != "198.51.100.9/32" {
+		t.Fatalf("%s got %+v", one, m)
+	}
+	if m := e.drain(t, e.ids["mail2"]); len(m) != 0 {
+		t.Fatalf("the other instance got %+v", m)
+	}
+	sts, _, err := e.c.Status(ctx, "Role=mail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range sts {
+		if want := map[bool]int{true: 1, false: 0}[st.ID == one]; st.WantBans != want {
+			t.Errorf("%s wants %d bans, want %d", st.ID, st.WantBans, want)
+		}
+	}
+	// Two new instances with the same tags: only the one named would hold the ban, so their
+	// states are computed apart (the id joins the memo key only where a target names it).
+	view, err := e.c.readLedger(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tags := map[string]string{"Role": "mail", "bansshee:managed": "true"}
+	if d := view.forInstance(one, tags, time.Now()); len(d.bans) != 1 {
+		t.Fatalf("named instance: %d bans", len(d.bans))
+	}
+	if d := view.forInstance("i-0fffffffffffffff0", tags, time.Now()); len(d.bans) != 0 {
+		t.Fatalf("other instance: %d bans", len(d.bans))
+	}
+	if view.scopedKey(one) == "" || view.scopedKey("i-0fffffffffffffff0") != "" {
+		t.Fatalf("scoped keys %q %q", view.scopedKey(one), view.scopedKey("i-0fffffffffffffff0"))
+	}
+}
+
+// A ban written while a reconcile pass reads the ledger is newer than the pass's syncs, so the
+// agent keeps it over a sync that does not hold it (issue 22, finding 13).
+func TestBanDuringReconcileReadIsNewerThanTheSync(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	var banRev int64
+	e.c.afterLedgerRead = func() {
+		e.c.afterLedgerRead = nil
+		res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"198.51.100.44"}, Target: "Role=mail", TTL: time.Hour})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		banRev = res.Rev
+	}
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Synced) != 1 {
+		t.Fatalf("synced %v", rep.Synced)
+	}
+	var syncRev int64
+	for _, m := range e.drain(t, id) {
+		if m.Kind == proto.KindSync {
+			syncRev = m.Rev
+			for _, b := range m.Bans {
+				t.Fatalf("the sync holds %s, which its read could not see", b.CIDR)
+			}
+		}
+	}
+	if syncRev == 0 || banRev <= syncRev {
+		t.Fatalf("sync at %d, the ban written during its read at %d: the sync would claim authority over the ban", syncRev, banRev)
+	}
+}

@@ -51,7 +51,7 @@ func (c *Controller) discoverPages(ctx context.Context, sel *Selector, each func
 				if in.State != nil && in.State.Name != ec2types.InstanceStateNameRunning {
 					continue
 				}
-				if !c.managed.Match(tags) || !sel.Match(tags) {
+				if !c.managed.Match(tags) || !sel.MatchInstance(aws.ToString(in.InstanceId), tags) {
 					continue
 				}
 				out = append(out, Instance{ID: aws.ToString(in.InstanceId), Tags: tags, PrivateIP: aws.ToString(in.PrivateIpAddress)})

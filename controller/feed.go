@@ -866,7 +866,7 @@ func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result
 	var targets []Instance
 	tags := map[string]map[string]string{}
 	for _, in := range all {
-		if sel.Match(in.Tags) {
+		if sel.MatchInstance(in.ID, in.Tags) {
 			targets = append(targets, in)
 			tags[in.ID] = in.Tags
 		}
@@ -882,11 +882,11 @@ func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result
 	var memoMu sync.Mutex
 	memo := map[string]desired{}
 	res.Instances = c.sendAll(ctx, targets, func(ctx context.Context, id, _ string) error {
-		key := tagKey(tags[id])
+		key := tagKey(tags[id]) + view.scopedKey(id)
 		memoMu.Lock()
 		d, ok := memo[key]
 		if !ok {
-			d = view.forTags(tags[id], now)
+			d = view.forInstance(id, tags[id], now)
 			memo[key] = d
 		}
 		memoMu.Unlock()

@@ -66,7 +66,7 @@ func TestEscalationsAreCheckedCappedAndBatched(t *testing.T) {
 	mail1 := e.launch(t, "mail1", map[string]string{"Role": "mail"})
 	mail2 := e.launch(t, "mail2", map[string]string{"Role": "mail"})
 	web1 := e.launch(t, "web1", map[string]string{"Role": "web"})
-	if _, err := e.c.Limit(ctx, LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 5, Seconds: 60, Escalate: true}, Target: "Role=mail"}); err != nil {
+	if _, err := e.c.Limit(ctx, LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 5, Seconds: 60, Escalate: true}, Target: "Role=mail", EscalateFleet: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.c.Limit(ctx, LimitRequest{Limit: proto.Limit{ID: "l-plain", Proto: "tcp", Ports: []int{25}, Hits: 5, Seconds: 60}, Target: "Role=mail"}); err != nil {
@@ -128,6 +128,53 @@ func TestEscalationsAreCheckedCappedAndBatched(t *testing.T) {
 	bans, _ = e.c.Ledger.Bans(ctx, e.c.Now())
 	if len(bans) != MaxEscalationsPerMinute {
 		t.Fatalf("%d escalation bans within a minute, want the cap %d", len(bans), MaxEscalationsPerMinute)
+	}
+}
+
+// Without escalate_fleet, one instance's escalations ban only on that instance: a compromised
+// instance reporting real clients' addresses cannot ban them fleet-wide, nor spend the fleet's
+// budget. A second instance reporting the same source takes it fleet-wide.
+func TestEscalationNeedsASecondReporter(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	mail1 := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	mail2 := e.launch(t, "mail2", map[string]string{"Role": "mail"})
+	if _, err := e.c.Limit(ctx, LimitRequest{Limit: proto.Limit{ID: "l-pop3", Proto: "tcp", Ports: []int{110}, Hits: 5, Seconds: 60, Escalate: true}, Target: "Role=mail"}); err != nil {
+		t.Fatal(err)
+	}
+	now := e.c.Now()
+	var flood []proto.Escalation
+	for i := 0; i < 40; i++ {
+		flood = append(flood, proto.Escalation{Addr: fmt.Sprintf("198.51.100.%d", i+1), LimitID: "l-pop3", Seen: now})
+	}
+	e.putStatus(t, mail1, proto.AgentStatus{Escalations: flood})
+	rep, err := e.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Escalated) != 0 || len(rep.EscalatedLocal) != MaxEscalationsPerInstance {
+		t.Fatalf("one reporter: fleet %v, local %d", rep.Escalated, len(rep.EscalatedLocal))
+	}
+	bans, _ := e.c.Ledger.Bans(ctx, e.c.Now())
+	for _, b := range bans {
+		if b.Target != "instance-id="+mail1 {
+			t.Fatalf("one reporter's escalation banned on %s", b.Target)
+		}
+	}
+	sts, _, _ := e.c.Status(ctx, "Role=mail")
+	for _, st := range sts {
+		if st.ID == mail2 && st.WantBans != 0 {
+			t.Fatalf("the other instance wants %d bans", st.WantBans)
+		}
+	}
+	// mail2 reports one of them: it goes fleet-wide.
+	e.putStatus(t, mail2, proto.AgentStatus{Escalations: flood[:1]})
+	rep, err = e.c.ReconcileOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Escalated) != 1 || rep.Escalated[0] != "198.51.100.1/32" {
+		t.Fatalf("second reporter: fleet %v (refused %v)", rep.Escalated, rep.Refused)
 	}
 }
 

@@ -124,10 +124,13 @@ type LimitItem struct {
 	Action   string `dynamodbav:"action"`
 	Escalate bool   `dynamodbav:"escalate"`
 	// EscalateUnverified: see proto.Limit.
-	EscalateUnverified bool      `dynamodbav:"escalate_unverified,omitempty"`
-	Rev                int64     `dynamodbav:"rev"`
-	Updated            time.Time `dynamodbav:"updated"`
-	Deleted            bool      `dynamodbav:"deleted"`
+	EscalateUnverified bool `dynamodbav:"escalate_unverified,omitempty"`
+	// EscalateFleet bans a tripping source on the whole target at once; without it, on the
+	// reporting instance until a second instance reports the source.
+	EscalateFleet bool      `dynamodbav:"escalate_fleet,omitempty"`
+	Rev           int64     `dynamodbav:"rev"`
+	Updated       time.Time `dynamodbav:"updated"`
+	Deleted       bool      `dynamodbav:"deleted"`
 }
 
 // Wire is the policy as agents receive it.

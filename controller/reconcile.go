@@ -23,11 +23,13 @@ type Report struct {
 	QueuesDeleted []string
 	Synced        []string // instances sent a full sync
 	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
-	Escalated     []string // CIDRs banned from agent escalations
-	Refused       []string // escalations refused, with why
-	Fleet         FleetCounts
-	Feeds         []FeedReport // feeds that were due and refreshed before the pass
-	Errors        []error
+	Escalated     []string // CIDRs banned fleet-wide from agent escalations
+	// EscalatedLocal are CIDRs banned only on the instance that reported them.
+	EscalatedLocal []string
+	Refused        []string // escalations refused, with why
+	Fleet          FleetCounts
+	Feeds          []FeedReport // feeds that were due and refreshed before the pass
+	Errors         []error
 }
 
 // desired computes, for an instance's tags, the active bans and limits and the highest revision
@@ -76,6 +78,9 @@ type ledgerView struct {
 	feeds     []feedView
 	sels      map[string]*Selector
 	rev       int64
+	// scoped are the instances some target names by id; anyID: a target depends on ids otherwise.
+	scoped map[string]bool
+	anyID  bool
 }
 
 func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
@@ -170,15 +175,38 @@ func (v *ledgerView) sel(target string) *Selector {
 		s = nil // an unparsable target in the ledger matches nothing
 	}
 	v.sels[target] = s
+	if s != nil {
+		ids, anyID := s.Instances()
+		for _, id := range ids {
+			if v.scoped == nil {
+				v.scoped = map[string]bool{}
+			}
+			v.scoped[id] = true
+		}
+		v.anyID = v.anyID || anyID
+	}
 	return s
 }
 
+// scopedKey is what, beside its tags, decides an instance's state: its id, when a ban, limit or
+// feed targets it by id.
+func (v *ledgerView) scopedKey(id string) string {
+	if v.anyID || v.scoped[id] {
+		return "\x00" + id
+	}
+	return ""
+}
+
 func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
+	return v.forInstance("", tags, now)
+}
+
+func (v *ledgerView) forInstance(id string, tags map[string]string, now time.Time) desired {
 	d := desired{syncs: &syncTemplates{}}
 	byID := map[string]proto.Ban{}
 	for _, b := range v.bans {
 		s := v.sel(b.Target)
-		if s == nil || !s.Match(tags) {
+		if s == nil || !s.MatchInstance(id, tags) {
 			continue
 		}
 		d.maxRev = max(d.maxRev, b.Rev)
@@ -201,7 +229,7 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 	}
 	for _, f := range v.feeds {
 		s := v.sel(f.Target)
-		if s == nil || !s.Match(tags) {
+		if s == nil || !s.MatchInstance(id, tags) {
 			continue
 		}
 		d.maxRev = max(d.maxRev, f.Rev)
@@ -235,7 +263,7 @@ func (v *ledgerView) forTags(tags map[string]string, now time.Time) desired {
 	sort.Slice(d.bans, func(i, j int) bool { return d.bans[i].ID < d.bans[j].ID })
 	for _, l := range v.limits {
 		s := v.sel(l.Target)
-		if s == nil || !s.Match(tags) {
+		if s == nil || !s.MatchInstance(id, tags) {
 			continue
 		}
 		d.maxRev = max(d.maxRev, l.Rev)
@@ -271,9 +299,20 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		return rep, err
 	}
 	rep.Instances = len(instances)
+	// A sync's revision is taken before the ledger is read, so that it is older than every change
+	// the read may have missed: a ban or unban written while the pass reads has a newer revision,
+	// and an agent keeps it over the sync. (Taken after the read, it claimed authority over them:
+	// a ban written meanwhile was dropped until the next digest repair.)
+	syncRev, revErr := c.Ledger.NextRev(ctx)
+	if revErr != nil {
+		return rep, revErr
+	}
 	view, err := c.readLedger(ctx)
 	if err != nil {
 		return rep, err
+	}
+	if c.afterLedgerRead != nil {
+		c.afterLedgerRead()
 	}
 	rep.Fleet.Instances = len(instances)
 	for _, b := range view.bans {
@@ -308,24 +347,18 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	}
 	// A sync takes a revision of its own, newer than everything it was computed from: one per
 	// pass, taken when the first instance needs one.
-	var revOnce sync.Once
-	var syncRev int64
-	var revErr error
-	nextRev := func() (int64, error) {
-		revOnce.Do(func() { syncRev, revErr = c.Ledger.NextRev(ctx) })
-		return syncRev, revErr
-	}
+	nextRev := func() (int64, error) { return syncRev, nil }
 	// Instances with the same tags want the same state: compute it (and its digest) once.
 	var memoMu sync.Mutex
 	memo := map[string]*desiredDigest{}
-	desiredFor := func(tags map[string]string) *desiredDigest {
-		key := tagKey(tags)
+	desiredFor := func(in Instance) *desiredDigest {
+		key := tagKey(in.Tags) + view.scopedKey(in.ID)
 		memoMu.Lock()
 		defer memoMu.Unlock()
 		if d, ok := memo[key]; ok {
 			return d
 		}
-		d := view.forTags(tags, now)
+		d := view.forInstance(in.ID, in.Tags, now)
 		dd := &desiredDigest{desired: d, digest: proto.DigestV2(d.bans, d.limits)}
 		memo[key] = dd
 		return dd
@@ -338,7 +371,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			_, hasQueue := queues[in.ID]
 			st, reported := statuses[in.ID]
 			rec, seen := known[in.ID]
-			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in.Tags), st, reported, rec, seen, now, nextRev)
+			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in), st, reported, rec, seen, now, nextRev)
 			if view.allowRev > 0 && reported && takesAllows(st, reported) && st.AllowRev < view.allowRev && o.state != "silent" {
 				if err := c.sendAllowsTo(ctx, in.ID, view.allowRev, view.allowList); err != nil {
 					o.errs = append(o.errs, err)
@@ -351,9 +384,6 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		})
 	}
 	_ = g.Wait()
-	if revErr != nil {
-		return rep, revErr
-	}
 	// Queues of instances that are gone: mark, then delete after the grace period.
 	for id, url := range queues {
 		if running[id] {
@@ -552,10 +582,13 @@ func (c *Controller) sendSync(ctx context.Context, id string, rev int64, d desir
 	return nil
 }
 
+// localEscalationSource marks a ban an escalation placed on its reporting instance only.
+const localEscalationSource = "escalation-local:"
+
 // Escalation caps: a compromised or flooded agent cannot turn its heartbeat into a stream of
 // fleet-wide bans.
 const (
-	MaxEscalationsPerInstance = 20  // per agent, per reconcile pass
+	MaxEscalationsPerInstance = 20  // per agent, per reconcile pass (local bans, and fleet-wide ones apart)
 	MaxEscalationsPerMinute   = 100 // fleet-wide, counted from the ledger
 )
 
@@ -579,10 +612,19 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		tags[in.ID] = in.Tags
 	}
 	active := map[string]bool{}
+	reporters := map[string]map[string]bool{} // cidr -> instances that reported it (earlier passes' local bans)
 	recent := 0
 	for _, b := range view.bans {
 		if b.Active(now) {
 			active[b.CIDR+"|"+b.Target] = true
+			if sel := view.sel(b.Target); sel != nil && strings.HasPrefix(b.Source, localEscalationSource) {
+				if ids, _ := sel.Instances(); len(ids) == 1 {
+					if reporters[b.CIDR] == nil {
+						reporters[b.CIDR] = map[string]bool{}
+					}
+					reporters[b.CIDR][ids[0]] = true
+				}
+			}
 		}
 		if strings.HasPrefix(b.Source, "escalation:") && now.Sub(b.Created) < time.Minute {
 			recent++
@@ -594,22 +636,27 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	byLimit := map[string][]string{}
-	from := map[string]string{} // CIDR -> the instance that reported it
+	byLimit := map[string][]string{}  // fleet-wide, by limit
+	local := map[[2]string][]string{} // on the reporter only, by limit and instance
+	from := map[string]string{}       // CIDR -> the (last) instance that reported it
 	refuse := func(format string, args ...any) {
 		if len(rep.Refused) < 100 {
 			rep.Refused = append(rep.Refused, fmt.Sprintf(format, args...))
 		}
 	}
+	// Each escalation is checked, then banned on the reporting instance at once; it goes to the
+	// limit's whole target only when a second instance reports the source (or the limit says
+	// escalate_fleet), so one compromised instance cannot spend the fleet's budget on real
+	// clients' addresses.
 	for _, id := range ids {
-		taken := 0
+		taken, fleet := 0, 0
 		for _, e := range statuses[id].Escalations {
 			l, ok := limits[e.LimitID]
 			if !ok {
 				refuse("%s: %s: limit %q is not an escalating limit", id, e.Addr, e.LimitID)
 				continue
 			}
-			if sel := view.sel(l.Target); sel == nil || tags[id] == nil || !sel.Match(tags[id]) {
+			if sel := view.sel(l.Target); sel == nil || tags[id] == nil || !sel.MatchInstance(id, tags[id]) {
 				refuse("%s: %s: limit %s does not target this instance", id, e.Addr, l.SK)
 				continue
 			}
@@ -627,27 +674,53 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 			if active[cidr+"|"+l.Target] {
 				continue
 			}
-			if taken >= MaxEscalationsPerInstance || budget <= 0 {
+			if reporters[cidr] == nil {
+				reporters[cidr] = map[string]bool{}
+			}
+			reporters[cidr][id] = true
+			if l.EscalateFleet || len(reporters[cidr]) >= 2 {
+				if fleet >= MaxEscalationsPerInstance || budget <= 0 {
+					refuse("%s: %s: over the escalation cap (%d per instance per pass, %d per minute)", id, cidr, MaxEscalationsPerInstance, MaxEscalationsPerMinute)
+					continue
+				}
+				fleet++
+				budget--
+				active[cidr+"|"+l.Target] = true
+				byLimit[l.SK] = append(byLimit[l.SK], cidr)
+				from[cidr] = id
+				continue
+			}
+			own := InstanceIDKey + "=" + id
+			if active[cidr+"|"+own] {
+				continue
+			}
+			if taken >= MaxEscalationsPerInstance {
 				refuse("%s: %s: over the escalation cap (%d per instance per pass, %d per minute)", id, cidr, MaxEscalationsPerInstance, MaxEscalationsPerMinute)
 				continue
 			}
 			taken++
-			budget--
-			active[cidr+"|"+l.Target] = true
-			byLimit[l.SK] = append(byLimit[l.SK], cidr)
+			active[cidr+"|"+own] = true
+			local[[2]string{l.SK, id}] = append(local[[2]string{l.SK, id}], cidr)
 			from[cidr] = id
 		}
 	}
-	names := make([]string, 0, len(byLimit))
-	for k := range byLimit {
-		names = append(names, k)
+	type batch struct {
+		limit, target, source string
+		cidrs                 []string
+		fleet                 bool
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		l := limits[name]
-		ok, refused, err := c.FilterCIDRs(ctx, byLimit[name])
+	var batches []batch
+	for name, cidrs := range byLimit {
+		batches = append(batches, batch{name, limits[name].Target, "escalation:" + name, cidrs, true})
+	}
+	for k, cidrs := range local {
+		batches = append(batches, batch{k[0], InstanceIDKey + "=" + k[1], localEscalationSource + k[0], cidrs, false})
+	}
+	sort.Slice(batches, func(i, j int) bool { return batches[i].target+batches[i].limit < batches[j].target+batches[j].limit })
+	for _, b := range batches {
+		ok, refused, err := c.FilterCIDRs(ctx, b.cidrs)
 		if err != nil {
-			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
+			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", b.limit, err))
 			continue
 		}
 		for cidr, why := range refused {
@@ -660,17 +733,29 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		for i, p := range ok {
 			cidrs[i] = p.String()
 		}
+		reason := "tripped escalating rate limit " + b.limit
+		if !b.fleet {
+			reason += " (on this instance; fleet-wide when another reports it)"
+		}
 		causes := map[string]Cause{}
 		for _, cidr := range cidrs {
-			causes[cidr] = Cause{Limit: name, Instance: from[cidr]}
+			causes[cidr] = Cause{Limit: b.limit, Instance: from[cidr]}
 		}
-		if _, err := c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: l.Target, TTL: time.Hour,
-			Reason: "tripped escalating rate limit " + name, Source: "escalation:" + name,
-			Trigger: "escalation/" + name, Who: "limit " + name, Causes: causes}); err != nil {
-			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", name, err))
+		req := BanRequest{CIDRs: cidrs, Target: b.target, TTL: time.Hour, Reason: reason, Source: b.source, Who: "limit " + b.limit, Causes: causes}
+		// An offence (repeat offenders) is counted once: on the reporting instance, or fleet-wide
+		// when the limit goes there at once; a second reporter's promotion is the same offence.
+		if !b.fleet || limits[b.limit].EscalateFleet {
+			req.Trigger = "escalation/" + b.limit
+		}
+		if _, err := c.Ban(ctx, req); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", b.limit, err))
 			continue
 		}
-		rep.Escalated = append(rep.Escalated, cidrs...)
+		if b.fleet {
+			rep.Escalated = append(rep.Escalated, cidrs...)
+		} else {
+			rep.EscalatedLocal = append(rep.EscalatedLocal, cidrs...)
+		}
 	}
 	for _, r := range rep.Refused {
 		c.Log.Warn("escalation refused", "why", r)
@@ -717,7 +802,7 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	now := c.Now()
 	out := make([]InstanceStatus, 0, len(instances))
 	for _, in := range instances {
-		d := view.forTags(in.Tags, now)
+		d := view.forInstance(in.ID, in.Tags, now)
 		st := statuses[in.ID]
 		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError, Version: st.Version}
 		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || proto.Matches(st.Digest, d.bans, d.limits))

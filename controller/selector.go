@@ -83,10 +83,23 @@ func (s *Selector) String() string {
 	return s.src
 }
 
-// Match evaluates the selector against an instance's tags.
-func (s *Selector) Match(tags map[string]string) bool {
+// InstanceIDKey is the selector key that names instances by id rather than by a tag:
+// "instance-id=i-0123456789abcdef0" targets one instance (a jail's ban on the instance that
+// logged the failures), "instance-id in (i-1,i-2)" several.
+const InstanceIDKey = "instance-id"
+
+// Match evaluates the selector against an instance's tags (an instance-id term sees no id: use
+// MatchInstance).
+func (s *Selector) Match(tags map[string]string) bool { return s.MatchInstance("", tags) }
+
+// MatchInstance evaluates the selector against an instance: its id for instance-id terms, its
+// tags for the rest.
+func (s *Selector) MatchInstance(id string, tags map[string]string) bool {
 	for _, t := range s.terms {
 		v, ok := tags[t.key]
+		if t.key == InstanceIDKey {
+			v, ok = id, id != ""
+		}
 		var hit bool
 		switch t.op {
 		case opEq:
@@ -118,12 +131,33 @@ func (s *Selector) Filters() []ec2types.Filter {
 		case opEq, opIn:
 			vals := append([]string(nil), t.values...)
 			sort.Strings(vals)
-			fs = append(fs, ec2types.Filter{Name: aws.String("tag:" + t.key), Values: vals})
+			name := "tag:" + t.key
+			if t.key == InstanceIDKey {
+				name = InstanceIDKey
+			}
+			fs = append(fs, ec2types.Filter{Name: aws.String(name), Values: vals})
 		case opHas:
 			fs = append(fs, ec2types.Filter{Name: aws.String("tag-key"), Values: []string{t.key}})
 		}
 	}
 	return fs
+}
+
+// Instances returns the instance ids the selector names in instance-id terms, and whether it
+// depends on the id some other way (instance-id!=, notin, has(instance-id)): such a selector
+// can give every instance its own state.
+func (s *Selector) Instances() (ids []string, anyID bool) {
+	for _, t := range s.terms {
+		if t.key != InstanceIDKey {
+			continue
+		}
+		if t.op == opEq || t.op == opIn {
+			ids = append(ids, t.values...)
+		} else {
+			anyID = true
+		}
+	}
+	return ids, anyID
 }
 
 type parser struct {

@@ -84,3 +84,24 @@ func FuzzSelector(f *testing.F) {
 		}
 	})
 }
+
+func TestSelectorInstanceID(t *testing.T) {
+	s, err := ParseSelector("instance-id=i-0123456789abcdef0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tags := map[string]string{"instance-id": "i-0123456789abcdef0"} // a tag of that name is not the id
+	if s.MatchInstance("i-0aaaaaaaaaaaaaaa0", tags) || !s.MatchInstance("i-0123456789abcdef0", nil) || s.Match(tags) {
+		t.Fatal("instance-id must match the instance's id, never a tag")
+	}
+	if f := s.Filters(); len(f) != 1 || *f[0].Name != "instance-id" {
+		t.Fatalf("filters %+v", f)
+	}
+	if ids, any := s.Instances(); len(ids) != 1 || any {
+		t.Fatalf("instances %v %v", ids, any)
+	}
+	n, _ := ParseSelector("Role=mail,instance-id!=i-1")
+	if _, any := n.Instances(); !any || n.MatchInstance("i-1", map[string]string{"Role": "mail"}) || !n.MatchInstance("i-2", map[string]string{"Role": "mail"}) {
+		t.Fatal("instance-id!=")
+	}
+}

@@ -232,7 +232,7 @@ func (c *Controller) applied(instances []Instance, statuses map[string]proto.Age
 			return a
 		}
 		for _, in := range instances {
-			if !sel.Match(in.Tags) {
+			if !sel.MatchInstance(in.ID, in.Tags) {
 				continue
 			}
 			a.Targeted++

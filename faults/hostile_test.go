@@ -473,12 +473,35 @@ func TestHostileForeignAndFloodedEscalations(t *testing.T) {
 			t.Errorf("refusals lack %q", want)
 		}
 	}
-	for _, c := range rep.Escalated {
+	// One instance's reports ban on that instance only (a second reporter, or escalate_fleet,
+	// takes a source fleet-wide): the capped batch lands in the ledger on the liar alone.
+	if len(rep.Escalated) != 0 || len(rep.EscalatedLocal) != controller.MaxEscalationsPerInstance {
+		t.Fatalf("fleet-wide %d, local %d", len(rep.Escalated), len(rep.EscalatedLocal))
+	}
+	for _, c := range rep.EscalatedLocal {
 		if !strings.HasPrefix(c, "198.18.") {
 			t.Errorf("escalated %s", c)
 		}
 	}
-	// What reaches the other instance's kernel: the capped batch and nothing else.
+	bans, err := r.c.Ledger.Bans(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bans {
+		if b.Target != "instance-id="+liar.ID {
+			t.Errorf("an escalation of the liar's was banned on %s", b.Target)
+		}
+	}
+	sts, _, err := r.c.Status(ctx, "Role=mail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range sts {
+		if st.ID == other.ID && st.WantBans != 0 {
+			t.Errorf("the other instance's desired state holds %d bans", st.WantBans)
+		}
+	}
+	// What reaches the other instance's kernel: nothing of it.
 	want := set(rep.Escalated...)
 	deadline := time.Now().Add(20 * time.Second)
 	for !sameSet(r.kernelBans(other), want) {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -42,8 +43,12 @@ and jail counts live only for this run.
   bansshee-lambda test-jail --jail NAME --log FILE [--config FILE]
 
 runs one jail on every line of a log file (- for stdin) and prints, per line, the address found
-and how many failures it counts, or why not, like fail2ban-regex. NAME is a configured jail or a
-built-in one (sshd, dovecot, cyrus, postfix-sasl, pam-generic).
+and how many failures it counts, or why not, like fail2ban-regex, then the failures per address
+with the file read as one log stream (a failed SSH connection counts once, when it ends; nothing
+on a connection that logs in counts). Lines may be syslog (RFC 3164, RFC 3339, RFC 5424), bare
+"tag[pid]: msg", journalctl -o short-iso or -o json (fluent-bit's and vector's journald records
+too) or Dovecot's own log file. NAME is a configured jail or a built-in one (sshd, dovecot, cyrus,
+postfix-sasl, pam-generic).
 
 Configuration (environment):
   BANSSHEE_TABLE                 ledger table (default bansshee)
@@ -314,11 +319,12 @@ func testJail(args []string, stdout, stderr io.Writer) int {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	lines, matched := 0, 0
-	perAddr := map[string]int{}
-	var order []string
+	shapes := map[string]int{}
+	var vs []trigger.Verdict
 	for sc.Scan() {
 		lines++
 		v := jail.Check(sc.Text())
+		shapes[v.Rec.Shape]++
 		switch {
 		case v.Count > 0:
 			a := netip.MustParseAddr(v.Addr)
@@ -327,11 +333,16 @@ func testJail(args []string, stdout, stderr io.Writer) int {
 				continue
 			}
 			matched++
-			if perAddr[v.Addr] == 0 {
-				order = append(order, v.Addr)
-			}
-			perAddr[v.Addr] += v.Count
+			vs = append(vs, v)
 			fmt.Fprintf(stdout, "%d: %s x%d (%s)\n", lines, v.Addr, v.Count, v.Why)
+		case v.Kind != trigger.KindNone:
+			vs = append(vs, v)
+			what := map[trigger.Kind]string{trigger.KindMarker: "a failed connection: one failure, once",
+				trigger.KindRefused: "a refused key: one failure if its connection ends without logging in",
+				trigger.KindEndUser: "the end of a failed connection: one failure, unless its attempts were counted",
+				trigger.KindEnd:     "the end of a connection: one failure if it failed before",
+				trigger.KindSuccess: "logged in: nothing on this connection counts"}[v.Kind]
+			fmt.Fprintf(stdout, "%d: ~ %s %s [%s] (%s)\n", lines, v.Addr, v.Kind, trigger.ConnKey(v.Rec), what)
 		case v.Addr != "":
 			fmt.Fprintf(stdout, "%d: - %s: %s\n", lines, v.Addr, v.Why)
 		default:
@@ -342,13 +353,23 @@ func testJail(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bansshee-lambda test-jail: read %s: %v\n", *logFile, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "\njail %s: %d lines, %d failure lines, %d addresses (maxretry %d)\n", jail.Name, lines, matched, len(order), jail.MaxRetry)
-	for _, a := range order {
+	// The whole file as one log stream: connections are followed across its lines, and end with it.
+	t := jail.TallyAll(vs)
+	var shapeList []string
+	for sh, n := range shapes {
+		if sh == "" {
+			sh = "no tag"
+		}
+		shapeList = append(shapeList, fmt.Sprintf("%s %d", sh, n))
+	}
+	sort.Strings(shapeList)
+	fmt.Fprintf(stdout, "\njail %s: %d lines (%s), %d failure lines, %d addresses (maxretry %d)\n", jail.Name, lines, strings.Join(shapeList, ", "), matched, len(t.Order), jail.MaxRetry)
+	for _, a := range t.Order {
 		mark := ""
-		if perAddr[a] >= jail.MaxRetry {
+		if t.Hits[a] >= jail.MaxRetry {
 			mark = "  would be banned"
 		}
-		fmt.Fprintf(stdout, "  %s: %d failures%s\n", a, perAddr[a], mark)
+		fmt.Fprintf(stdout, "  %s: %d failures%s\n", a, t.Hits[a], mark)
 	}
 	return 0
 }

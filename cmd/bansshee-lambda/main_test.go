@@ -46,7 +46,7 @@ func TestTestJailOnCapturedLines(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	text := out.String()
-	for _, want := range []string{"10.97.1.2 x1 (failregex 1)", "- no failregex matched", "jail sshd:", "10.97.1.2: 14 failures  would be banned", "10.97.1.3: 3 failures\n"} {
+	for _, want := range []string{"10.97.1.2 x1 (rule 1 (attempt))", "- no rule matched", "jail sshd:", "10.97.1.2: 14 failures  would be banned", "rfc3164 139"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}
@@ -85,4 +85,55 @@ func TestInvokeNeverBanIgnored(t *testing.T) {
 			t.Errorf("ignored %q", ig.Reason)
 		}
 	}
+}
+
+// test-jail reads every shape a line reaches CloudWatch Logs in, and follows key-only SSH
+// connections across the file.
+func TestTestJailReadsEveryShape(t *testing.T) {
+	dir := t.TempDir()
+	shapes := map[string]string{
+		"rfc3164-padded":   "Jun  8 18:11:13 ip-10-0-0-5 sshd[2211]: Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"rfc3164-unpadded": "Jun 8 18:11:13 ip-10-0-0-5 sshd[2211]: Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"rfc3339":          "2024-06-08T18:11:13.954167+00:00 ip-10-0-0-5 sshd[2211]: Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"rfc3339-plain":    "2024-06-08T18:11:13Z ip-10-0-0-5 sshd[2211]: Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"rfc5424":          "<38>1 2019-07-08T17:40:16.954167-04:00 host sshd 2211 - - Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"rfc5424-sd":       `<38>1 2019-07-08T17:40:16Z host sshd 2211 - [origin ip="10.0.0.5"] Failed password for root from 203.0.113.5 port 51234 ssh2`,
+		"bare":             "sshd[2211]: Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"short-iso":        "2024-06-08T18:11:13+0000 ip-10-0-0-5 sshd[2211]: Failed password for root from 203.0.113.5 port 51234 ssh2",
+		"journal-json":     `{"SYSLOG_IDENTIFIER":"sshd","_COMM":"sshd","_PID":"2211","MESSAGE":"Failed password for root from 203.0.113.5 port 51234 ssh2"}`,
+	}
+	for name, line := range shapes {
+		t.Run(name, func(t *testing.T) {
+			f := filepath.Join(dir, name+".log")
+			if err := os.WriteFile(f, []byte(strings.Repeat(line+"\n", 5)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut bytes.Buffer
+			if code := testJail([]string{"--jail", "sshd", "--log", f}, &out, &errOut); code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut.String())
+			}
+			if !strings.Contains(out.String(), "203.0.113.5: 5 failures  would be banned") {
+				t.Fatalf("%s:\n%s", name, out.String())
+			}
+		})
+	}
+	t.Run("dovecot-file", func(t *testing.T) {
+		var out, errOut bytes.Buffer
+		if code := testJail([]string{"--jail", "dovecot", "--log", "../../controller/trigger/testdata/real/dovecot-file.log"}, &out, &errOut); code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut.String())
+		}
+		if !strings.Contains(out.String(), "10.97.1.2: 6 failures  would be banned") || !strings.Contains(out.String(), "dovecot-file") {
+			t.Fatalf("%s", out.String())
+		}
+	})
+	t.Run("cloudwatch-agent-keyonly", func(t *testing.T) {
+		var out, errOut bytes.Buffer
+		if code := testJail([]string{"--jail", "sshd", "--log", "../../controller/trigger/testdata/real/extended-syslog.log"}, &out, &errOut); code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut.String())
+		}
+		text := out.String()
+		if !strings.Contains(text, "10.97.1.2: 12 failures  would be banned") || strings.Contains(text, "10.97.1.3:") || strings.Contains(text, "198.51.100.") {
+			t.Fatalf("%s", text)
+		}
+	})
 }

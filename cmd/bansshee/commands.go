@@ -443,7 +443,7 @@ func targetsCmd(g *globals) *cobra.Command {
 func limitCmd(g *globals) *cobra.Command {
 	var l proto.Limit
 	var target, ports string
-	var wait bool
+	var wait, escalateFleet bool
 	var timeout time.Duration
 	c := &cobra.Command{Use: "limit ID", Short: "set a rate limit: each source may open --hits new connections per --seconds",
 		Example: `  bansshee limit l-pop3 --port 110 --hits 10 --seconds 60 --target Role=mail   # the classic POP3 'recent' rule`,
@@ -462,7 +462,10 @@ func limitCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := c.Limit(ctx, controller.LimitRequest{Limit: l, Target: target})
+			if escalateFleet && !l.Escalate {
+				return usageError{fmt.Errorf("--escalate-fleet needs --escalate")}
+			}
+			res, err := c.Limit(ctx, controller.LimitRequest{Limit: l, Target: target, EscalateFleet: escalateFleet})
 			if err != nil {
 				return err
 			}
@@ -476,7 +479,8 @@ func limitCmd(g *globals) *cobra.Command {
 	f.IntVar(&l.Hits, "hits", 10, "new connections allowed per source per window")
 	f.IntVar(&l.Seconds, "seconds", 60, "window length")
 	f.StringVar(&l.Action, "action", "drop", "drop or reject the excess")
-	f.BoolVar(&l.Escalate, "escalate", false, "a source that trips the limit on one instance (after a completed TCP handshake) is banned on the whole target")
+	f.BoolVar(&l.Escalate, "escalate", false, "a source that trips the limit (after a completed TCP handshake) is banned on that instance, and on the whole target once a second instance reports it")
+	f.BoolVar(&escalateFleet, "escalate-fleet", false, "with --escalate: ban a tripping source on the whole target at once (one instance's report is enough)")
 	f.BoolVar(&l.EscalateUnverified, "escalate-udp", false, "with --escalate on a udp limit: escalate UDP sources too, which anyone can forge")
 	_ = c.MarkFlagRequired("port")
 	addWait(f, &wait, &timeout)

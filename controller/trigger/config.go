@@ -50,8 +50,17 @@ type Jail struct {
 	BanTime     Duration `json:"bantime,omitempty"`
 	Target      string   `json:"target,omitempty"`
 	Mode        string   `json:"mode,omitempty"` // "enforce" (default) or "simulate": record, ban nothing
+	// Witnesses: with N > 1, an address a log stream reports is banned at once on that stream's
+	// instance only, and on Target when N distinct streams have reported it within findtime.
+	Witnesses int `json:"witnesses,omitempty"`
+	// IPv6Prefix bans (and counts) IPv6 sources by this prefix: 128 (the default) to 48.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 
+	rules        []rule
+	tag          *regexp.Regexp
+	comms        []string
 	fail, ignore []*regexp.Regexp
+	msgIgnore    []*regexp.Regexp
 }
 
 // AlarmAction says what an alarm in ALARM state does: ban the addresses in its metric dimensions,
@@ -97,6 +106,10 @@ type Config struct {
 	GuardDuty     GuardDuty              `json:"guardduty"`
 	DefaultTarget string                 `json:"default_target,omitempty"`
 	DefaultTTL    Duration               `json:"default_ttl,omitempty"`
+	// StreamFleetBans caps the bans on a jail's target that one log stream can cause in an hour
+	// (default 20; -1: no cap). Past it, the stream's bans apply only to its own instance (the
+	// stream must be named for it, as the CloudWatch agent's default {instance_id} is).
+	StreamFleetBans int `json:"stream_fleet_bans_per_hour,omitempty"`
 	// MaxBatchBytes bounds a decompressed log batch (default 32 MiB).
 	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
 }
@@ -189,6 +202,24 @@ func (c *Config) validate() error {
 		if j.Target == "" {
 			j.Target = c.DefaultTarget
 		}
+		if j.Witnesses < 0 || j.Witnesses > 1000 {
+			return fmt.Errorf("jail %s: witnesses %d is not in 1-1000", j.Name, j.Witnesses)
+		}
+		if j.Witnesses == 0 {
+			j.Witnesses = 1
+		}
+		if j.IPv6Prefix == 0 {
+			j.IPv6Prefix = 128
+		}
+		if j.IPv6Prefix < 48 || j.IPv6Prefix > 128 {
+			return fmt.Errorf("jail %s: ipv6_prefix %d is not in 48-128 (a /48 is a whole site; broader is never a jail's decision)", j.Name, j.IPv6Prefix)
+		}
+	}
+	if c.StreamFleetBans == 0 {
+		c.StreamFleetBans = 20
+	}
+	if c.StreamFleetBans < -1 {
+		return fmt.Errorf("stream_fleet_bans_per_hour %d: want a number of bans, or -1 for no cap", c.StreamFleetBans)
 	}
 	if c.GuardDuty.MinSeverity == 0 {
 		c.GuardDuty.MinSeverity = 4

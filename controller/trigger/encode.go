@@ -17,7 +17,13 @@ var eventSeq atomic.Int64
 // EncodeLogsEvent builds a CloudWatch Logs subscription event (gzip, base64, as Lambda receives
 // it) holding lines from group, timestamped now: for tests, the demo and replaying logs by hand.
 func EncodeLogsEvent(group string, lines []string) []byte {
-	data := events.CloudwatchLogsData{Owner: "123456789012", LogGroup: group, LogStream: "bansshee", SubscriptionFilters: []string{"bansshee"}, MessageType: "DATA_MESSAGE"}
+	return EncodeLogsEventStream(group, "bansshee", lines)
+}
+
+// EncodeLogsEventStream is EncodeLogsEvent from a named log stream (the CloudWatch agent names
+// streams for their instance, {instance_id}, by default).
+func EncodeLogsEventStream(group, stream string, lines []string) []byte {
+	data := events.CloudwatchLogsData{Owner: "123456789012", LogGroup: group, LogStream: stream, SubscriptionFilters: []string{"bansshee"}, MessageType: "DATA_MESSAGE"}
 	now := time.Now()
 	for _, l := range lines {
 		// CloudWatch Logs event ids are unique numbers; these are too (the handler dedupes by them).

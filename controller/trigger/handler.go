@@ -32,7 +32,18 @@ type Decision struct {
 	TTL     string `json:"ttl"`
 	Reason  string `json:"reason"`
 	Trigger string `json:"trigger"`
+	Cause   *Cause `json:"cause,omitempty"`
 	ttl     time.Duration
+}
+
+// Cause is what made a jail decide: where the lines came from and how many.
+type Cause struct {
+	LogGroup  string `json:"log_group,omitempty"`
+	LogStream string `json:"log_stream,omitempty"`
+	Failures  int    `json:"failures"`
+	Lines     int    `json:"lines"`
+	Window    string `json:"window,omitempty"`
+	Finding   string `json:"finding,omitempty"` // a GuardDuty finding's id
 }
 
 // Ignored is something the handler saw and did not act on, with why.
@@ -49,19 +60,12 @@ type Output struct {
 	Reconciled bool       `json:"reconciled,omitempty"`
 	Feeds      []string   `json:"feeds,omitempty"` // a schedule's feed refreshes, a line each
 	Rev        int64      `json:"rev,omitempty"`
-	Simulated  []string   `json:"simulated,omitempty"` // what simulate-mode triggers would have banned
+	// StreamCapped counts bans a log stream could not make fleet-wide (over its hourly cap).
+	StreamCapped int `json:"stream_capped,omitempty"`
+	// Simulated is what simulate-mode triggers would have banned (and did not).
+	Simulated []string `json:"simulated,omitempty"`
 
-	causes map[string]controller.Cause // by CIDR: a jail's log group, stream and count, a finding id
-}
-
-// cause records what made the ban of addr (for the history and `bansshee why`).
-func (o *Output) cause(addr string, c controller.Cause) {
-	if p, err := proto.ParseCIDR(addr); err == nil {
-		if o.causes == nil {
-			o.causes = map[string]controller.Cause{}
-		}
-		o.causes[p.String()] = c
-	}
+	batchKey string // the log batch's dedupe key
 }
 
 // Actor carries decisions out: the controller. Nil means dry run.
@@ -201,6 +205,13 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 		return out, err
 	}
 	err = h.act(ctx, out)
+	if err != nil && out.batchKey != "" {
+		// The batch is recorded as counted, so Lambda's retry will not decide these bans again:
+		// keep them with the record for the retry to carry out.
+		if perr := h.Counter.SetPending(ctx, out.batchKey, out.Bans, time.Hour, h.Now()); perr != nil {
+			h.Log.Error("bans of a failed invocation not kept for its retry", "err", perr, "bans", len(out.Bans))
+		}
+	}
 	h.emf(out, nil)
 	return out, err
 }
@@ -216,6 +227,10 @@ func (h *Handler) emf(out *Output, rep *controller.Report) {
 
 // decide adds a ban decision, or an ignored entry for an address that can never be banned.
 func (h *Handler) decide(out *Output, addr, target string, ttl time.Duration, reason, trigger string) {
+	h.decideCause(out, addr, target, ttl, reason, trigger, nil)
+}
+
+func (h *Handler) decideCause(out *Output, addr, target string, ttl time.Duration, reason, trigger string, cause *Cause) {
 	p, err := proto.ParseCIDR(addr)
 	if err == nil {
 		err = proto.DefaultLimits().CheckPrefix(p)
@@ -229,7 +244,7 @@ func (h *Handler) decide(out *Output, addr, target string, ttl time.Duration, re
 			return
 		}
 	}
-	out.Bans = append(out.Bans, Decision{CIDR: p.String(), Target: target, TTL: ttl.String(), Reason: reason, Trigger: trigger, ttl: ttl})
+	out.Bans = append(out.Bans, Decision{CIDR: p.String(), Target: target, TTL: ttl.String(), Reason: reason, Trigger: trigger, Cause: cause, ttl: ttl})
 }
 
 // act carries out the decisions: allowlisted addresses become ignored entries; the rest are
@@ -290,7 +305,7 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 			if !slices.Contains(triggers, d.Trigger) {
 				triggers = append(triggers, d.Trigger)
 			}
-			causes[d.CIDR] = triggerCause(d.Trigger, out.causes[d.CIDR])
+			causes[d.CIDR] = controllerCause(d)
 		}
 		reason := ds[0].Reason
 		if len(ds) > 1 {
@@ -332,13 +347,16 @@ func (h *Handler) mode(trigger string) string {
 	return ""
 }
 
-// triggerCause completes a decision's cause with what its trigger's name says.
-func triggerCause(trigger string, c controller.Cause) controller.Cause {
-	kind, name, _ := strings.Cut(trigger, "/")
-	switch {
-	case kind == "jail" && c.Jail == "":
+// controllerCause is a decision's cause as the controller records it (history, `bansshee why`).
+func controllerCause(d Decision) controller.Cause {
+	var c controller.Cause
+	if d.Cause != nil {
+		c = controller.Cause{LogGroup: d.Cause.LogGroup, LogStream: d.Cause.LogStream, Count: d.Cause.Failures, Window: d.Cause.Window, Finding: d.Cause.Finding}
+	}
+	switch kind, name, _ := strings.Cut(d.Trigger, "/"); kind {
+	case "jail":
 		c.Jail = name
-	case kind == "alarm":
+	case "alarm":
 		c.Alarm = name
 	}
 	return c
@@ -382,40 +400,146 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 		}
 		if dup {
 			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("log batch of %d events already counted (a retried invocation)", len(batch.LogEvents))})
+			// Its failures are counted; the bans a failed invocation decided are carried out now.
+			pending, err := h.Counter.Pending(ctx, key)
+			if err != nil {
+				return fmt.Errorf("log batch: pending bans: %w", err)
+			}
+			for _, d := range pending {
+				if ttl, err := time.ParseDuration(d.TTL); err == nil {
+					d.ttl = ttl
+					out.Bans = append(out.Bans, d)
+				}
+			}
 			return nil
 		}
+		out.batchKey = key
+	}
+	recs := make([]Record, len(batch.LogEvents))
+	for i, ev := range batch.LogEvents {
+		recs[i] = ParseRecord(ev.Message)
 	}
 	for i := range h.Cfg.Jails {
-		j := &h.Cfg.Jails[i]
-		hits := map[string]int{}
-		var order []string
-		for _, ev := range batch.LogEvents {
-			addr, n, ok := j.Match(ev.Message)
-			if !ok {
-				continue
-			}
-			if hits[addr] == 0 {
-				order = append(order, addr)
-			}
-			hits[addr] += n
-		}
-		for _, addr := range order {
-			if err := proto.CheckNeverBan(netip.PrefixFrom(netip.MustParseAddr(addr), netip.MustParseAddr(addr).BitLen())); err != nil {
-				out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %v", j.Name, addr, err)})
-				continue
-			}
-			count, err := h.Counter.Add(ctx, j.Name, addr, hits[addr], time.Duration(j.FindTime), now)
-			if err != nil {
-				return fmt.Errorf("jail %s: count %s: %w", j.Name, addr, err)
-			}
-			if count >= j.MaxRetry {
-				h.decide(out, addr, j.Target, time.Duration(j.BanTime), fmt.Sprintf("%d failures in %s (%s)", count, time.Duration(j.FindTime), batch.LogGroup), "jail/"+j.Name)
-				out.cause(addr, controller.Cause{Jail: j.Name, LogGroup: batch.LogGroup, LogStream: batch.LogStream, Count: count, Window: time.Duration(j.FindTime).String()})
-			} else {
-				out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %d of %d failures", j.Name, addr, count, j.MaxRetry)})
-			}
+		if err := h.jail(ctx, &h.Cfg.Jails[i], batch.LogGroup, batch.LogStream, recs, now, out); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// jail runs one jail over one log stream's batch: failures are counted per stream (so one stream
+// cannot add to another's count), a connection's lines count as one connection, and an address
+// that reaches maxretry is banned on the jail's target, or only on the stream's own instance while
+// it lacks witnesses or the stream is over its hourly cap of fleet-wide bans.
+func (h *Handler) jail(ctx context.Context, j *Jail, group, stream string, recs []Record, now time.Time, out *Output) error {
+	vs := make([]Verdict, 0, 16)
+	for _, rec := range recs {
+		if v := j.CheckRecord(rec); v.Kind != KindNone {
+			vs = append(vs, v)
+		}
+	}
+	if len(vs) == 0 {
+		return nil
+	}
+	var prior map[string]ConnState
+	if NeedsConns(vs) {
+		var err error
+		if prior, err = h.Counter.Conns(ctx, j.Name, stream, now); err != nil {
+			return fmt.Errorf("jail %s: connections of %s: %w", j.Name, stream, err)
+		}
+	}
+	t := j.Tally(vs, prior)
+	if len(t.Open) > 0 || len(t.Closed) > 0 {
+		if err := h.Counter.SaveConns(ctx, j.Name, stream, t.Open, t.Closed, now); err != nil {
+			return fmt.Errorf("jail %s: connections of %s: %w", j.Name, stream, err)
+		}
+	}
+	// Sources by the unit the jail bans: the address, or its IPv6 prefix.
+	hits, lines := map[string]int{}, map[string]int{}
+	var order []string
+	for _, addr := range t.Order {
+		k := j.banUnit(addr)
+		if hits[k] == 0 {
+			order = append(order, k)
+		}
+		hits[k] += t.Hits[addr]
+		lines[k] += t.Lines[addr]
+	}
+	for _, k := range order {
+		p, err := proto.ParseCIDR(k)
+		if err == nil {
+			err = proto.CheckNeverBan(p)
+		}
+		if err != nil {
+			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %v", j.Name, k, err)})
+			continue
+		}
+		count, err := h.Counter.Add(ctx, j.Name, stream+"|"+k, hits[k], time.Duration(j.FindTime), now)
+		if err != nil {
+			return fmt.Errorf("jail %s: count %s: %w", j.Name, k, err)
+		}
+		if count < j.MaxRetry {
+			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %d of %d failures (stream %s)", j.Name, k, count, j.MaxRetry, stream)})
+			continue
+		}
+		if err := h.jailBan(ctx, j, group, stream, k, count, lines[k], now, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// banUnit is what a jail counts and bans for an address: the address, or with ipv6_prefix its
+// IPv6 prefix.
+func (j *Jail) banUnit(addr string) string {
+	a, err := netip.ParseAddr(addr)
+	if err != nil || !a.Is6() || j.IPv6Prefix >= 128 || j.IPv6Prefix == 0 {
+		return addr
+	}
+	return netip.PrefixFrom(a, j.IPv6Prefix).Masked().String()
+}
+
+// jailBan decides where an address that reached maxretry in one stream is banned.
+func (h *Handler) jailBan(ctx context.Context, j *Jail, group, stream, unit string, count, lines int, now time.Time, out *Output) error {
+	instance := InstanceOfStream(stream)
+	fleet, why := true, ""
+	if j.Witnesses > 1 {
+		w, err := h.Counter.Witness(ctx, j.Name, unit, stream, time.Duration(j.FindTime), now)
+		if err != nil {
+			return fmt.Errorf("jail %s: witnesses of %s: %w", j.Name, unit, err)
+		}
+		if fleet = w >= j.Witnesses; !fleet {
+			why = fmt.Sprintf("%d of %d witnesses", w, j.Witnesses)
+		}
+	}
+	if fleet && h.Cfg.StreamFleetBans > 0 {
+		ok, err := h.Counter.Take(ctx, "stream#"+stream, h.Cfg.StreamFleetBans, time.Hour, now)
+		if err != nil {
+			return fmt.Errorf("jail %s: stream budget of %s: %w", j.Name, stream, err)
+		}
+		if !ok {
+			fleet, why = false, fmt.Sprintf("stream over its cap of %d fleet-wide bans an hour", h.Cfg.StreamFleetBans)
+			out.StreamCapped++
+			h.Log.Warn("log stream over its cap of fleet-wide bans: banning on its own instance only", "stream", stream, "group", group, "jail", j.Name, "cidr", unit, "cap", h.Cfg.StreamFleetBans)
+		}
+	}
+	target := j.Target
+	if !fleet {
+		if instance == "" {
+			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("jail/%s: %s: %s, and stream %q names no instance to ban it on (name streams {instance_id})", j.Name, unit, why, stream)})
+			return nil
+		}
+		target = "instance-id=" + instance
+	}
+	reason := fmt.Sprintf("%d failures in %s (%s %s)", count, time.Duration(j.FindTime), group, stream)
+	if why != "" {
+		reason = fmt.Sprintf("%d failures in %s: on its instance only, %s (%s %s)", count, time.Duration(j.FindTime), why, group, stream)
+	}
+	if len(reason) > 200 { // the agent refuses reasons over 256 bytes; a stream name can be 512
+		reason = reason[:200]
+	}
+	h.decideCause(out, unit, target, time.Duration(j.BanTime), reason, "jail/"+j.Name,
+		&Cause{LogGroup: group, LogStream: stream, Failures: count, Lines: lines, Window: time.Duration(j.FindTime).String()})
 	return nil
 }
 
@@ -529,6 +653,7 @@ func (h *Handler) queryLogs(ctx context.Context, name string, act AlarmAction, o
 		in.FilterPattern = aws.String(q.Filter)
 	}
 	counts := map[string]int{}
+	byStream := map[string][]Verdict{}
 	read := 0
 	p := cloudwatchlogs.NewFilterLogEventsPaginator(h.Logs, in)
 	for p.HasMorePages() && read < q.MaxEvents {
@@ -538,9 +663,17 @@ func (h *Handler) queryLogs(ctx context.Context, name string, act AlarmAction, o
 		}
 		for _, ev := range page.Events {
 			read++
-			if addr, n, ok := q.jail.Match(aws.ToString(ev.Message)); ok {
-				counts[addr] += n
+			if v := q.jail.Check(aws.ToString(ev.Message)); v.Kind != KindNone {
+				st := aws.ToString(ev.LogStreamName)
+				byStream[st] = append(byStream[st], v)
 			}
+		}
+	}
+	// Each stream's connections are its own (a pid means nothing across instances).
+	for _, vs := range byStream {
+		t := q.jail.TallyAll(vs)
+		for addr, n := range t.Hits {
+			counts[q.jail.banUnit(addr)] += n
 		}
 	}
 	type hit struct {
@@ -613,8 +746,8 @@ func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {
 		return
 	}
 	for _, a := range addrs {
-		h.decide(out, a, h.Cfg.GuardDuty.Target, time.Duration(h.Cfg.GuardDuty.TTL), fmt.Sprintf("GuardDuty %s (severity %.1f)", d.Type, d.Severity), "guardduty/"+d.Type)
-		out.cause(a, controller.Cause{Finding: d.ID})
+		h.decideCause(out, a, h.Cfg.GuardDuty.Target, time.Duration(h.Cfg.GuardDuty.TTL), fmt.Sprintf("GuardDuty %s (severity %.1f)", d.Type, d.Severity), "guardduty/"+d.Type,
+			&Cause{Finding: d.ID})
 	}
 }
 

@@ -24,7 +24,9 @@ var hostileLines = []struct {
 	{"sshd", "Nov 26 21:26:09 mail1 sshd[15080]: Connection closed by authenticating user root 198.51.100.202 port 1 10.97.1.2 port 46775 [preauth]", "", 0},
 	{"sshd", "Nov 26 21:26:09 mail1 sshd[15080]: Connection closed by invalid user x from 198.51.100.200 port 1 10.97.1.2 port 56009 [preauth]", "", 0},
 	{"sshd", "2026-11-26T21:26:05.123456+00:00 mail1 sshd-session[15080]: Failed password for root from 2001:db8::77 port 4242 ssh2", "2001:db8::77", 1},
-	{"sshd", "sshd[15080]: Failed keyboard-interactive/pam for invalid user x from 10.97.1.2 port 4242 ssh2", "10.97.1.2", 1},
+	// keyboard-interactive: the PAM error counts each failure; the "Failed" line repeats it.
+	{"sshd", "sshd[15080]: error: PAM: Authentication failure for illegal user x from 10.97.1.2 port 1 from 10.97.1.2", "10.97.1.2", 1},
+	{"sshd", "sshd[15080]: Failed keyboard-interactive/pam for invalid user x from 10.97.1.2 port 4242 ssh2", "", 0},
 	// Honest or server-made sshd lines: not failures.
 	{"sshd", "Nov 26 21:18:55 mail1 sshd[9305]: Accepted password for bansshee-honest from 10.97.1.2 port 54191 ssh2", "", 0},
 	{"sshd", "Nov 26 21:18:55 mail1 sshd[9305]: Failed publickey for bansshee-honest from 10.97.1.2 port 54191 ssh2: ED25519 SHA256:abc", "", 0},
@@ -46,7 +48,7 @@ var hostileLines = []struct {
 
 	// Dovecot: the last rip= before ", lip=" (the user name comes first), the count of attempts.
 	{"dovecot", "Nov 26 21:32:19 mail1 dovecot: imap-login: Disconnected: Aborted login by logging out (auth failed, 2 attempts in 8 secs): user=<x>, method=PLAIN, rip=198.51.100.203, lip=1>, method=PLAIN, rip=10.97.1.2, lip=10.97.1.1, session=<SAwprTRhxa8KYQEC>", "10.97.1.2", 2},
-	{"dovecot", "Nov 26 21:33:20 mail1 dovecot: imap-login: Disconnected: Connection closed (auth failed, 17 attempts in 34 secs): user=<bob>, method=PLAIN, rip=10.97.1.2, lip=10.97.1.1, session=<nzg4rzRhg6cKYQEC>", "10.97.1.2", 17},
+	{"dovecot", "Nov 26 21:33:20 mail1 dovecot: imap-login: Disconnected: Connection closed (auth failed, 17 attempts in 34 secs): user=<bob>, method=PLAIN, rip=10.97.1.2, lip=10.97.1.1, session=<nzg4rzRhg6cKYQEC>", "10.97.1.2", 5}, // capped at maxretry
 	{"dovecot", "Nov 26 21:33:20 mail1 dovecot: imap-login: Disconnected: Connection closed (no auth attempts in 0 secs): user=<>, rip=10.97.1.2, lip=10.97.1.1, session=<IrA/sTRhe80KYQEC>", "", 0},
 	{"dovecot", "Nov 26 21:33:26 mail1 dovecot: imap-login: Login: user=<bansshee-honest>, method=PLAIN, rip=10.97.1.3, lip=10.97.1.1, mpid=16533, session=<e8o/sTRhb7QKYQED>", "", 0},
 	// auth process: only session-less lines count (a session's attempts are in its login line).

@@ -55,6 +55,129 @@ func TestRealDaemons(t *testing.T) {
 		writeFixtures(t, sc)
 	}
 	checkScenario(t, sc)
+
+	ext, err := daemons.RunExtended(s, att, hon)
+	if err != nil {
+		t.Fatalf("%v\nsyslog:\n%s", err, strings.Join(s.Syslog.Lines(), "\n"))
+	}
+	if *capture {
+		writeExtFixtures(t, ext)
+	}
+	checkExtended(t, ext)
+}
+
+// TestRealDaemonExtendedFixtures checks the captured lines of the extended scenario (no root).
+func TestRealDaemonExtendedFixtures(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(realDir, "extended.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sc daemons.ExtScenario
+	if err := json.Unmarshal(raw, &sc); err != nil {
+		t.Fatal(err)
+	}
+	sc.Lines = readLines(t, "extended-syslog.log")
+	sc.DovecotFile = readLines(t, "dovecot-file.log")
+	checkExtended(t, &sc)
+}
+
+func readLines(t *testing.T, name string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(realDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+}
+
+func writeExtFixtures(t *testing.T, sc *daemons.ExtScenario) {
+	t.Helper()
+	meta, _ := json.MarshalIndent(sc, "", "  ")
+	for name, text := range map[string]string{"extended.json": string(meta), "extended-syslog.log": strings.Join(sc.Lines, "\n"),
+		"dovecot-file.log": strings.Join(sc.DovecotFile, "\n")} {
+		if err := os.WriteFile(filepath.Join(realDir, name), []byte(text+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("wrote %d syslog and %d Dovecot file lines", len(sc.Lines), len(sc.DovecotFile))
+}
+
+// checkExtended: the key-only attacker is one failure per connection (12), the honest admin's
+// ten sessions of four refused keys each count nothing; Dovecot's own file and Postfix's
+// port-logging lines are counted as their syslog twins are; and through the handler (one
+// instance's stream, batches of seven) the attacker is banned by all three jails, the honest
+// client by none, and no planted address appears anywhere.
+func checkExtended(t *testing.T, sc *daemons.ExtScenario) {
+	t.Helper()
+	cfg, err := ParseConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := append(slices.Clone(sc.Lines), sc.DovecotFile...)
+	want := map[string]map[string]int{
+		"sshd":         {sc.Attacker: sc.Failed[daemons.KeyOnlySSH][sc.Attacker], sc.Honest: 0},
+		"dovecot":      {sc.Attacker: sc.Failed[daemons.IMAPFile][sc.Attacker], sc.Honest: 0},
+		"postfix-sasl": {sc.Attacker: sc.Failed[daemons.PortLog][sc.Attacker], sc.Honest: sc.Failed[daemons.PortLog][sc.Honest]},
+	}
+	var table []string
+	for i := range cfg.Jails {
+		j := &cfg.Jails[i]
+		var vs []Verdict
+		for _, l := range all {
+			if v := j.Check(l); v.Kind != KindNone {
+				vs = append(vs, v)
+			}
+		}
+		got := j.Tally(vs, nil).Hits
+		for addr := range got {
+			if slices.Contains(sc.Planted, addr) {
+				t.Errorf("jail %s counted planted address %s", j.Name, addr)
+			} else if addr != sc.Attacker && addr != sc.Honest {
+				t.Errorf("jail %s counted %s, which sent nothing", j.Name, addr)
+			}
+		}
+		for src, n := range want[j.Name] {
+			if got[src] != n {
+				t.Errorf("jail %s, source %s: counted %d, want %d", j.Name, src, got[src], n)
+			}
+			table = append(table, fmt.Sprintf("| %s | %s | %d | %d |", j.Name, src, n, got[src]))
+		}
+	}
+	sort.Strings(table)
+	t.Logf("jail | source | failures sent | counted\n%s", strings.Join(table, "\n"))
+	if sc.Failed[daemons.KeyOnlySSH][sc.Attacker] != 12 || sc.Sessions != 10 || sc.WrongKeysPerSession != 4 {
+		t.Fatalf("scenario %+v", sc)
+	}
+	h := dryHandler(t, "")
+	banned := map[string][]string{}
+	feed := func(group string, lines []string) {
+		for i := 0; i < len(lines); i += 7 {
+			out, err := h.Handle(t.Context(), EncodeLogsEventStream(group, "i-0123456789abcdef0", lines[i:min(i+7, len(lines))]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range out.Bans {
+				if !slices.Contains(banned[d.CIDR], d.Trigger) {
+					banned[d.CIDR] = append(banned[d.CIDR], d.Trigger)
+				}
+			}
+			text, _ := json.Marshal(out)
+			for _, pl := range sc.Planted {
+				if strings.Contains(string(text), pl) {
+					t.Errorf("planted address %s appears in the handler's output: %s", pl, text)
+				}
+			}
+		}
+	}
+	feed("/var/log/syslog", sc.Lines)
+	feed("/var/log/dovecot.log", sc.DovecotFile)
+	for k := range banned {
+		sort.Strings(banned[k])
+	}
+	wantBans := map[string][]string{sc.Attacker + "/32": {"jail/dovecot", "jail/postfix-sasl", "jail/sshd"}}
+	if fmt.Sprint(banned) != fmt.Sprint(wantBans) {
+		t.Errorf("bans %v, want %v (the honest admin %s is never banned)", banned, wantBans, sc.Honest)
+	}
 }
 
 // TestRealDaemonFixtures checks the captured lines (no root needed).

@@ -238,4 +238,88 @@ func ledgerCounterSpansInvocations(t *testing.T, newAWS func(testing.TB) (*awste
 	if err != nil || got != 1 {
 		t.Fatalf("after the window: %d %v", got, err)
 	}
+	// Open connections: kept per jail and stream, closed ones forgotten, expired ones not read.
+	open := map[string]ConnState{"sshd[7]": {Addr: "1.2.3.4", Attempts: 2, Marker: true, Counted: 2}, "sshd[8]": {Addr: "1.2.3.5", Marker: true}}
+	if err := c.SaveConns(ctx, "sshd", "i-0123456789abcdef0", open, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SaveConns(ctx, "sshd", "i-0123456789abcdef0", nil, []string{"sshd[8]"}, now); err != nil {
+		t.Fatal(err)
+	}
+	conns, err := c.Conns(ctx, "sshd", "i-0123456789abcdef0", now.Add(time.Minute))
+	if err != nil || len(conns) != 1 || conns["sshd[7]"] != open["sshd[7]"] {
+		t.Fatalf("conns %+v %v", conns, err)
+	}
+	if conns, _ := c.Conns(ctx, "sshd", "i-0123456789abcdef0", now.Add(time.Hour)); len(conns) != 0 {
+		t.Fatalf("expired conns read: %+v", conns)
+	}
+	// Witnesses: distinct streams, the same stream twice is one.
+	for i, st := range []string{"i-a", "i-a", "i-b"} {
+		w, err := c.Witness(ctx, "dovecot", "1.2.3.4", st, 10*time.Minute, now)
+		if want := []int{1, 1, 2}[i]; err != nil || w != want {
+			t.Fatalf("witness %d: %d %v, want %d", i, w, err, want)
+		}
+	}
+	if w, _ := c.Witness(ctx, "dovecot", "1.2.3.4", "i-c", 10*time.Minute, now.Add(time.Hour)); w != 1 {
+		t.Fatalf("witnesses after the window: %d", w)
+	}
+	// A budget of 2 an hour.
+	for i, want := range []bool{true, true, false} {
+		if ok, err := c.Take(ctx, "stream#i-a", 2, time.Hour, now); err != nil || ok != want {
+			t.Fatalf("take %d: %v %v", i, ok, err)
+		}
+	}
+	// Pending bans of a failed invocation: kept with the batch record, taken once.
+	if err := c.SetPending(ctx, "batch#abc", []Decision{{CIDR: "1.2.3.4/32", Target: "*", TTL: "2h0m0s", Trigger: "jail/sshd"}}, time.Hour, now); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Pending(ctx, "batch#abc"); err != nil || len(p) != 1 || p[0].CIDR != "1.2.3.4/32" {
+		t.Fatalf("pending %+v %v", p, err)
+	}
+	if p, err := c.Pending(ctx, "batch#abc"); err != nil || len(p) != 0 {
+		t.Fatalf("pending taken twice: %+v %v", p, err)
+	}
+	if p, err := c.Pending(ctx, "batch#never"); err != nil || len(p) != 0 {
+		t.Fatalf("pending of an unknown batch: %+v %v", p, err)
+	}
+}
+
+// flakyActor fails its first Ban, as a throttled controller would.
+type flakyActor struct {
+	fails int
+	bans  []controller.BanRequest
+}
+
+func (a *flakyActor) FilterCIDRs(_ context.Context, cidrs []string) ([]netip.Prefix, map[string]error, error) {
+	return nil, map[string]error{}, nil
+}
+func (a *flakyActor) Ban(_ context.Context, req controller.BanRequest) (*controller.Result, error) {
+	if a.fails > 0 {
+		a.fails--
+		return nil, errors.New("ThrottlingException")
+	}
+	a.bans = append(a.bans, req)
+	return &controller.Result{Rev: 1}, nil
+}
+func (a *flakyActor) Unban(context.Context, []string) (*controller.Result, error) { return nil, nil }
+func (a *flakyActor) ReconcileOnce(context.Context) (*controller.Report, error)   { return nil, nil }
+
+// Lambda retries a failed invocation with the same batch: its failures are not counted twice,
+// and the bans the failed invocation decided are carried out by the retry.
+func TestRetriedInvocationKeepsItsBans(t *testing.T) {
+	c, _ := ParseConfig(nil)
+	actor := &flakyActor{fails: 1}
+	h := &Handler{Cfg: c, Counter: &MemCounter{}, Actor: actor}
+	line := "sshd[1]: Failed password for root from 198.51.100.30 port 1 ssh2"
+	ev := EncodeLogsEventStream("/auth", "i-0123456789abcdef0", []string{line, line, line, line, line})
+	if _, err := h.Handle(t.Context(), ev); err == nil {
+		t.Fatal("the throttled Ban did not fail the invocation")
+	}
+	out, err := h.Handle(t.Context(), ev)
+	if err != nil || len(actor.bans) != 1 || actor.bans[0].CIDRs[0] != "198.51.100.30/32" {
+		t.Fatalf("retry: %+v %v, bans %+v", out, err, actor.bans)
+	}
+	if _, err := h.Handle(t.Context(), ev); err != nil || len(actor.bans) != 1 {
+		t.Fatalf("a third delivery banned again: %+v", actor.bans)
+	}
 }

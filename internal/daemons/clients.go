@@ -2,6 +2,8 @@ package daemons
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -50,6 +52,50 @@ func (c *Client) SSH(user string, passwords ...string) (bool, int, error) {
 	}
 	sc.Close()
 	return true, i - 1, nil
+}
+
+// testKey is an Ed25519 key made from a fixed seed, so the captured lines' fingerprints repeat.
+func testKey(seed byte) ssh.Signer {
+	k := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, ed25519.SeedSize))
+	s, err := ssh.NewSignerFromKey(k)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// AdminKey is the honest admin's key, authorised on the key-only sshd.
+func AdminKey() ssh.Signer { return testKey(1) }
+
+// WrongKeys are n keys no account authorises (an agent full of other hosts' keys).
+func WrongKeys(n int) []ssh.Signer {
+	out := make([]ssh.Signer, n)
+	for i := range out {
+		out[i] = testKey(byte(10 + i))
+	}
+	return out
+}
+
+// SSHKeys offers keys, in order, for user over one connection to the sshd on port (public key
+// authentication only, as a key-only server allows). It reports whether one was accepted.
+func (c *Client) SSHKeys(port int, user string, keys ...ssh.Signer) (bool, error) {
+	conn, err := c.Server.Dial(c.Host, c.Src, port)
+	if err != nil {
+		return false, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
+	cfg := &ssh.ClientConfig{User: user, HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(keys...)}}
+	sc, _, _, err := ssh.NewClientConn(conn, conn.RemoteAddr().String(), cfg)
+	if err != nil {
+		conn.Close()
+		if strings.Contains(err.Error(), "unable to authenticate") || strings.Contains(err.Error(), "Too many authentication failures") {
+			return false, nil
+		}
+		return false, err
+	}
+	sc.Close()
+	return true, nil
 }
 
 type textConn struct {
@@ -101,7 +147,12 @@ func (t *textConn) ehlo() error {
 
 // IMAP tries passwords with LOGIN commands on one Dovecot connection.
 func (c *Client) IMAP(user string, passwords ...string) (bool, int, error) {
-	t, err := c.dialText(IMAPPort)
+	return c.IMAPAt(IMAPPort, user, passwords...)
+}
+
+// IMAPAt is IMAP on another port (the second Dovecot's).
+func (c *Client) IMAPAt(port int, user string, passwords ...string) (bool, int, error) {
+	t, err := c.dialText(port)
 	if err != nil {
 		return false, 0, err
 	}

@@ -15,6 +15,50 @@ UsePAM yes
 PasswordAuthentication yes
 DenyUsers denied-user
 `,
+	"ssh/sshd_keyonly_config": `# The cloud images' default: keys only (PasswordAuthentication no), everything else Debian's.
+Port 2222
+ListenAddress {{.IP4}}
+ListenAddress {{.IP6}}
+HostKey {{.Dir}}/ssh/host_ed25519
+PidFile {{.Dir}}/ssh/sshd_keyonly.pid
+KbdInteractiveAuthentication no
+PasswordAuthentication no
+UsePAM yes
+AuthorizedKeysFile {{.Dir}}/ssh/authorized_keys_%u
+StrictModes no
+`,
+	"dovecot2/dovecot.conf": `# A second Dovecot writing its own log file (log_path), as many mail hosts are set up.
+base_dir = {{.Dir}}/dovecot2/run
+state_dir = {{.Dir}}/dovecot2/state
+instance_name = dovecot2
+protocols = imap
+listen = {{.IP4}}, {{.IP6}}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_verbose = yes
+log_path = {{.Dir}}/dovecot2/dovecot.log
+default_login_user = dovenull
+default_internal_user = dovecot
+mail_location = maildir:{{.Dir}}/mail/%u
+passdb {
+  driver = passwd-file
+  args = {{.Dir}}/dovecot/passwd
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home={{.Dir}}/mail/%u
+}
+service anvil {
+  chroot =
+}
+service imap-login {
+  chroot =
+  inet_listener imap {
+    port = 1143
+  }
+}
+`,
 	"dovecot/dovecot.conf": `# Dovecot 2.3 defaults plus auth_verbose, so the auth process's lines are captured too.
 base_dir = {{.Dir}}/dovecot/run
 state_dir = {{.Dir}}/dovecot/state
@@ -96,6 +140,9 @@ biff = no
 smtp      inet  n       -       n       -       -       smtpd
 submission inet n       -       n       -       -       smtpd
   -o syslog_name=postfix/submission
+2525      inet  n       -       n       -       -       smtpd
+  -o syslog_name=postfix/portlog
+  -o smtpd_client_port_logging=yes
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bansshee/bansshee/internal/netns"
+	"golang.org/x/crypto/ssh"
 )
 
 // Packages are the Debian packages the daemons come from (.ci/run installs them).
@@ -53,6 +54,10 @@ const (
 	POP3Port       = 110
 	SMTPPort       = 25
 	SubmissionPort = 587
+	// The extended set: key-only sshd, a Dovecot with its own log file, Postfix logging ports.
+	KeyOnlySSHPort = 2222
+	IMAP2Port      = 1143
+	PortLogPort    = 2525
 )
 
 // Server is the four daemons running in one namespace, logging to one captured syslog.
@@ -112,12 +117,12 @@ func Start(lab *netns.Lab, host *netns.Host) (*Server, func(), error) {
 	if err := ensureUser(); err != nil {
 		return fail(err)
 	}
-	for _, step := range []func() error{s.writeConfigs, s.startSSHD, s.startDovecot, s.startCyrus, s.startPostfix} {
+	for _, step := range []func() error{s.writeConfigs, s.startSSHD, s.startDovecot, s.startCyrus, s.startPostfix, s.startKeyOnlySSHD, s.startDovecot2} {
 		if err := step(); err != nil {
 			return fail(err)
 		}
 	}
-	for _, port := range []int{SSHPort, IMAPPort, POP3Port, SMTPPort, SubmissionPort} {
+	for _, port := range []int{SSHPort, IMAPPort, POP3Port, SMTPPort, SubmissionPort, KeyOnlySSHPort, IMAP2Port, PortLogPort} {
 		if err := s.waitPort(port, 20*time.Second); err != nil {
 			return fail(fmt.Errorf("%w; syslog so far:\n%s", err, strings.Join(sl.Lines(), "\n")))
 		}
@@ -177,7 +182,7 @@ func (s *Server) path(p ...string) string { return filepath.Join(append([]string
 func (s *Server) writeConfigs() error {
 	data := map[string]any{"Dir": s.Dir, "IP4": s.Host.IP4.String(), "IP6": s.Host.IP6.String(),
 		"User": User}
-	for _, d := range []string{"ssh", "dovecot/run", "dovecot/state", "mail", "cyrus/conf", "cyrus/spool", "cyrus/run", "postfix/conf/sasl", "postfix/data"} {
+	for _, d := range []string{"ssh", "dovecot/run", "dovecot/state", "mail", "cyrus/conf", "cyrus/spool", "cyrus/run", "postfix/conf/sasl", "postfix/data", "dovecot2/run", "dovecot2/state"} {
 		if err := os.MkdirAll(s.path(d), 0o755); err != nil {
 			return err
 		}
@@ -214,6 +219,35 @@ func (s *Server) startSSHD() error {
 		return err
 	}
 	return s.start("sshd", "/usr/sbin/sshd", "-D", "-f", s.path("ssh", "sshd_config"))
+}
+
+// startKeyOnlySSHD runs a second sshd that takes keys only, with the honest account's key
+// (AdminKey) authorised.
+func (s *Server) startKeyOnlySSHD() error {
+	pub := ssh.MarshalAuthorizedKey(AdminKey().PublicKey())
+	if err := os.WriteFile(s.path("ssh", "authorized_keys_"+User), pub, 0o644); err != nil {
+		return err
+	}
+	return s.start("sshd-keyonly", "/usr/sbin/sshd", "-D", "-f", s.path("ssh", "sshd_keyonly_config"))
+}
+
+func (s *Server) startDovecot2() error {
+	for _, d := range []string{"dovecot2", "dovecot2/run", "dovecot2/state"} {
+		if err := os.Chmod(s.path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	return s.start("dovecot2", "/usr/sbin/dovecot", "-F", "-c", s.path("dovecot2", "dovecot.conf"))
+}
+
+// Dovecot2Log is the second Dovecot's own log file, a line each.
+func (s *Server) Dovecot2Log() []string {
+	b, _ := os.ReadFile(s.path("dovecot2", "dovecot.log"))
+	text := strings.TrimRight(string(b), "\n")
+	if text == "" {
+		return nil
+	}
+	return strings.Split(text, "\n")
 }
 
 func (s *Server) startDovecot() error {
