@@ -57,6 +57,7 @@ type Jail struct {
 	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 
 	rules        []rule
+	conns        bool // a rule speaks of connections: lines are followed by pid
 	tag          *regexp.Regexp
 	comms        []string
 	fail, ignore []*regexp.Regexp

@@ -442,7 +442,7 @@ func (h *Handler) jail(ctx context.Context, j *Jail, group, stream string, recs 
 		return nil
 	}
 	var prior map[string]ConnState
-	if NeedsConns(vs) {
+	if j.NeedsConns(vs) {
 		var err error
 		if prior, err = h.Counter.Conns(ctx, j.Name, stream, now); err != nil {
 			return fmt.Errorf("jail %s: connections of %s: %w", j.Name, stream, err)

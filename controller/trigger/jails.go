@@ -221,7 +221,7 @@ func explainRE2(expr string, err error) string {
 // the record as "tag[pid]: msg"); every match is one attempt (or group "n").
 func (j *Jail) compile() error {
 	var fail []string
-	j.rules, j.ignore, j.fail, j.msgIgnore, j.tag, j.comms = nil, nil, nil, nil, nil, nil
+	j.rules, j.ignore, j.fail, j.msgIgnore, j.tag, j.comms, j.conns = nil, nil, nil, nil, nil, nil, false
 	if j.Builtin != "" {
 		b, ok := Builtin[j.Builtin]
 		if !ok {
@@ -232,6 +232,7 @@ func (j *Jail) compile() error {
 		if j.Regex == "" && len(j.FailRegex) == 0 {
 			for _, rs := range b.rules {
 				j.rules = append(j.rules, rule{rs.kind, regexp.MustCompile(rs.re)})
+				j.conns = j.conns || rs.kind != KindAttempt
 			}
 		}
 		for _, ig := range b.ignore {

@@ -25,12 +25,13 @@ type Tally struct {
 	Lines map[string]int // lines that named the address (counted or not)
 	Order []string       // addresses in the order they were first counted
 	// Open are the connections still open at the end of the batch, by connection key; Closed the
-	// keys of connections that ended (or logged in) in it.
+	// keys of connections a previous batch left open that ended (or logged in) in this one.
 	Open   map[string]ConnState
 	Closed []string
 }
 
 type connAcc struct {
+	stored  bool // loaded from prior: kept in the ledger, to be forgotten when it ends
 	st      ConnState
 	ended   bool
 	success bool
@@ -46,7 +47,10 @@ func ConnKey(rec Record) string {
 
 // NeedsConns reports whether verdicts hold lines of connections, whose earlier state a Tally of
 // them needs.
-func NeedsConns(vs []Verdict) bool {
+func (j *Jail) NeedsConns(vs []Verdict) bool {
+	if !j.conns {
+		return false
+	}
 	for _, v := range vs {
 		if v.Kind != KindNone && v.Rec.PID != "" {
 			return true
@@ -100,12 +104,15 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 			continue
 		}
 		key := ConnKey(v.Rec)
+		if !j.conns {
+			key = "" // only attempts: nothing to follow
+		}
 		if v.Addr == "" {
 			// A line that names no address belongs to its connection, if the connection is known.
 			c := conns[key]
 			if c == nil && !seen[key] {
 				if p, ok := prior[key]; ok && key != "" {
-					c = &connAcc{st: p}
+					c = &connAcc{st: p, stored: true}
 					seen[key] = true
 					conns[key] = c
 					order = append(order, key)
@@ -131,7 +138,7 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 		if c == nil {
 			c = &connAcc{}
 			if p, ok := prior[key]; ok && !seen[key] {
-				c.st = p
+				c.st, c.stored = p, true
 			}
 			seen[key] = true
 			conns[key] = c
@@ -140,7 +147,7 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 		if c.st.Addr != "" && c.st.Addr != v.Addr {
 			// The pid now serves another source: the earlier connection ended unseen.
 			finish(c)
-			*c = connAcc{}
+			*c = connAcc{stored: c.stored}
 		}
 		c.st.Addr = v.Addr
 		switch v.Kind {
@@ -163,7 +170,9 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 		}
 		if c.ended || c.success {
 			finish(c)
-			t.Closed = append(t.Closed, key)
+			if c.stored {
+				t.Closed = append(t.Closed, key)
+			}
 			delete(conns, key)
 		}
 	}
