@@ -417,8 +417,13 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 		}
 	}
 	var err error
+	if ch.Allows {
+		// The allow set changes, and bans it now covers leave the kernel (desired() recounts).
+		a.allow = a.allowlist()
+		a.log.Info("allowlist", "rev", m.Rev, "entries", len(m.Allows))
+	}
 	switch {
-	case ch.Full || ch.Limits:
+	case ch.Full || ch.Limits || ch.Allows:
 		_, err = a.fw.Apply(ctx, a.desired())
 	default:
 		if len(ch.Added) > 0 {
@@ -539,8 +544,9 @@ func (a *Agent) noteSave(err error) {
 	}
 }
 
-// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs. VPC CIDRs not yet known
-// are read again (VPCSource) until they arrive.
+// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs and, with the state, the
+// ledger allowlist's entries in force. VPC CIDRs not yet known are read again (VPCSource) until
+// they arrive. Callers hold a.mu.
 func (a *Agent) allowlist() []netip.Prefix {
 	if len(a.cfg.VPCCIDRs) == 0 && a.cfg.VPCSource != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -553,7 +559,11 @@ func (a *Agent) allowlist() []netip.Prefix {
 			a.log.Info("VPC CIDRs allowlisted", "cidrs", vpcs)
 		}
 	}
-	return Allowlist(append(slices.Clone(a.cfg.AdminCIDRs), a.cfg.VPCCIDRs...))
+	extra := append(slices.Clone(a.cfg.AdminCIDRs), a.cfg.VPCCIDRs...)
+	if a.state != nil {
+		extra = append(extra, a.state.ActiveAllows(time.Now())...)
+	}
+	return Allowlist(extra)
 }
 
 func (a *Agent) reconcileLoop(ctx context.Context) {
@@ -690,7 +700,8 @@ func (a *Agent) Status() proto.AgentStatus {
 	a.state.Prune(now)
 	return proto.AgentStatus{PK: pk, SK: sk, InstanceID: a.cfg.InstanceID, AppliedRev: a.state.AppliedRev, Bans: a.state.BanCount(), Digest: a.state.Digest(),
 		Limits: len(a.state.Limits), Heartbeat: now, LastError: a.lastErr, Version: a.cfg.Version,
-		Escalations: append([]proto.Escalation(nil), kept...), ExpiresAt: now.Add(24 * time.Hour).Unix()}
+		Escalations: append([]proto.Escalation(nil), kept...), ExpiresAt: now.Add(24 * time.Hour).Unix(),
+		Caps: proto.CapAllow, AllowRev: a.state.AllowRev}
 }
 
 // heartbeat writes the status item when it changed (a revision applied, a digest, an error, an

@@ -25,6 +25,10 @@ import (
 // million bans take about 30 MB and cost the garbage collector nothing to scan.
 type State struct {
 	AppliedRev int64
+	// Allows is the ledger allowlist at AllowRev (an allow message replaces it whole); the agent
+	// adds it to its kernel allow set.
+	Allows     []proto.Allow
+	AllowRev   int64
 	bans       banSet
 	Limits     map[string]proto.Limit
 	Tombstones map[string]proto.Tombstone // ban and limit ids removed, until expiry
@@ -101,6 +105,17 @@ func (s *State) wire(p netip.Prefix, e banVal) proto.Ban {
 	return b
 }
 
+// ActiveAllows returns the allowlist entries in force at now.
+func (s *State) ActiveAllows(now time.Time) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range s.Allows {
+		if a.ExpiresAt.IsZero() || a.ExpiresAt.After(now) {
+			out = append(out, a.Prefix())
+		}
+	}
+	return out
+}
+
 // BanCount is the number of bans held.
 func (s *State) BanCount() int { return s.bans.len() }
 
@@ -135,10 +150,13 @@ type Change struct {
 	Removed []netip.Prefix
 	Limits  bool // the limit set changed
 	Full    bool // a sync replaced everything
+	Allows  bool // the allowlist changed
 }
 
 // Empty reports whether nothing changed.
-func (c Change) Empty() bool { return len(c.Added) == 0 && len(c.Removed) == 0 && !c.Limits && !c.Full }
+func (c Change) Empty() bool {
+	return len(c.Added) == 0 && len(c.Removed) == 0 && !c.Limits && !c.Full && !c.Allows
+}
 
 // Apply applies one validated message with DESIGN.md's revision rule: an entry is taken only if
 // its revision is newer than what the state holds for that id (entry or tombstone).
@@ -193,6 +211,11 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 				c.Limits = true
 			}
 			s.bury(t, now)
+		}
+	case proto.KindAllow:
+		if m.Rev > s.AllowRev {
+			s.Allows, s.AllowRev = append([]proto.Allow(nil), m.Allows...), m.Rev
+			c.Allows = true
 		}
 	case proto.KindSync:
 		parts, done := s.addPart(m, now)
@@ -468,6 +491,8 @@ type stateFile struct {
 	AppliedRev int64                      `json:"applied_rev"`
 	Limits     map[string]proto.Limit     `json:"limits"`
 	Tombstones map[string]proto.Tombstone `json:"tombstones"`
+	Allows     []proto.Allow              `json:"allows,omitempty"`
+	AllowRev   int64                      `json:"allow_rev,omitempty"`
 	Bans       []proto.Ban                `json:"bans"`
 }
 
@@ -489,7 +514,7 @@ func Load(path string) (*State, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
 	}
 	s := NewState()
-	s.AppliedRev = sf.AppliedRev
+	s.AppliedRev, s.Allows, s.AllowRev = sf.AppliedRev, sf.Allows, sf.AllowRev
 	for k, v := range sf.Limits {
 		s.Limits[k] = v
 	}
@@ -538,7 +563,7 @@ func (s *State) Save(path string) error {
 
 func (s *State) write(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	head, err := json.Marshal(stateFile{AppliedRev: s.AppliedRev, Limits: s.Limits, Tombstones: s.Tombstones})
+	head, err := json.Marshal(stateFile{AppliedRev: s.AppliedRev, Limits: s.Limits, Tombstones: s.Tombstones, Allows: s.Allows, AllowRev: s.AllowRev})
 	if err != nil {
 		return err
 	}

@@ -205,3 +205,36 @@ func TestPendingPartsExpire(t *testing.T) {
 		t.Fatalf("a pending set outlived its hour: %v", s.Pending)
 	}
 }
+
+// An allow message replaces the allowlist when newer, survives the state file, and its expired
+// entries leave the allow set; a sync does not touch it and the digest does not cover it.
+func TestAllowlistInState(t *testing.T) {
+	s := NewState()
+	a := []proto.Allow{{CIDR: "203.0.113.0/24"}, {CIDR: "198.51.100.7/32", ExpiresAt: t0.Add(time.Hour)}}
+	digest := s.Digest()
+	if ch := s.Apply(&proto.Message{Kind: proto.KindAllow, Rev: 5, Allows: a}, t0); !ch.Allows || s.AllowRev != 5 || s.Digest() != digest {
+		t.Fatalf("allow: %+v rev %d, digest %s (was %s)", ch, s.AllowRev, s.Digest(), digest)
+	}
+	if ch := s.Apply(&proto.Message{Kind: proto.KindAllow, Rev: 4}, t0); ch.Allows || len(s.Allows) != 2 {
+		t.Fatalf("an older allow message replaced the list: %+v", s.Allows)
+	}
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 6, Bans: []proto.Ban{ban("a", 6)}}, t0)
+	if len(s.Allows) != 2 {
+		t.Fatalf("after a sync: allows %+v", s.Allows)
+	}
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := s.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(path)
+	if err != nil || back.AllowRev != 5 || !slices.Equal(back.Allows, s.Allows) {
+		t.Fatalf("reloaded %+v rev %d: %v", back.Allows, back.AllowRev, err)
+	}
+	if got := back.ActiveAllows(t0.Add(2 * time.Hour)); len(got) != 1 || got[0].String() != "203.0.113.0/24" {
+		t.Fatalf("active after an hour: %v", got)
+	}
+	s.Apply(&proto.Message{Kind: proto.KindAllow, Rev: 9}, t0)
+	if len(s.ActiveAllows(t0)) != 0 || s.AllowRev != 9 {
+		t.Fatalf("emptied list: %+v", s.Allows)
+	}
+}

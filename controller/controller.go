@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -62,8 +63,20 @@ type Config struct {
 	FeedsApart bool
 	// FeedAllowHTTP lets feeds use plain http:// URLs (tests; a mirror inside the VPC).
 	FeedAllowHTTP bool
-	Log           *slog.Logger
-	Now           func() time.Time
+	// PolicyCache is how long the allow entries and holds are cached between bans (default 10 s;
+	// a write through this controller drops the cache at once).
+	PolicyCache time.Duration
+	// HistoryRetention is how long history events are kept (default 90 days).
+	HistoryRetention time.Duration
+	// NoHistory writes no history (the bench compares a fan-out with and without it).
+	NoHistory bool
+	// Repeat lengthens the bans of repeat offenders (triggers' bans only).
+	Repeat Repeat
+	// NoticeTopic is an SNS topic ARN that gets ban and unban notices (empty: none).
+	NoticeTopic string
+	SNS         Publisher
+	Log         *slog.Logger
+	Now         func() time.Time
 }
 
 // Controller is the control plane library.
@@ -86,6 +99,8 @@ type Controller struct {
 	fleetPub   fleetAddrs // FleetAddresses' cache
 	fleetAt    time.Time
 	recordRole sync.Once
+	policy     policyCache
+	simulated  atomic.Int64 // simulate-mode bans recorded
 }
 
 // New builds a controller. It makes no AWS call.
@@ -123,6 +138,13 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.PolicyCache == 0 {
+		cfg.PolicyCache = 10 * time.Second
+	}
+	if cfg.HistoryRetention == 0 {
+		cfg.HistoryRetention = DefaultHistoryRetention
+	}
+	cfg.Repeat = cfg.Repeat.withDefaults()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -142,10 +164,21 @@ type BanRequest struct {
 	TTL    time.Duration
 	Reason string
 	Source string
-	Force  bool // allow prefixes broader than the soft minimum
+	Force  bool // allow prefixes broader than the soft minimum, and CIDRs an unban holds
 	// Operator: a person typed the reason (the CLI). Text over proto.MaxTextBytes is refused;
 	// otherwise (an alarm's query, a long alarm name) it is truncated.
 	Operator bool
+	// Who asked: the operator's identity (STS), the jail, the feed or the limit (history).
+	Who string
+	// Trigger names the trigger when one made the request (a jail, an alarm, GuardDuty, an
+	// escalation): its bans count as offences, and last longer for repeat offenders (Repeat);
+	// an operator's TTL is exact.
+	Trigger string
+	// Causes says, by CIDR (as given), what caused each ban; Cause applies to the others.
+	Causes map[string]Cause
+	Cause  *Cause
+	// Simulate records what would be banned (history, why, a metric) and bans nothing.
+	Simulate bool
 }
 
 // Delivery is the outcome of sending to one instance.
@@ -162,6 +195,10 @@ type Result struct {
 	Selector   string
 	Unchanged  []string // CIDRs already banned for longer
 	Tombstoned []BanItem
+	Hold       time.Duration     // an unban's hold
+	TTLs       map[string]string // a trigger's bans whose TTL the repeat-offender rule lengthened: CIDR -> TTL
+	Simulated  []string          // CIDRs a simulate-mode request would have banned
+	banned     []string          // CIDRs written (notices)
 }
 
 // Failed returns the deliveries that failed.
@@ -232,6 +269,10 @@ func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]
 	if err != nil {
 		return nil, nil, err
 	}
+	allows, holds, err := c.policies(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	var out []netip.Prefix
 	refused := map[string]error{}
 	for _, raw := range cidrs {
@@ -259,6 +300,9 @@ func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]
 		if a, ok := pub.covered(p); err == nil && ok {
 			err = fmt.Errorf("%s covers %s, a public address of the fleet (an instance, an Elastic IP or a NAT gateway)", p, a)
 		}
+		if err == nil {
+			err = policyRefusal(p, allows, holds, force)
+		}
 		if err != nil {
 			refused[raw] = err
 			continue
@@ -268,7 +312,8 @@ func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]
 	return out, refused, nil
 }
 
-// Ban validates, writes the ledger and fans the bans out to every targeted instance.
+// Ban validates, writes the ledger and fans the bans out to every targeted instance. The history
+// events are written while the fan-out runs, not before it.
 func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	sel, err := ParseSelector(req.Target)
 	if err != nil {
@@ -289,9 +334,13 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.Simulate {
+		return c.simulate(ctx, req, sel, prefixes)
+	}
 	// Discovery runs while the ledger is written: a ban's latency is the longer of the two, not
 	// their sum.
 	disc := c.startDiscover(ctx)
+	ttls := c.repeatTTLs(ctx, req, prefixes)
 	rev, err := c.Ledger.NextRev(ctx)
 	if err != nil {
 		return nil, err
@@ -306,8 +355,8 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	g.SetLimit(16)
 	for i, p := range prefixes {
 		items[i] = BanItem{CIDR: p.String(), Target: sel.String(), Reason: req.Reason, Source: req.Source, Rev: rev, Created: now, Updated: now}
-		if req.TTL > 0 {
-			items[i].ExpiresAt = now.Add(req.TTL).Unix()
+		if ttls[i] > 0 {
+			items[i].ExpiresAt = now.Add(ttls[i]).Unix()
 		}
 		g.Go(func() error {
 			written[i], errs[i] = c.Ledger.PutBan(ctx, items[i])
@@ -319,72 +368,49 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 		return res, err
 	}
 	var wire []proto.Ban
+	var events []Event
 	for i, it := range items {
 		if !written[i] {
 			res.Unchanged = append(res.Unchanged, it.CIDR)
 			continue
 		}
 		res.Written++
+		res.banned = append(res.banned, it.CIDR)
 		wire = append(wire, it.Wire())
+		if ttls[i] != req.TTL {
+			if res.TTLs == nil {
+				res.TTLs = map[string]string{}
+			}
+			res.TTLs[it.CIDR] = ttls[i].String()
+		}
+		events = append(events, Event{Kind: EventBan, CIDRs: []string{it.CIDR}, Target: it.Target, Who: req.Who, Reason: req.Reason, Source: req.Source,
+			Trigger: req.Trigger, Rev: rev, Until: it.Expires(), TTL: ttls[i].String(), Cause: req.causeOf(req.CIDRs, i, prefixes)})
 	}
 	if len(wire) == 0 {
 		return res, nil
 	}
-	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source)
+	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source, "who", req.Who)
+	wait := c.recordAsync(ctx, events...)
 	err = c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
+	c.notify(ctx, "ban", res)
+	wait()
 	return res, err
 }
 
-// Unban tombstones every ban of the CIDRs (whatever their target) and tells every instance that
-// held one.
-func (c *Controller) Unban(ctx context.Context, cidrs []string) (*Result, error) {
-	var prefixes []netip.Prefix
-	for _, raw := range cidrs {
-		p, err := proto.ParseCIDR(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%w: unban %s: %w", ErrRefused, raw, err)
+// causeOf is the cause of the i-th prefix, given as raw[i] (Causes is keyed by the CIDR as given
+// or canonical).
+func (r BanRequest) causeOf(raw []string, i int, prefixes []netip.Prefix) *Cause {
+	if r.Causes != nil {
+		if i < len(raw) {
+			if cs, ok := r.Causes[raw[i]]; ok {
+				return &cs
+			}
 		}
-		prefixes = append(prefixes, p)
-	}
-	if len(prefixes) == 0 {
-		return nil, fmt.Errorf("%w: no address given", ErrRefused)
-	}
-	rev, err := c.Ledger.NextRev(ctx)
-	if err != nil {
-		return nil, err
-	}
-	now := c.Now().UTC()
-	res := &Result{Rev: rev}
-	var tombs []proto.Tombstone
-	targets := map[string]bool{}
-	for _, p := range prefixes {
-		removed, err := c.Ledger.TombstoneBans(ctx, p.String(), rev, now)
-		if err != nil {
-			return res, err
-		}
-		for _, b := range removed {
-			targets[b.Target] = true
-			res.Tombstoned = append(res.Tombstoned, b)
-		}
-		if len(removed) > 0 {
-			tombs = append(tombs, proto.Tombstone{ID: proto.BanID(p), Rev: rev, ExpiresAt: removed[0].Expires()})
+		if cs, ok := r.Causes[prefixes[i].String()]; ok {
+			return &cs
 		}
 	}
-	res.Written = len(res.Tombstoned)
-	if len(tombs) == 0 {
-		return res, nil
-	}
-	sels := make([]*Selector, 0, len(targets))
-	for t := range targets {
-		sel, err := ParseSelector(t)
-		if err != nil {
-			return res, err
-		}
-		sels = append(sels, sel)
-	}
-	c.Log.Info("unban", "rev", rev, "cidrs", len(tombs))
-	err = c.fanoutAny(ctx, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
-	return res, err
+	return r.Cause
 }
 
 // LimitRequest sets a rate-limit policy on a target.

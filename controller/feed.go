@@ -90,6 +90,8 @@ type FeedItem struct {
 	// Force accepts entries broader than the soft limits (/16, /48), as `ban --force` does; without
 	// it they are dropped and reported, so that a compromised list cannot ban a /9 fleet-wide.
 	Force bool `dynamodbav:"force,omitempty"`
+	// Mode: "" or FeedSimulate (see FeedSpec).
+	Mode string `dynamodbav:"mode,omitempty"`
 
 	ETag         string `dynamodbav:"etag,omitempty"`
 	LastModified string `dynamodbav:"last_modified,omitempty"`
@@ -117,8 +119,14 @@ type FeedItem struct {
 	Updated   time.Time `dynamodbav:"updated"`
 }
 
-// Active reports whether the feed's entries are in force at now.
+// Active reports whether the feed's entries are in force at now (a simulate-mode feed's are
+// not).
 func (f FeedItem) Active(now time.Time) bool {
+	return f.Current(now) && f.Mode != FeedSimulate
+}
+
+// Current reports whether the feed has a version that has not expired at now.
+func (f FeedItem) Current(now time.Time) bool {
 	return !f.Deleted && f.Version > 0 && f.GoodUntil > now.Unix()
 }
 
@@ -150,7 +158,13 @@ type FeedSpec struct {
 	// MaxCoverage4 and MaxCoverage6: the most a version may cover, in IPv4 addresses and IPv6
 	// /64s (0: DefaultFeedMaxCoverage).
 	MaxCoverage4, MaxCoverage6 uint64
+	// Mode is "" (enforce) or FeedSimulate: the feed is fetched and its new entries recorded
+	// (history, why, a metric), and nothing is banned.
+	Mode string
 }
+
+// FeedSimulate is the mode of a feed that bans nothing.
+const FeedSimulate = "simulate"
 
 // AddFeed writes (or changes) a feed's settings. It does not fetch it: FeedSync or the schedule do.
 func (c *Controller) AddFeed(ctx context.Context, spec FeedSpec) (FeedItem, error) {
@@ -184,6 +198,12 @@ func (c *Controller) AddFeed(ctx context.Context, spec FeedSpec) (FeedItem, erro
 	if spec.MaxBytes == 0 {
 		spec.MaxBytes = DefaultFeedMaxBytes
 	}
+	if spec.Mode != "" && spec.Mode != FeedSimulate && spec.Mode != "enforce" {
+		return FeedItem{}, fmt.Errorf("%w: --mode %q: want enforce or simulate", ErrRefused, spec.Mode)
+	}
+	if spec.Mode == "enforce" {
+		spec.Mode = ""
+	}
 	if spec.MaxBytes < 0 || spec.MaxBytes > 1<<30 {
 		return FeedItem{}, fmt.Errorf("%w: --max-bytes %d: want 1 byte to 1 GiB", ErrRefused, spec.MaxBytes)
 	}
@@ -198,6 +218,13 @@ func (c *Controller) AddFeed(ctx context.Context, spec FeedSpec) (FeedItem, erro
 	f.URL, f.Target, f.Format = spec.URL, sel.String(), spec.Format
 	f.Refresh, f.TTL, f.MaxBytes, f.DropVPCOverlap, f.Force = int64(spec.Refresh/time.Second), int64(spec.TTL/time.Second), spec.MaxBytes, spec.DropVPCOverlap, spec.Force
 	f.MaxCover4, f.MaxCover6 = spec.MaxCoverage4, spec.MaxCoverage6
+	if found && old.Mode != spec.Mode && f.Version > 0 && f.Rev == old.Rev {
+		// Entering or leaving simulate mode changes what the target's agents hold.
+		if f.Rev, err = c.Ledger.NextRev(ctx); err != nil {
+			return FeedItem{}, err
+		}
+	}
+	f.Mode = spec.Mode
 	f.Deleted, f.ExpiresAt, f.Checked = false, 0, time.Time{} // due now
 	if found && old.Target != f.Target && f.Version > 0 {
 		// Instances the old target picked and the new one does not must lose the entries.
@@ -755,6 +782,11 @@ func (c *Controller) commitFeed(ctx context.Context, f FeedItem, old, next []fee
 		return *rep, err
 	}
 	rep.Result = &Result{Rev: rev, Selector: sel.String()}
+	if f.Mode == FeedSimulate {
+		return *rep, c.simulateFeed(ctx, f, rep.Added)
+	}
+	wait := c.recordAsync(ctx, feedEvents(f, rev, rep)...)
+	defer wait()
 	if f.GoodUntil != oldGood || len(rep.Added)+len(rep.Removed) > FeedDiffMax {
 		rep.Delivery = "sync"
 		return *rep, c.SyncTargets(ctx, sel, rep.Result)
@@ -878,6 +910,10 @@ func (c *Controller) screenFeed(ctx context.Context, f FeedItem, in []netip.Pref
 	if err != nil {
 		return nil, "", err
 	}
+	allows, holds, err := c.policies(ctx)
+	if err != nil {
+		return nil, "", err
+	}
 	kept = in[:0:0]
 	var covering []string
 entries:
@@ -902,6 +938,10 @@ entries:
 		}
 		if a, ok := pub.covered(p); ok {
 			rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers %s, a public address of the fleet", p, a))
+			continue
+		}
+		if err := policyRefusal(p, allows, holds, false); err != nil {
+			rep.Dropped = append(rep.Dropped, err.Error())
 			continue
 		}
 		for _, v := range vpcs {
@@ -994,4 +1034,44 @@ func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result
 		return c.Ledger.PutInstance(ctx, rec)
 	})
 	return nil
+}
+
+// feedEvents are a feed version's changes for the history: its first 1 000 added entries as a
+// ban, its first 1 000 removed ones as an unban (a list that turned over is not 2 million events).
+func feedEvents(f FeedItem, rev int64, rep *FeedReport) []Event {
+	var out []Event
+	for _, ch := range []struct {
+		kind string
+		list []netip.Prefix
+	}{{EventBan, rep.Added}, {EventUnban, rep.Removed}} {
+		if len(ch.list) == 0 {
+			continue
+		}
+		var cidrs []string
+		for _, p := range ch.list[:min(len(ch.list), 1000)] {
+			cidrs = append(cidrs, p.String())
+		}
+		// No Trigger (a feed's entry is no offence of a repeat offender) and no Until (the
+		// entries' expiry moves with every good fetch: `why` shows the current one).
+		out = append(out, Event{Kind: ch.kind, CIDRs: cidrs, Target: f.Target, Who: f.Source(), Source: f.Source(), Rev: rev,
+			Reason: fmt.Sprintf("feed %s version %d: %d entries %s", f.SK, f.Version, len(ch.list), map[string]string{EventBan: "added", EventUnban: "removed"}[ch.kind]),
+			Cause:  &Cause{Feed: f.SK}})
+	}
+	return out
+}
+
+// simulateFeed records the entries a simulate-mode feed's new version would have banned (the
+// first 1 000 of them as events; the metric counts them all).
+func (c *Controller) simulateFeed(ctx context.Context, f FeedItem, added []netip.Prefix) error {
+	if len(added) == 0 {
+		return nil
+	}
+	c.simulated.Add(int64(len(added)))
+	var cidrs []string
+	for _, p := range added[:min(len(added), 1000)] {
+		cidrs = append(cidrs, p.String())
+	}
+	c.Log.Info("simulate: feed would ban", "feed", f.SK, "entries", len(added))
+	return c.record(ctx, Event{Kind: EventSimulate, CIDRs: cidrs, Target: f.Target, Who: f.Source(), Source: f.Source(),
+		Reason: fmt.Sprintf("feed %s (simulate): %d new entries", f.SK, len(added)), Until: time.Unix(f.GoodUntil, 0).UTC(), Cause: &Cause{Feed: f.SK}})
 }

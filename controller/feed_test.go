@@ -459,3 +459,61 @@ func TestRefreshFeedsOnlyWhenDue(t *testing.T) {
 		t.Fatalf("reconcile pass: %v, feeds %+v, %d fetches", err, rep.Feeds, fs.fetches)
 	}
 }
+
+// Holds and allow entries keep a feed's entries off its targets at once (an unban message), and
+// the ledger's view agrees (digests match); a simulate-mode feed reaches no agent and shows in why
+// and history.
+func TestFeedObeysHoldsAllowsAndSimulate(t *testing.T) {
+	e, fs := feedEnv(t)
+	ctx := t.Context()
+	tags := map[string]string{"Role": "mail", "bansshee:managed": "true"}
+	m1 := e.launch(t, "mail1", map[string]string{"Role": "mail"})
+	list := docAddrs(10, 0)
+	fs.set(strings.Join(list, "\n")+"\n", "")
+	for _, spec := range []FeedSpec{{Name: "intel", URL: fs.URL + "/intel", Target: "Role=mail"}, {Name: "trial", URL: fs.URL + "/trial", Target: "Role=mail", Mode: FeedSimulate}} {
+		if _, err := e.c.AddFeed(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := e.c.SyncFeed(ctx, spec.Name, FeedOptions{}); err != nil || rep.Err != nil {
+			t.Fatalf("%s: %v %s", spec.Name, err, rep)
+		}
+	}
+	ag := agents{}
+	ag.pump(t, e, m1)
+	if d := ag.wantDigest(t, e, m1, tags); len(d.bans) != 10 {
+		t.Fatalf("want the enforcing feed's 10 entries, not the simulating one's too: %d", len(d.bans))
+	}
+	held, allowed := list[2], list[5]
+	if _, err := e.c.UnbanWith(ctx, UnbanRequest{CIDRs: []string{held}, Hold: time.Hour, Who: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Allow(ctx, AllowRequest{CIDR: allowed + "/30", Reason: "partner", Who: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	ag.pump(t, e, m1)
+	d := ag.wantDigest(t, e, m1, tags)
+	for _, gone := range []string{held, allowed} {
+		// The /30 covers two entries (every third address is listed).
+		if _, ok := ag[m1].Ban(netip.MustParsePrefix(gone + "/32")); ok || len(d.bans) != 7 {
+			t.Fatalf("%s still held by the agent (%d bans wanted)", gone, len(d.bans))
+		}
+	}
+	why, err := e.c.Why(ctx, list[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(why.Feeds) != 2 || why.Feeds[0].Mode+why.Feeds[1].Mode != FeedSimulate {
+		t.Fatalf("why: feeds %+v", why.Feeds)
+	}
+	var kinds []string
+	for _, ev := range why.History {
+		kinds = append(kinds, ev.Kind+" "+ev.Who)
+	}
+	if strings.Join(kinds, ",") != "ban feed:intel,simulate feed:trial" && strings.Join(kinds, ",") != "simulate feed:trial,ban feed:intel" {
+		t.Fatalf("history of a feed entry: %v", kinds)
+	}
+	why, _ = e.c.Why(ctx, held)
+	if len(why.Holds) != 1 || why.Feeds[0].Lifted == "" {
+		t.Fatalf("why of a held feed entry: %+v", why)
+	}
+}

@@ -29,6 +29,9 @@ import (
 //	pk="instance"  sk="<instance id>"   what the reconciler knows of an instance
 //	pk="agent#<id>" sk="status"         the agent's heartbeat (proto.AgentStatus)
 //	pk="jail#..."  sk="<addr>"          Lambda jail counters
+//	pk="allow"     sk="<cidr>"          a ledger allow entry (policy.go); pk="hold": an unban's hold
+//	pk="hist#<bucket>", pk="hday#<date>" history events (history.go)
+//	pk="notice"    sk="<topic ARN>"     ban notices not yet sent (notices.go)
 //
 // expires_at (epoch seconds) is the TTL attribute; reads filter on it since TTL deletes late.
 type Ledger struct {
@@ -427,6 +430,14 @@ func (l *Ledger) DeleteInstance(ctx context.Context, id string) error {
 // taken from the key, which IAM lets an agent write only for itself, and an item whose
 // instance_id attribute disagrees with its key is skipped.
 func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.AgentStatus, error) {
+	return l.statuses(ctx, ids, "")
+}
+
+// appliedOnly is the projection of a status that says which revision it applied (`why`).
+const appliedOnly = "pk, sk, instance_id, applied_rev, heartbeat"
+
+// statuses is Statuses reading only the attributes of projection (all if empty).
+func (l *Ledger) statuses(ctx context.Context, ids []string, projection string) (map[string]proto.AgentStatus, error) {
 	var keys []map[string]ddbtypes.AttributeValue
 	role := l.agentRoleID(ctx)
 	for _, id := range ids {
@@ -446,7 +457,7 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 	for i := 0; i < len(keys); i += 100 {
 		chunk := keys[i:min(i+100, len(keys))]
 		g.Go(func() error {
-			items, err := l.batchGet(ctx, chunk)
+			items, err := l.batchGet(ctx, chunk, projection)
 			if err != nil {
 				return err
 			}
@@ -475,11 +486,15 @@ func (l *Ledger) Statuses(ctx context.Context, ids []string) (map[string]proto.A
 }
 
 // batchGet reads up to 100 keys, retrying what DynamoDB leaves unprocessed.
-func (l *Ledger) batchGet(ctx context.Context, keys []map[string]ddbtypes.AttributeValue) ([]map[string]ddbtypes.AttributeValue, error) {
+func (l *Ledger) batchGet(ctx context.Context, keys []map[string]ddbtypes.AttributeValue, projection string) ([]map[string]ddbtypes.AttributeValue, error) {
 	var out []map[string]ddbtypes.AttributeValue
 	// Eventually consistent: half the read units (a heartbeat a second stale changes nothing), and
 	// the reconciler reads every status every pass.
-	req := map[string]ddbtypes.KeysAndAttributes{l.Table: {Keys: keys, ConsistentRead: aws.Bool(false)}}
+	ka := ddbtypes.KeysAndAttributes{Keys: keys, ConsistentRead: aws.Bool(false)}
+	if projection != "" {
+		ka.ProjectionExpression = aws.String(projection)
+	}
+	req := map[string]ddbtypes.KeysAndAttributes{l.Table: ka}
 	for attempt := 0; len(req) > 0; attempt++ {
 		if attempt > 0 {
 			select { // backoff for unprocessed keys (throttling), as the SDK documents

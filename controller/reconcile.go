@@ -75,11 +75,15 @@ func (d desired) syncParts(id, to string, issuedAt time.Time, rev int64, compres
 }
 
 type ledgerView struct {
-	bans   []BanItem
-	limits []LimitItem
-	feeds  []feedView
-	sels   map[string]*Selector
-	rev    int64
+	allowRev  int64         // the allowlist's revision
+	allowList []proto.Allow // what agents' kernels get
+	allows    []PolicyItem  // in force
+	holds     []PolicyItem  // in force
+	bans      []BanItem
+	limits    []LimitItem
+	feeds     []feedView
+	sels      map[string]*Selector
+	rev       int64
 	// scoped are the instances some target names by id; anyID: a target depends on ids otherwise.
 	scoped map[string]bool
 	anyID  bool
@@ -100,6 +104,25 @@ func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 		return nil, err
 	}
 	v := &ledgerView{bans: bans, limits: limits, sels: map[string]*Selector{}, rev: rev}
+	allows, err := c.Ledger.Allows(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	holds, err := c.Ledger.Holds(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range allows {
+		if a.Active(now) {
+			v.allows = append(v.allows, a)
+		}
+	}
+	v.allowRev, v.allowList = allowList(allows, now)
+	for _, h := range holds {
+		if h.Active(now) {
+			v.holds = append(v.holds, h)
+		}
+	}
 	feeds, err := c.Ledger.Feeds(ctx)
 	if err != nil {
 		return nil, err
@@ -197,6 +220,10 @@ func (v *ledgerView) forInstance(id string, tags map[string]string, now time.Tim
 			continue
 		}
 		w := b.Wire()
+		// An allow entry beats any ban (Allow tombstones what it covers; this covers a race).
+		if len(v.allows) > 0 && policyRefusal(w.Prefix(), v.allows, nil, true) != nil {
+			continue
+		}
 		// Two ledger bans of one CIDR reaching one instance: the longer wins.
 		if old, ok := byID[w.ID]; ok && (old.ExpiresAt.IsZero() || (!w.ExpiresAt.IsZero() && old.ExpiresAt.After(w.ExpiresAt))) {
 			w.ExpiresAt = old.ExpiresAt
@@ -217,7 +244,12 @@ func (v *ledgerView) forInstance(id string, tags map[string]string, now time.Tim
 		}
 		exp := time.Unix(f.GoodUntil, 0).UTC()
 		src, reason := f.Source(), "feed "+f.SK
+		screen := len(v.allows)+len(v.holds) > 0
 		for _, e := range f.entries {
+			// A feed is a trigger: allow entries and holds keep its entries off the agents.
+			if screen && policyRefusal(e.p, v.allows, v.holds, false) != nil {
+				continue
+			}
 			w := proto.Ban{ID: proto.BanID(e.p), CIDR: e.p.String(), ExpiresAt: exp, Reason: reason, Source: src, Rev: e.rev}
 			if old, ok := byID[w.ID]; ok {
 				// A ban and a feed (or two feeds) on one prefix: the longer expiry and the newer
@@ -348,6 +380,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			st, reported := statuses[in.ID]
 			rec, seen := known[in.ID]
 			o := c.reconcileInstance(ctx, in, hasQueue, desiredFor(in), st, reported, rec, seen, now, nextRev)
+			if view.allowRev > 0 && reported && takesAllows(st, reported) && st.AllowRev < view.allowRev && o.state != "silent" {
+				if err := c.sendAllowsTo(ctx, in.ID, view.allowRev, view.allowList); err != nil {
+					o.errs = append(o.errs, err)
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			rep.merge(in.ID, o)
@@ -380,6 +417,10 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		rep.QueuesDeleted = append(rep.QueuesDeleted, id)
 	}
 	c.escalate(ctx, view, statuses, instances, rep)
+	// Notices held back by the 30 s batching go out here if no later ban sent them.
+	if _, err := c.FlushNotices(ctx); err != nil {
+		c.Log.Warn("ban notice not sent", "err", err)
+	}
 	return rep, errors.Join(rep.Errors...)
 }
 
@@ -672,6 +713,7 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 	sort.Strings(ids)
 	byLimit := map[string][]string{}  // fleet-wide, by limit
 	local := map[[2]string][]string{} // on the reporter only, by limit and instance
+	from := map[string]string{}       // CIDR -> the (last) instance that reported it
 	refuse := func(format string, args ...any) {
 		if len(rep.Refused) < 100 {
 			rep.Refused = append(rep.Refused, fmt.Sprintf(format, args...))
@@ -720,6 +762,7 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 				budget--
 				active[cidr+"|"+l.Target] = true
 				byLimit[l.SK] = append(byLimit[l.SK], cidr)
+				from[cidr] = id
 				continue
 			}
 			own := InstanceIDKey + "=" + id
@@ -733,6 +776,7 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 			taken++
 			active[cidr+"|"+own] = true
 			local[[2]string{l.SK, id}] = append(local[[2]string{l.SK, id}], cidr)
+			from[cidr] = id
 		}
 	}
 	type batch struct {
@@ -768,7 +812,17 @@ func (c *Controller) escalate(ctx context.Context, view *ledgerView, statuses ma
 		if !b.fleet {
 			reason += " (on this instance; fleet-wide when another reports it)"
 		}
-		if _, err := c.Ban(ctx, BanRequest{CIDRs: cidrs, Target: b.target, TTL: time.Hour, Reason: reason, Source: b.source}); err != nil {
+		causes := map[string]Cause{}
+		for _, cidr := range cidrs {
+			causes[cidr] = Cause{Limit: b.limit, Instance: from[cidr]}
+		}
+		req := BanRequest{CIDRs: cidrs, Target: b.target, TTL: time.Hour, Reason: reason, Source: b.source, Who: "limit " + b.limit, Causes: causes}
+		// An offence (repeat offenders) is counted once: on the reporting instance, or fleet-wide
+		// when the limit goes there at once; a second reporter's promotion is the same offence.
+		if !b.fleet || limits[b.limit].EscalateFleet {
+			req.Trigger = "escalation/" + b.limit
+		}
+		if _, err := c.Ban(ctx, req); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Errorf("escalate on %s: %w", b.limit, err))
 			continue
 		}

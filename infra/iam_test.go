@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"gopkg.in/yaml.v3"
@@ -25,8 +26,8 @@ var roles = map[string]struct {
 	skip     []string // files of those packages it never runs
 }{
 	"agent":      {"AgentRole", []string{"agent", "cmd/bansshee-agent"}, nil},
-	"controller": {"ControllerPolicy", []string{"controller", "cmd/bansshee"}, nil},
-	"lambda":     {"LambdaRole", []string{"controller", "controller/trigger", "cmd/bansshee-lambda"}, []string{"ledger_admin.go"}},
+	"controller": {"ControllerPolicy", []string{"controller", "cmd/bansshee", "internal/cli"}, nil},
+	"lambda":     {"LambdaRole", []string{"controller", "controller/trigger", "cmd/bansshee-lambda", "internal/cli"}, []string{"ledger_admin.go"}},
 }
 
 // implied are permissions an API call needs besides its own action.
@@ -57,6 +58,7 @@ func callsIn(t *testing.T, dir string, skip []string, ops map[string]map[string]
 	clientUse := map[string]*regexp.Regexp{
 		"sqs": regexp.MustCompile(`(?i)sqs`), "dynamodb": regexp.MustCompile(`(?i)ddb|dynamodb`),
 		"ec2": regexp.MustCompile(`EC2`), "ssm": regexp.MustCompile(`ssm`), "logs": regexp.MustCompile(`(?i)cloudwatchlogs|\.Logs\b`),
+		"sns": regexp.MustCompile(`\.SNS\.`),
 	}
 	found := map[string]bool{}
 	for _, f := range files {
@@ -132,7 +134,7 @@ func TestIAMGrantsExactlyTheCallsTheCodeMakes(t *testing.T) {
 	ops := map[string]map[string]string{
 		"sqs": operations(&sqs.Client{}, "sqs"), "dynamodb": operations(&dynamodb.Client{}, "dynamodb"),
 		"ec2": operations(&ec2.Client{}, "ec2"), "ssm": operations(&ssm.Client{}, "ssm"),
-		"logs": operations(&cloudwatchlogs.Client{}, "logs"),
+		"logs": operations(&cloudwatchlogs.Client{}, "logs"), "sns": operations(&sns.Client{}, "sns"),
 	}
 	if len(ops["ec2"]) < 100 || ops["sqs"]["ReceiveMessage"] != "sqs:ReceiveMessage" {
 		t.Fatalf("reflection found too few operations: %d ec2", len(ops["ec2"]))

@@ -37,7 +37,16 @@ const (
 	KindLimit   Kind = "limit"
 	KindUnlimit Kind = "unlimit"
 	KindSync    Kind = "sync"
+	// KindAllow carries the whole ledger allowlist (Allows) at its revision: the agent puts it in
+	// its kernel allow set. Only agents that report the "allow" capability get one.
+	KindAllow Kind = "allow"
 )
+
+// CapAllow is the capability (AgentStatus.Caps) of an agent that takes allow messages.
+const CapAllow = "allow"
+
+// MaxAllows bounds the entries of an allow message.
+const MaxAllows = 10000
 
 // Message is one command to an agent. Which slices may be set depends on Kind.
 type Message struct {
@@ -55,6 +64,7 @@ type Message struct {
 	Limits   []Limit     `json:"limits,omitempty"`   // limit, sync
 	Unlimits []Tombstone `json:"unlimits,omitempty"` // unlimit
 	Part     *Part       `json:"part,omitempty"`     // sync split over several messages
+	Allows   []Allow     `json:"allows,omitempty"`   // allow: the whole allowlist
 
 	// Dropped counts the sync entries Validate left out: expired in transit, or breaking a rule.
 	Dropped int `json:"-"`
@@ -69,6 +79,16 @@ type Ban struct {
 	Source    string    `json:"source,omitempty"`
 	Rev       int64     `json:"rev"`
 }
+
+// Allow is an entry of the ledger allowlist: no ban drops CIDR until ExpiresAt (zero: until it is
+// removed).
+type Allow struct {
+	CIDR      string    `json:"cidr"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// Prefix returns the entry's CIDR, which Validate has canonicalised.
+func (a Allow) Prefix() netip.Prefix { p, _ := netip.ParsePrefix(a.CIDR); return p }
 
 // Prefix returns the ban's CIDR, which Validate has canonicalised.
 func (b Ban) Prefix() netip.Prefix { p, _ := netip.ParsePrefix(b.CIDR); return p }

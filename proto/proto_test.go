@@ -522,3 +522,34 @@ func TestTruncateText(t *testing.T) {
 		}
 	}
 }
+
+// An allow message carries only allows (possibly none: the last entry was removed), each within
+// the prefix limits; no other kind carries allows.
+func TestAllowMessageValidation(t *testing.T) {
+	now := time.Now()
+	l := DefaultLimits()
+	base := func(kind Kind, allows ...Allow) *Message {
+		return &Message{ID: "m1", Kind: kind, IssuedAt: now, Rev: 7, Allows: allows}
+	}
+	ok := base(KindAllow, Allow{CIDR: "198.51.100.9/24"}, Allow{CIDR: "2001:db8::/48", ExpiresAt: now.Add(time.Hour)})
+	if err := ok.Validate(l, now); err != nil || ok.Allows[0].CIDR != "198.51.100.0/24" {
+		t.Fatalf("valid allow message: %v %+v", err, ok.Allows)
+	}
+	if err := base(KindAllow).Validate(l, now); err != nil {
+		t.Fatalf("empty allowlist: %v", err)
+	}
+	for _, c := range []struct {
+		m    *Message
+		want string
+	}{
+		{base(KindAllow, Allow{CIDR: "10.0.0.0/4"}), "allows[0].cidr"},
+		{base(KindAllow, Allow{CIDR: "nonsense"}), "allows[0].cidr"},
+		{&Message{ID: "m1", Kind: KindAllow, IssuedAt: now, Rev: 7, Bans: []Ban{{CIDR: "192.0.2.1/32"}}}, "not allowed in an allow message"},
+		{&Message{ID: "m1", Kind: KindBan, IssuedAt: now, Rev: 7, Bans: []Ban{{CIDR: "192.0.2.1/32"}}, Allows: []Allow{{CIDR: "192.0.2.0/24"}}}, "only allow messages"},
+		{base(KindAllow, make([]Allow, MaxAllows+1)...), "exceed"},
+	} {
+		if err := c.m.Validate(l, now); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s with %d allows: %v, want %q", c.m.Kind, len(c.m.Allows), err, c.want)
+		}
+	}
+}

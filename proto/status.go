@@ -23,8 +23,10 @@ type AgentStatus struct {
 	LastError   string       `dynamodbav:"last_error,omitempty"`
 	Version     string       `dynamodbav:"version"`
 	Escalations []Escalation `dynamodbav:"escalations,omitempty"`
-	Digest      string       `dynamodbav:"digest"`     // see Digest
-	ExpiresAt   int64        `dynamodbav:"expires_at"` // TTL: a silent agent's item goes away after a day
+	Digest      string       `dynamodbav:"digest"`              // see Digest
+	Caps        string       `dynamodbav:"caps,omitempty"`      // capabilities, comma separated: CapAllow
+	AllowRev    int64        `dynamodbav:"allow_rev,omitempty"` // the allowlist revision it holds
+	ExpiresAt   int64        `dynamodbav:"expires_at"`          // TTL: a silent agent's item goes away after a day
 }
 
 // Escalation reports a source that tripped an escalating rate limit on the agent.

@@ -140,8 +140,34 @@ func (m *Message) Validate(l Limits, now time.Time) error {
 		if p := m.Part; p != nil && (p.Count < 1 || p.Index < 1 || p.Index > p.Count || p.Count > 10000 || !setRe.MatchString(p.Set)) {
 			return fieldErr("part", "want 1 <= index <= count <= 10000 and a set id of [A-Za-z0-9_-], got %+v", *p)
 		}
+	case KindAllow:
+		// An empty list is valid: the last entry was removed.
+		if n := len(m.Bans) + len(m.Unbans) + len(m.Limits) + len(m.Unlimits); n > 0 || m.BansZ != "" {
+			return fieldErr("bans", "not allowed in an allow message")
+		}
+		if m.Part != nil {
+			return fieldErr("part", "only sync messages have parts")
+		}
+		if len(m.Allows) > MaxAllows {
+			return fieldErr("allows", "%d entries exceed the maximum %d", len(m.Allows), MaxAllows)
+		}
+		for i := range m.Allows {
+			a := &m.Allows[i]
+			p, err := ParseCIDR(a.CIDR)
+			if err == nil {
+				err = l.checkBits(p)
+			}
+			if err != nil {
+				return fieldErr(fmt.Sprintf("allows[%d].cidr", i), "%v", err)
+			}
+			a.CIDR = p.String()
+		}
+		return nil
 	default:
-		return fieldErr("kind", "unknown kind %q (want ban, unban, limit, unlimit or sync)", m.Kind)
+		return fieldErr("kind", "unknown kind %q (want ban, unban, limit, unlimit, sync or allow)", m.Kind)
+	}
+	if len(m.Allows) > 0 {
+		return fieldErr("allows", "only allow messages carry allows")
 	}
 	// A sync is the whole state: an entry that expired in transit, or that breaks a rule (a
 	// reason over MaxTextBytes from an old ledger item, say), is dropped and counted and the rest

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,7 +106,10 @@ func (r *fleetRig) heartbeats(ctx context.Context, rev int64, digest string) err
 	now := time.Now().UTC()
 	for _, id := range r.ids {
 		pk, sk := proto.StatusKey(id)
-		item, err := attributevalue.MarshalMap(proto.AgentStatus{PK: pk, SK: sk, InstanceID: id, AppliedRev: rev, Digest: digest, Heartbeat: now, Version: "bench"})
+		// ExpiresAt as agents write it: kumo's TTL deletes an item whose expires_at has passed
+		// (0 is 1970), so statuses read a minute later would be gone.
+		item, err := attributevalue.MarshalMap(proto.AgentStatus{PK: pk, SK: sk, InstanceID: id, AppliedRev: rev, Digest: digest, Heartbeat: now, Version: "bench",
+			ExpiresAt: now.Add(24 * time.Hour).Unix()})
 		if err != nil {
 			return err
 		}
@@ -338,6 +342,9 @@ func runFleet(ctx context.Context, emit func(Row)) error {
 	}
 	for _, lat := range fleetLatencies() {
 		specs = append(specs, fmt.Sprintf("dynalite:%d", lat.Milliseconds()))
+		if slices.Contains(fleetSizes(), 10000) && lat > 0 {
+			specs = append(specs, fmt.Sprintf("why-dynalite:%d", lat.Milliseconds()))
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -385,6 +392,12 @@ func fleetChild(ctx context.Context, emit func(Row), spec string) error {
 	if what == "dynalite" {
 		if err := fleetListDynalite(ctx, emit, lat); err != nil {
 			return fmt.Errorf("list on dynalite at %s: %w", lat, err)
+		}
+		return nil
+	}
+	if what == "why-dynalite" {
+		if err := fleetWhyDynalite(ctx, emit, lat); err != nil {
+			return fmt.Errorf("why on dynalite at %s: %w", lat, err)
 		}
 		return nil
 	}
@@ -480,6 +493,18 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	}
 	banOps := r.env.Ops()
 	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})
+	// The same without the history write, which runs beside the fan-out: the difference is what
+	// history costs a ban.
+	c.NoHistory = true
+	secs, err = timed("ban_fanout_no_history_seconds", func() error {
+		_, err := c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.8"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+		return err
+	})
+	c.NoHistory = false
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "ban_fanout_no_history_seconds", secs, "s"})
 	emit(Row{"fleet", name, "requests_per_ban_per_1000_instances", float64(sum(banOps)) * 1000 / float64(n), "requests"})
 	if lat > 0 {
 		fmt.Fprintf(os.Stderr, "     one ban's requests: %s\n", opsString(banOps))
@@ -512,11 +537,88 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 			return err
 		}
 	}
+	// why with 100 000 bans in the ledger and n agents.
+	if n == 10000 {
+		if err := fleetWhy(ctx, emit, r, name, lat, res.Rev); err != nil {
+			return err
+		}
+	}
 
 	// Idle cost: an idle instance-hour is its agent's polls and keep-alives plus its share of a
 	// steady reconcile pass every minute (the scheduled Lambda).
 	perHour := float64(agentPollsPerHour+agentKeepAlivesPerHour) + float64(sum(steadyOps))*60/float64(n)
 	emit(Row{"fleet", name, "requests_per_idle_instance_hour", perHour, "requests"})
 	emit(Row{"fleet", name, "idle_vs_long_poll_floor", perHour / agentPollsPerHour, "ratio"})
+	return nil
+}
+
+// fleetWhyDynalite is the why case with DynamoDB served by dynalite, whose Query reads its key
+// range as DynamoDB's does (kumo's walks the whole table for each of why's 30 queries).
+func fleetWhyDynalite(ctx context.Context, emit func(Row), lat time.Duration) error {
+	if err := awstest.DynaliteAvailable(); err != nil {
+		fmt.Fprintf(os.Stderr, "   SKIPPED why on dynalite: %v\n", err)
+		return nil
+	}
+	fmt.Fprintf(os.Stderr, "   why on dynalite, 10000 instances, %s per request ...\n", lat)
+	r, err := newFleetRig(ctx, 10000, true)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	res, err := r.c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+	if err != nil {
+		return err
+	}
+	return fleetWhy(ctx, emit, r, fmt.Sprintf("dynalite-10000-%dms", lat.Milliseconds()), lat, res.Rev)
+}
+
+// fleetWhy writes 100 000 bans into r's ledger and times the real `bansshee why ADDR --json` for
+// the address the fleet case banned: its ban, its history, and which of the n agents applied it
+// (half of them, here).
+func fleetWhy(ctx context.Context, emit func(Row), r *fleetRig, name string, lat time.Duration, rev int64) error {
+	r.env.SetLatency(0)
+	if err := r.bans(ctx, 100000); err != nil {
+		return err
+	}
+	half := r.ids
+	r.ids = half[:len(half)/2]
+	err := r.heartbeats(ctx, rev, "")
+	r.ids = half
+	if err != nil {
+		return err
+	}
+	r.env.SetLatency(lat)
+	bin, err := buildCLI(ctx)
+	if err != nil {
+		return err
+	}
+	r.env.ResetOps()
+	secs, err := median3("why_100000_bans_seconds", func() error {
+		cmd := exec.CommandContext(ctx, bin, "why", "198.51.100.7", "--json", "--table", r.c.Table, "--queue-prefix", r.c.Queues.Prefix,
+			"--endpoint-url", r.env.URL(), "--region", awstest.Region)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("bansshee why: %v: %s", err, stderr.String())
+		}
+		var rep controller.WhyReport
+		if err := json.Unmarshal(out, &rep); err != nil {
+			return err
+		}
+		if len(rep.Bans) != 1 || rep.Bans[0].Targeted != len(r.ids) || rep.Bans[0].Applied.Applied != len(r.ids)/2 || len(rep.History) == 0 {
+			return fmt.Errorf("why: %d bans, %+v, %d events", len(rep.Bans), rep.Bans, len(rep.History))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "why_100000_bans_seconds", secs, "s"})
+	emit(Row{"fleet", name, "why_requests", float64(sum(r.env.Ops())) / 3, "requests"})
+	if lat > 0 {
+		fmt.Fprintf(os.Stderr, "     one why's requests (x3): %s\n", opsString(r.env.Ops()))
+	}
 	return nil
 }

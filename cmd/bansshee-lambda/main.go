@@ -16,6 +16,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -63,6 +64,9 @@ Configuration (environment):
   BANSSHEE_MANAGED               selector of managed instances (default bansshee:managed=true)
   BANSSHEE_GUARDDUTY_BANS        true|false: ban GuardDuty findings' attackers (overrides the config)
   BANSSHEE_AGENT_ROLE_ID         the agent role's id (AROA...): queues admit only their own instance
+  BANSSHEE_NOTICE_TOPIC          SNS topic ARN for ban notices (at most one message per 30 s)
+  BANSSHEE_REPEAT                repeat offenders: factor=2,max=7d,forget=30d (the defaults)
+  BANSSHEE_HISTORY_RETENTION     how long history events are kept (default 90d)
 `
 
 func main() {
@@ -254,6 +258,16 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 		}
 		admin = append(admin, p)
 	}
+	repeat, err := controller.ParseRepeat(os.Getenv("BANSSHEE_REPEAT"))
+	if err != nil {
+		return nil, fmt.Errorf("BANSSHEE_REPEAT: %w", err)
+	}
+	var retention time.Duration
+	if v := os.Getenv("BANSSHEE_HISTORY_RETENTION"); v != "" {
+		if retention, err = controller.ParseDays(v); err != nil {
+			return nil, fmt.Errorf("BANSSHEE_HISTORY_RETENTION: %w", err)
+		}
+	}
 	awsCfg, err := cli.AWSConfig(ctx, endpoint, "")
 	if err != nil {
 		return nil, err
@@ -262,6 +276,7 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 	c, err := controller.New(controller.Config{EC2: ec2.NewFromConfig(awsCfg), SQS: sqs.NewFromConfig(awsCfg), DDB: dynamodb.NewFromConfig(awsCfg),
 		Table: table, Prefix: envOr("BANSSHEE_QUEUE_PREFIX", "bansshee"), Signer: signer, Admin: admin,
 		Managed: envOr("BANSSHEE_MANAGED", "bansshee:managed=true"), AgentRoleID: os.Getenv("BANSSHEE_AGENT_ROLE_ID"), Log: log,
+		NoticeTopic: os.Getenv("BANSSHEE_NOTICE_TOPIC"), SNS: cli.NewPublisher(awsCfg), Repeat: repeat, HistoryRetention: retention,
 		FeedsApart: true}) // the feed schedule's own invocations (handle) refresh feeds
 	if err != nil {
 		return nil, err

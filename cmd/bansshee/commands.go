@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -37,6 +38,8 @@ type globals struct {
 	admin                                                       []string
 	noVPCAllow                                                  bool
 	concurrency                                                 int
+	noticeTopic, repeat, historyRetention                       string
+	aws                                                         *aws.Config // set by controller()
 }
 
 type usageError struct{ error }
@@ -87,7 +90,10 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	pf.Uint64Var(&g.maxInstanceAddrs, "max-instance-addresses", controller.DefaultInstanceMaxCoverage, "most IPv4 addresses (and IPv6 /64s) the bans and feeds of one instance may cover together; a feed version that would pass it is held")
 	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")
-	root.AddCommand(feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
+	pf.StringVar(&g.repeat, "repeat", "factor=2,max=7d,forget=30d", "repeat offenders: a trigger's n-th ban of an address within forget lasts its TTL x factor^(n-1), at most max")
+	pf.StringVar(&g.historyRetention, "history-retention", "90d", "how long history events are kept")
+	pf.StringVar(&g.noticeTopic, "notice-topic", "", "SNS topic ARN for ban notices (stack output NoticeTopicArn; empty: none)")
+	root.AddCommand(allowCmd(g), whyCmd(g), historyCmd(g), feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
 }
 
@@ -134,9 +140,19 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		feedClient = &http.Client{Transport: tr, Timeout: controller.DefaultFeedTimeout}
 	}
+	repeat, err := controller.ParseRepeat(g.repeat)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--repeat: %w", err)}
+	}
+	retention, err := controller.ParseDays(g.historyRetention)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--history-retention: %w", err)}
+	}
+	g.aws = &cfg
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
-		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, MaxInstanceCoverage4: g.maxInstanceAddrs, MaxInstanceCoverage6: g.maxInstanceAddrs, FeedClient: feedClient, Log: cli.Logger(g.logLevel)})
+		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, MaxInstanceCoverage4: g.maxInstanceAddrs, MaxInstanceCoverage6: g.maxInstanceAddrs, FeedClient: feedClient, Log: cli.Logger(g.logLevel),
+		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg), Repeat: repeat, HistoryRetention: retention})
 }
 
 func banCmd(g *globals) *cobra.Command {
@@ -155,7 +171,7 @@ func banCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force, Operator: true})
+			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force, Operator: true, Who: g.who(ctx, cmd.ErrOrStderr())})
 			if err != nil {
 				return err
 			}
@@ -174,7 +190,7 @@ func banCmd(g *globals) *cobra.Command {
 	f.StringVarP(&target, "target", "t", "*", "selector of the instances to ban on")
 	f.DurationVar(&ttl, "ttl", 2*time.Hour, "how long the ban lasts (0: permanent)")
 	f.StringVar(&reason, "reason", "", "why (shown in list and logs)")
-	f.BoolVar(&force, "force", false, "allow prefixes broader than /16 (IPv4) or /48 (IPv6); /8 and /32 are never allowed")
+	f.BoolVar(&force, "force", false, "allow prefixes broader than /16 (IPv4) or /48 (IPv6), and CIDRs an unban holds; /8 and /32 are never allowed")
 	addWait(f, &wait, &timeout)
 	return c
 }
@@ -223,25 +239,41 @@ func finish(ctx context.Context, stderr io.Writer, c *controller.Controller, res
 
 func unbanCmd(g *globals) *cobra.Command {
 	var wait bool
-	var timeout time.Duration
-	c := &cobra.Command{Use: "unban CIDR...", Short: "lift bans of these CIDRs, whatever their target", Args: cobra.MinimumNArgs(1),
+	var timeout, hold time.Duration
+	var reason string
+	c := &cobra.Command{Use: "unban CIDR...", Short: "lift bans of these CIDRs, whatever their target; --hold keeps triggers from banning them again",
+		Example: `  bansshee unban 198.51.100.7 --reason "customer's NAT, ticket 4411" --hold 24h
+  bansshee unban 198.51.100.7 --reason "false positive" --hold 0   # no hold, even after a jail's ban`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, true)
 			if err != nil {
 				return err
 			}
-			res, err := c.Unban(ctx, args)
+			if !cmd.Flags().Changed("hold") {
+				hold = -1
+			}
+			res, err := c.UnbanWith(ctx, controller.UnbanRequest{CIDRs: args, Reason: reason, Hold: hold, Who: g.who(ctx, cmd.ErrOrStderr())})
+			if err != nil && res == nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if res.Hold > 0 {
+				fmt.Fprintf(out, "held for %s: jails, alarms, GuardDuty, feeds and escalations will not ban %s again (an operator can, with ban --force)\n", res.Hold, strings.Join(args, ", "))
+			}
+			if res.Written == 0 {
+				fmt.Fprintln(out, "nothing to unban: no active ban of those CIDRs")
+				return err
+			}
+			fmt.Fprintf(out, "unbanned %d at revision %d: sent to %d instances\n", res.Written, res.Rev, len(res.Instances))
 			if err != nil {
 				return err
 			}
-			if res.Written == 0 {
-				fmt.Fprintln(cmd.OutOrStdout(), "nothing to unban: no active ban of those CIDRs")
-				return nil
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "unbanned %d at revision %d: sent to %d instances\n", res.Written, res.Rev, len(res.Instances))
 			return finish(ctx, cmd.ErrOrStderr(), c, res, wait, timeout)
 		}}
+	c.Flags().StringVar(&reason, "reason", "", "why (kept in the history)")
+	c.Flags().DurationVar(&hold, "hold", controller.DefaultHold, "keep triggers from banning these CIDRs again for this long (default: 1h if a trigger made the ban, else none; 0: none)")
 	addWait(c.Flags(), &wait, &timeout)
 	return c
 }

@@ -62,6 +62,7 @@ func feedAddCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&spec.Refresh, "refresh", time.Hour, "how often to fetch it again (at least 1m)")
 	fl.DurationVar(&spec.TTL, "ttl", 0, "how long entries stay after the last good fetch (default: 48h or three refreshes, whichever is longer)")
 	fl.Int64Var(&spec.MaxBytes, "max-bytes", controller.DefaultFeedMaxBytes, "largest body accepted; a larger one is a failed fetch")
+	fl.StringVar(&spec.Mode, "mode", "enforce", "enforce, or simulate: fetch and record what the feed would ban (history, why), ban nothing")
 	fl.BoolVar(&spec.Force, "force", false, "take entries broader than /16 (IPv4) or /48 (IPv6); without it they are dropped and reported (/8 and /32 are never taken)")
 	fl.Uint64Var(&spec.MaxCoverage4, "max-addresses", controller.DefaultFeedMaxCoverage, "most IPv4 addresses a version may cover in all (default a /8's worth); a version covering more is held")
 	fl.Uint64Var(&spec.MaxCoverage6, "max-v6-64s", controller.DefaultFeedMaxCoverage, "most IPv6 /64 subnets a version may cover in all (default a /40's worth)")
@@ -161,6 +162,7 @@ func feedListCmd(g *globals) *cobra.Command {
 				Error     string    `json:"error,omitempty"`
 				Held      string    `json:"held,omitempty"`
 				Report    string    `json:"report,omitempty"`
+				Mode      string    `json:"mode,omitempty"`
 			}
 			var rows []row
 			for _, f := range feeds {
@@ -168,7 +170,7 @@ func feedListCmd(g *globals) *cobra.Command {
 					continue
 				}
 				r := row{Name: f.SK, URL: f.URL, Target: f.Target, Format: f.Format, Refresh: (time.Duration(f.Refresh) * time.Second).String(),
-					Entries: f.Entries, Version: f.Version, LastOK: f.OK, Error: f.Error, Held: f.Held, Report: f.Report}
+					Entries: f.Entries, Version: f.Version, LastOK: f.OK, Error: f.Error, Held: f.Held, Report: f.Report, Mode: f.Mode}
 				if f.GoodUntil > 0 {
 					r.GoodUntil = time.Unix(f.GoodUntil, 0).UTC()
 				}
@@ -189,6 +191,9 @@ func feedListCmd(g *globals) *cobra.Command {
 					state = "FAILING: " + r.Error
 				case r.Version == 0:
 					state = "not fetched yet"
+				}
+				if r.Mode != "" {
+					state = r.Mode + ", " + state // recorded, not banned
 				}
 				last, until := "never", "-"
 				if !r.LastOK.IsZero() {

@@ -238,3 +238,63 @@ func TestCLIFeeds(t *testing.T) {
 		t.Fatalf("feed list after rm: %d %q", code, out)
 	}
 }
+
+// The steering commands as an operator types them: allow add (refusals included), allow list,
+// unban --hold, why and history, with who from sts:GetCallerIdentity.
+func TestCLISteering(t *testing.T) {
+	c := newCLI(t)
+	t.Setenv("USER", "alice")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"allow", "add", "198.51.100.0/24"}, "--reason is required"},
+		{[]string{"allow", "add", "10.0.0.0/9", "--reason", "x"}, "give --force"},
+		{[]string{"allow", "add", "10.0.0.0/7", "--reason", "x", "--force"}, "broader than the minimum /8"},
+		{[]string{"allow", "rm", "198.51.100.0/24"}, "no allow entry 198.51.100.0/24"},
+		{[]string{"history", "--since", "yesterday"}, "--since \"yesterday\""},
+		{[]string{"why", "not-an-ip"}, "not an IP address"},
+	} {
+		code, _, errOut := c.run(t, tc.args...)
+		if code != exitUsage || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d %q, want 2 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+	if code, out, errOut := c.run(t, "ban", "198.51.100.7", "203.0.113.9", "--target", "Role=mail", "--reason", "brute force"); code != 0 {
+		t.Fatalf("ban: %d %s %s", code, out, errOut)
+	}
+	code, out, errOut := c.run(t, "allow", "add", "198.51.100.0/24", "--reason", "partner relays", "--ttl", "72h")
+	if code != 0 || !strings.Contains(out, "allowed 198.51.100.0/24 at revision 2; lifted 1 bans, sent to 3 instances") {
+		t.Fatalf("allow add: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = c.run(t, "unban", "203.0.113.9", "--reason", "ticket 12", "--hold", "24h")
+	if code != 0 || !strings.Contains(out, "held for 24h0m0s") || !strings.Contains(out, "unbanned 1 at revision 3") {
+		t.Fatalf("unban --hold: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = c.run(t, "allow", "list")
+	if code != 0 || !regexp.MustCompile(`allow\s+198.51.100.0/24\s+\S+\s+partner relays\s+\S+ \(alice\)\s+2`).MatchString(out) ||
+		!regexp.MustCompile(`hold\s+203.0.113.9/32\s+\S+\s+ticket 12`).MatchString(out) {
+		t.Fatalf("allow list:\n%s", out)
+	}
+	code, _, errOut = c.run(t, "ban", "203.0.113.9", "--target", "Role=mail")
+	if code != exitUsage || !strings.Contains(errOut, "held until") {
+		t.Fatalf("ban of a held address: %d %q", code, errOut)
+	}
+	if code, _, errOut = c.run(t, "ban", "203.0.113.9", "--target", "Role=mail", "--force", "--reason", "it is back"); code != 0 {
+		t.Fatalf("ban --force of a held address: %d %q", code, errOut)
+	}
+	code, out, _ = c.run(t, "why", "203.0.113.9")
+	for _, want := range []string{"ban 203.0.113.9/32 on Role=mail, revision 4", "by arn:", "(alice)", "applied on 0 of 3 targeted instances", "hold 203.0.113.9/32 until", "unban"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("why: %d, no %q in\n%s", code, want, out)
+		}
+	}
+	code, out, _ = c.run(t, "history", "198.51.100.7", "--since", "1d")
+	if code != 0 || strings.Count(out, "\n") != 3 || !strings.Contains(out, "allow") || !strings.Contains(out, "lifted by allow entry 198.51.100.0/24") {
+		t.Fatalf("history:\n%s", out)
+	}
+	code, out, _ = c.run(t, "history", "--json")
+	if code != 0 || strings.Count(out, `"kind":`) != 6 {
+		t.Fatalf("history --json: %s", out)
+	}
+}

@@ -49,6 +49,7 @@ type Jail struct {
 	FindTime    Duration `json:"findtime,omitempty"`
 	BanTime     Duration `json:"bantime,omitempty"`
 	Target      string   `json:"target,omitempty"`
+	Mode        string   `json:"mode,omitempty"` // "enforce" (default) or "simulate": record, ban nothing
 	// Witnesses: with N > 1, an address a log stream reports is banned at once on that stream's
 	// instance only, and on Target when N distinct streams have reported it within findtime.
 	Witnesses int `json:"witnesses,omitempty"`
@@ -71,6 +72,7 @@ type AlarmAction struct {
 	Query      *LogQuery `json:"query,omitempty"`
 	Target     string    `json:"target,omitempty"`
 	TTL        Duration  `json:"ttl,omitempty"`
+	Mode       string    `json:"mode,omitempty"` // "enforce" (default) or "simulate"
 }
 
 // LogQuery finds the sources behind an alarm: the lines of LogGroup from the last Window that a
@@ -95,6 +97,7 @@ type GuardDuty struct {
 	MinSeverity float64  `json:"min_severity,omitempty"` // default 4 (medium)
 	Target      string   `json:"target,omitempty"`
 	TTL         Duration `json:"ttl,omitempty"`
+	Mode        string   `json:"mode,omitempty"` // "enforce" (default) or "simulate"
 }
 
 // Config is the trigger configuration, validated at cold start.
@@ -136,7 +139,33 @@ func ParseConfig(text []byte) (*Config, error) {
 	return cfg, nil
 }
 
+// Simulate is the mode of a jail, alarm action or GuardDuty setting that records what it would
+// ban (history, why, a metric) and bans nothing.
+const Simulate = "simulate"
+
+// checkModes refuses a mode other than enforce or simulate.
+func (c *Config) checkModes() error {
+	bad := func(m string) bool { return m != "" && m != "enforce" && m != Simulate }
+	for _, j := range c.Jails {
+		if bad(j.Mode) {
+			return fmt.Errorf("jail %s: mode %q: want enforce or simulate", j.Name, j.Mode)
+		}
+	}
+	for name, a := range c.Alarms {
+		if bad(a.Mode) {
+			return fmt.Errorf("alarm %s: mode %q: want enforce or simulate", name, a.Mode)
+		}
+	}
+	if bad(c.GuardDuty.Mode) {
+		return fmt.Errorf("guardduty: mode %q: want enforce or simulate", c.GuardDuty.Mode)
+	}
+	return nil
+}
+
 func (c *Config) validate() error {
+	if err := c.checkModes(); err != nil {
+		return err
+	}
 	if c.DefaultTarget == "" {
 		c.DefaultTarget = "*"
 	}

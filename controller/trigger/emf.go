@@ -17,7 +17,7 @@ const EMFNamespace = "bansshee"
 // (infra/template_test.go checks).
 var EMFMetrics = []string{"Decisions", "Ignored", "FleetInstances", "BansActive", "LimitsActive",
 	"AgentsConverged", "AgentsLagging", "AgentsSilent", "AgentsUnreported", "Escalations", "Syncs",
-	"FeedRefreshesFailed", "FeedRefreshesHeld", "StreamCapped"}
+	"FeedRefreshesFailed", "FeedRefreshesHeld", "StreamCapped", "Simulated"}
 
 type emfMetric struct {
 	Name string `json:"Name"`
@@ -52,8 +52,9 @@ func emfLine(w io.Writer, now time.Time, dims []string, values map[string]any, u
 // reconcile pass, the fleet's state.
 func writeEMF(w io.Writer, out *Output, rep *controller.Report, now time.Time) error {
 	if rep == nil {
-		return emfLine(w, now, []string{"Trigger"}, map[string]any{"Trigger": out.Kind, "Decisions": len(out.Bans), "Ignored": len(out.Ignored), "StreamCapped": out.StreamCapped},
-			map[string]string{"Decisions": "Count", "Ignored": "Count", "StreamCapped": "Count"})
+		return emfLine(w, now, []string{"Trigger"}, map[string]any{"Trigger": out.Kind, "Decisions": len(out.Bans), "Ignored": len(out.Ignored), "StreamCapped": out.StreamCapped,
+			"Simulated": len(out.Simulated)},
+			map[string]string{"Decisions": "Count", "Ignored": "Count", "StreamCapped": "Count", "Simulated": "Count"})
 	}
 	f := rep.Fleet
 	failed, held := 0, 0

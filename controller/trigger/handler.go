@@ -43,6 +43,7 @@ type Cause struct {
 	Failures  int    `json:"failures"`
 	Lines     int    `json:"lines"`
 	Window    string `json:"window,omitempty"`
+	Finding   string `json:"finding,omitempty"` // a GuardDuty finding's id
 }
 
 // Ignored is something the handler saw and did not act on, with why.
@@ -61,6 +62,8 @@ type Output struct {
 	Rev        int64      `json:"rev,omitempty"`
 	// StreamCapped counts bans a log stream could not make fleet-wide (over its hourly cap).
 	StreamCapped int `json:"stream_capped,omitempty"`
+	// Simulated is what simulate-mode triggers would have banned (and did not).
+	Simulated []string `json:"simulated,omitempty"`
 
 	batchKey string // the log batch's dedupe key
 }
@@ -265,8 +268,9 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 		return err
 	}
 	type key struct {
-		target string
-		ttl    time.Duration
+		target   string
+		ttl      time.Duration
+		simulate bool
 	}
 	groups := map[key][]Decision{}
 	var kept []Decision
@@ -276,39 +280,86 @@ func (h *Handler) act(ctx context.Context, out *Output) error {
 			h.Log.Warn("refused", "cidr", d.CIDR, "trigger", d.Trigger, "err", e)
 			continue
 		}
-		k := key{d.Target, d.ttl}
+		k := key{d.Target, d.ttl, h.mode(d.Trigger) == Simulate}
 		groups[k] = append(groups[k], d)
-		kept = append(kept, d)
+		if !k.simulate {
+			kept = append(kept, d) // a simulate-mode decision is reported in Simulated, not Bans
+		}
 	}
 	out.Bans = kept
 	keys := make([]key, 0, len(groups))
 	for k := range groups {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].target+keys[i].ttl.String() < keys[j].target+keys[j].ttl.String() })
+	sort.Slice(keys, func(i, j int) bool {
+		return fmt.Sprint(keys[i].target, keys[i].ttl, keys[i].simulate) < fmt.Sprint(keys[j].target, keys[j].ttl, keys[j].simulate)
+	})
 	var errs []error
 	for _, k := range keys {
 		ds := groups[k]
 		cidrs := make([]string, len(ds))
 		var triggers []string
+		causes := map[string]controller.Cause{}
 		for i, d := range ds {
 			cidrs[i] = d.CIDR
 			if !slices.Contains(triggers, d.Trigger) {
 				triggers = append(triggers, d.Trigger)
 			}
+			causes[d.CIDR] = controllerCause(d)
 		}
 		reason := ds[0].Reason
 		if len(ds) > 1 {
 			reason = "lambda: " + strings.Join(triggers, ", ")
 		}
-		res, err := h.Actor.Ban(ctx, controller.BanRequest{CIDRs: cidrs, Target: k.target, TTL: k.ttl, Reason: reason, Source: "lambda:" + strings.Join(triggers, ",")})
+		req := controller.BanRequest{CIDRs: cidrs, Target: k.target, TTL: k.ttl, Reason: reason, Source: "lambda:" + strings.Join(triggers, ","),
+			Who: strings.Join(triggers, ","), Causes: causes, Simulate: k.simulate}
+		if !slices.Contains(triggers, "invoke") {
+			req.Trigger = strings.Join(triggers, ",") // its bans count as offences (repeat offenders)
+		}
+		res, err := h.Actor.Ban(ctx, req)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		out.Simulated = append(out.Simulated, res.Simulated...)
 		out.Rev = max(out.Rev, res.Rev)
 	}
 	return errors.Join(errs...)
+}
+
+// mode is the mode of the jail, alarm action or GuardDuty setting that made a decision.
+func (h *Handler) mode(trigger string) string {
+	kind, name, _ := strings.Cut(trigger, "/")
+	switch kind {
+	case "jail":
+		for _, j := range h.Cfg.Jails {
+			if j.Name == name {
+				return j.Mode
+			}
+		}
+	case "alarm":
+		if a, ok := h.alarmAction(name); ok {
+			return a.Mode
+		}
+	case "guardduty":
+		return h.Cfg.GuardDuty.Mode
+	}
+	return ""
+}
+
+// controllerCause is a decision's cause as the controller records it (history, `bansshee why`).
+func controllerCause(d Decision) controller.Cause {
+	var c controller.Cause
+	if d.Cause != nil {
+		c = controller.Cause{LogGroup: d.Cause.LogGroup, LogStream: d.Cause.LogStream, Count: d.Cause.Failures, Window: d.Cause.Window, Finding: d.Cause.Finding}
+	}
+	switch kind, name, _ := strings.Cut(d.Trigger, "/"); kind {
+	case "jail":
+		c.Jail = name
+	case "alarm":
+		c.Alarm = name
+	}
+	return c
 }
 
 // logs decodes a subscription batch (base64, gzip, bounded) and runs every jail on every line.
@@ -695,7 +746,8 @@ func (h *Handler) guardDuty(detail json.RawMessage, out *Output) {
 		return
 	}
 	for _, a := range addrs {
-		h.decide(out, a, h.Cfg.GuardDuty.Target, time.Duration(h.Cfg.GuardDuty.TTL), fmt.Sprintf("GuardDuty %s (severity %.1f)", d.Type, d.Severity), "guardduty/"+d.Type)
+		h.decideCause(out, a, h.Cfg.GuardDuty.Target, time.Duration(h.Cfg.GuardDuty.TTL), fmt.Sprintf("GuardDuty %s (severity %.1f)", d.Type, d.Severity), "guardduty/"+d.Type,
+			&Cause{Finding: d.ID})
 	}
 }
 

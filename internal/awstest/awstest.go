@@ -32,6 +32,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/sivchari/kumo"
 )
@@ -495,11 +496,12 @@ type Clients struct {
 	EC2      *ec2.Client
 	DynamoDB *dynamodb.Client
 	Logs     *cloudwatchlogs.Client
+	SNS      *sns.Client
 }
 
 // NewClients makes SDK clients from cfg.
 func NewClients(cfg aws.Config) Clients {
-	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg), Logs: cloudwatchlogs.NewFromConfig(cfg)}
+	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg), Logs: cloudwatchlogs.NewFromConfig(cfg), SNS: sns.NewFromConfig(cfg)}
 }
 
 // Launch runs one instance with tags through the real EC2 client, and returns its id.
