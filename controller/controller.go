@@ -96,6 +96,7 @@ type Controller struct {
 	vpcMu      sync.Mutex
 	vpcs       []netip.Prefix // VPCCIDRs' cache
 	vpcAt      time.Time
+	fleetMu    sync.Mutex
 	fleetPub   fleetAddrs // FleetAddresses' cache
 	fleetAt    time.Time
 	recordRole sync.Once
@@ -261,12 +262,13 @@ func (c *Controller) FilterCIDRs(ctx context.Context, cidrs []string) ([]netip.P
 }
 
 func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]netip.Prefix, map[string]error, error) {
-	allow, err := c.Allowlist(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	pub, err := c.FleetAddresses(ctx)
-	if err != nil {
+	// Both are cached for a minute; a cold controller (the CLI) reads them at once.
+	var allow []netip.Prefix
+	var pub fleetAddrs
+	var g errgroup.Group
+	g.Go(func() (err error) { allow, err = c.Allowlist(ctx); return err })
+	g.Go(func() (err error) { pub, err = c.FleetAddresses(ctx); return err })
+	if err := g.Wait(); err != nil {
 		return nil, nil, err
 	}
 	allows, holds, err := c.policies(ctx)

@@ -32,8 +32,8 @@ func (s fleetAddrs) covered(p netip.Prefix) (netip.Addr, bool) {
 // IPv4 address (managed or not), the Elastic IPs and the NAT gateways' addresses. Cached like
 // the VPC CIDRs.
 func (c *Controller) FleetAddresses(ctx context.Context) (fleetAddrs, error) {
-	c.vpcMu.Lock()
-	defer c.vpcMu.Unlock()
+	c.fleetMu.Lock()
+	defer c.fleetMu.Unlock()
 	if c.fleetPub != nil && time.Since(c.fleetAt) < vpcCacheTTL {
 		return c.fleetPub, nil
 	}
