@@ -132,7 +132,7 @@ var Builtin = map[string]builtinJail{
 	// session id (SASL for Postfix or Exim), since a session's attempts are already in its login
 	// line. Syslog writes "dovecot: imap-login: ...", Dovecot's own file "imap-login: Info: ...".
 	"dovecot": {
-		tag:       `dovecot`,
+		tag:       `dovecot(?:[-\w]+)?`, // instance_name changes the syslog ident
 		comms:     []string{"dovecot", "log", "imap-login", "pop3-login", "submission-logi", "managesieve-log", "auth", "auth-worker"},
 		bySession: true,
 		rules: []ruleSpec{
@@ -157,7 +157,7 @@ var Builtin = map[string]builtinJail{
 	// Cyrus imapd/pop3d 2.4 to 3.10: "badlogin: [host ][addr] MECH user reason"; the address is the
 	// first bracket, right after the server's own reverse-DNS name.
 	"cyrus": {
-		tag:   `(?:cyrus/)?[-\w]+`,
+		tag:   `(?:[-\w.]+/)?[-\w]+`, // [syslog_prefix/]service: cyrus/imap, pop3d, imaps
 		comms: []string{"imapd", "pop3d", "imap", "pop3", "cyrmaster", "master"},
 		rules: []ruleSpec{
 			r(KindAttempt, `badlogin: (?:[^\s\[\]]+ )?\[<A>\] \S+ .*(?:SASL\(-13\)|SASL\(-20\)|[Aa]uthentication failure|user not found|invalid user|login incorrect)`),
@@ -168,7 +168,7 @@ var Builtin = map[string]builtinJail{
 	// server, Cyrus SASL's "generic failure" (an unreadable sasldb, a broken saslauthd) and an
 	// unsupported mechanism are the server's problem or a client's mistake.
 	"postfix-sasl": {
-		tag:   `postfix(?:-[-\w]+)?/(?:[-\w]+/)?smtpd`,
+		tag:   `[-\w.]+(?:/[-\w.]+)*/smtpd`, // syslog_name/smtpd: postfix, postfix/submission, postfix-INSTANCE, an admin's own
 		comms: []string{"smtpd"},
 		rules: []ruleSpec{
 			r(KindAttempt, `warning: [-._\w]+\[<A>\](?::\d+)?: SASL [-\w]+ authentication failed:(?: |$)`),
