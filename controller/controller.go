@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/proto"
 	"github.com/oklog/ulid/v2"
 	"golang.org/x/sync/errgroup"
@@ -50,6 +51,11 @@ type Config struct {
 	FeedAllowHTTP bool
 	Log           *slog.Logger
 	Now           func() time.Time
+
+	// WAF keeps edges' IP sets (edge.go); nil: no edges. WAFWriteInterval spaces the calls of
+	// each WAF write action (default 1 s, the documented rate).
+	WAF              *wafv2.Client
+	WAFWriteInterval time.Duration
 }
 
 // Controller is the control plane library.
@@ -67,6 +73,7 @@ type Controller struct {
 	vpcs       []netip.Prefix // VPCCIDRs' cache
 	vpcAt      time.Time
 	recordRole sync.Once
+	pacer      wafPacer // edge.go
 }
 
 // New builds a controller. It makes no AWS call.
@@ -292,6 +299,7 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	}
 	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source)
 	err = c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
+	c.edgeAfterBan(ctx, sel, wire) // edge.go: WAF IP sets whose edge the target covers
 	return res, err
 }
 
@@ -344,6 +352,7 @@ func (c *Controller) Unban(ctx context.Context, cidrs []string) (*Result, error)
 	}
 	c.Log.Info("unban", "rev", rev, "cidrs", len(tombs))
 	err = c.fanoutAny(ctx, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
+	c.edgeAfterUnban(ctx, prefixes) // edge.go
 	return res, err
 }
 

@@ -26,7 +26,8 @@ type Report struct {
 	Escalated     []string // CIDRs banned from agent escalations
 	Refused       []string // escalations refused, with why
 	Fleet         FleetCounts
-	Feeds         []FeedReport // feeds that were due and refreshed before the pass
+	Feeds         []FeedReport  // feeds that were due and refreshed before the pass
+	Edges         []*EdgeReport // WAF IP sets synced (edge.go)
 	Errors        []error
 }
 
@@ -368,6 +369,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		rep.QueuesDeleted = append(rep.QueuesDeleted, id)
 	}
 	c.escalate(ctx, view, statuses, instances, rep)
+	edges, err := c.syncEdges(ctx, view) // edge.go: WAF IP sets; expiries leave them here
+	rep.Edges = edges
+	if err != nil {
+		rep.Errors = append(rep.Errors, err)
+	}
 	return rep, errors.Join(rep.Errors...)
 }
 
