@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/internal/cli"
 	"github.com/bansshee/bansshee/internal/flagconf"
@@ -85,7 +86,7 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")
-	root.AddCommand(feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
+	root.AddCommand(feedCmd(g), edgeCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
 }
 
@@ -134,7 +135,8 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 	}
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
-		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, FeedClient: feedClient, Log: cli.Logger(g.logLevel)})
+		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, FeedClient: feedClient, Log: cli.Logger(g.logLevel),
+		WAF: wafv2.NewFromConfig(cfg)})
 }
 
 func banCmd(g *globals) *cobra.Command {
