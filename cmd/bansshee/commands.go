@@ -389,12 +389,23 @@ func tagString(tags map[string]string) string {
 }
 
 func targetsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "targets SELECTOR", Short: "preview exactly which instances a selector reaches", Args: cobra.ExactArgs(1),
+	var exposure bool
+	var jails []string
+	c := &cobra.Command{Use: "targets SELECTOR [--exposure]", Short: "preview exactly which instances a selector reaches (and, with --exposure, what their security groups open)", Args: cobra.ExactArgs(1),
+		Long: `targets lists the managed, running instances a selector picks.
+
+With --exposure it also lists, per instance, the ports its security groups open to the whole
+internet (0.0.0.0/0 or ::/0, directly or through a managed prefix list that holds them), and flags
+rate limits on ports that no security group opens (they protect nothing), and ports open to the
+internet that a jail watches (--jails) without a rate limit.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
 			if err != nil {
 				return err
+			}
+			if exposure {
+				return printExposure(ctx, cmd.OutOrStdout(), c, args[0], jails)
 			}
 			ins, err := c.Targets(ctx, args[0])
 			if err != nil {
@@ -408,6 +419,32 @@ func targetsCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(w, "\n%d instances match %q\n", len(ins), args[0])
 			return w.Flush()
 		}}
+	c.Flags().BoolVar(&exposure, "exposure", false, "list the ports each instance's security groups open to the internet, and flag limits that miss")
+	c.Flags().StringSliceVar(&jails, "jails", []string{"sshd", "dovecot", "cyrus", "postfix-sasl"}, "jails whose daemons' ports should carry a rate limit when open to the internet")
+	return c
+}
+
+func printExposure(ctx context.Context, out io.Writer, c *controller.Controller, target string, jails []string) error {
+	exps, err := c.Exposure(ctx, target, jails)
+	if err != nil {
+		return err
+	}
+	flags := 0
+	for _, ex := range exps {
+		fmt.Fprintf(out, "%s  %s  %s\n", ex.Instance.ID, ex.Instance.PrivateIP, tagString(ex.Instance.Tags))
+		if len(ex.Open) == 0 {
+			fmt.Fprintln(out, "  open to the internet: nothing")
+		}
+		for _, o := range ex.Open {
+			fmt.Fprintf(out, "  open to the internet: %s\n", o)
+		}
+		for _, f := range ex.Flags {
+			fmt.Fprintf(out, "  ! %s\n", f)
+			flags++
+		}
+	}
+	fmt.Fprintf(out, "\n%d instances match %q; %d findings\n", len(exps), target, flags)
+	return nil
 }
 
 func limitCmd(g *globals) *cobra.Command {

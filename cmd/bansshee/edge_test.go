@@ -3,6 +3,11 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/bansshee/bansshee/internal/awstest"
 )
 
 func TestCLIEdge(t *testing.T) {
@@ -35,5 +40,38 @@ func TestCLIEdge(t *testing.T) {
 	}
 	if got := c.env.WAF.Addresses("REGIONAL", "shop-"); len(got) != 0 {
 		t.Fatalf("sets left after rm --delete-sets: %v", got)
+	}
+}
+
+func TestCLITargetsExposure(t *testing.T) {
+	c := newCLI(t)
+	ec := awstest.NewClients(c.env.Config("")).EC2
+	ctx := t.Context()
+	sg, err := ec.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("ssh"), Description: aws.String("ssh")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ec.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: []ec2types.IpPermission{
+		{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(22), ToPort: aws.Int32(22), IpRanges: []ec2types.IpRange{{CidrIp: aws.String("0.0.0.0/0")}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := awstest.LaunchInGroups(ctx, ec, map[string]string{"Role": "bastion", "bansshee:managed": "true"}, aws.ToString(sg.GroupId)); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := c.run(t, "targets", "Role=bastion", "--exposure")
+	if code != 0 || !strings.Contains(out, "open to the internet: tcp/22 ("+aws.ToString(sg.GroupId)+" 0.0.0.0/0)") ||
+		!strings.Contains(out, "! tcp/22 is open to the internet and the sshd jail watches it, but no rate limit covers it") || !strings.Contains(out, "1 findings") {
+		t.Fatalf("targets --exposure: %d\n%s\n%s", code, out, errOut)
+	}
+	if code, _, errOut := c.run(t, "limit", "l-ssh", "--target", "Role=bastion", "--port", "22", "--hits", "5", "--seconds", "60"); code != 0 {
+		t.Fatalf("limit: %s", errOut)
+	}
+	code, out, _ = c.run(t, "targets", "Role=bastion", "--exposure")
+	if code != 0 || !strings.Contains(out, "0 findings") {
+		t.Fatalf("after a limit on 22: %d\n%s", code, out)
+	}
+	code, _, errOut = c.run(t, "targets", "Role=bastion", "--exposure", "--jails", "nginx")
+	if code != exitUsage || !strings.Contains(errOut, "unknown jail") {
+		t.Fatalf("unknown jail: %d %q", code, errOut)
 	}
 }
