@@ -75,7 +75,14 @@ func newKubeLab(t *testing.T) *kubeLab {
 	if err := l.Lab.Route(l.Attacker, netip.MustParsePrefix("10.244.1.0/24"), l.Victim.IP4); err != nil {
 		t.Fatal(err)
 	}
-	return &kubeLab{lab: l, pod: pod, srv: srv}
+	k := &kubeLab{lab: l, pod: pod, srv: srv}
+	// A fresh lab's first packets can be lost on a loaded host: the paths must answer once first.
+	for deadline := time.Now().Add(15 * time.Second); !k.reachNodePort(k.src2) || !k.reachPod(k.src2); {
+		if time.Now().After(deadline) {
+			t.Fatal("the lab never forwarded to the pod (node port or routed)")
+		}
+	}
+	return k
 }
 
 func (k *kubeLab) reachNodePort(src netip.Addr) bool {
