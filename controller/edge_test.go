@@ -241,3 +241,20 @@ func keys(m map[string][]string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// A CLOUDFRONT edge keeps its sets in that scope (served from us-east-1).
+func TestEdgeCloudFrontScope(t *testing.T) {
+	e := newEdgeEnv(t)
+	edge := awstest.Unique("cf")
+	if _, err := e.c.AddEdge(t.Context(), EdgeRequest{Name: edge, Scope: "CLOUDFRONT", Target: "*",
+		WebACL: "arn:aws:wafv2:us-east-1:000000000000:global/webacl/cdn/1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Ban(t.Context(), BanRequest{CIDRs: []string{"203.0.113.50"}, Target: "*", TTL: time.Hour, Reason: "cdn", Source: "cli"}); err != nil {
+		t.Fatal(err)
+	}
+	got := e.aws.WAF.Addresses("CLOUDFRONT", edge+"-")
+	if !slices.Equal(got[edge+"-v4-0"], []string{"203.0.113.50/32"}) || len(e.aws.WAF.Addresses("REGIONAL", edge+"-")) != 0 {
+		t.Fatalf("CLOUDFRONT sets %v", got)
+	}
+}

@@ -230,3 +230,38 @@ func TestForwardOff(t *testing.T) {
 		t.Fatal("forward off also removed the INPUT ban")
 	}
 }
+
+// The forward chain's limit rules: one per port range, by original destination port, sharing one
+// hashlimit table; escalation only drops here; reject keeps its TCP reset.
+func TestForwardLimitRules(t *testing.T) {
+	fam := &family{chain: "BANSSHEE", banSet: "b", allowSet: "a"}
+	rules := fam.fwdRules([]proto.Limit{
+		{ID: "l-web", Proto: "tcp", Ports: []int{8081, 8080, 9000}, Hits: 5, Seconds: 60, Action: "reject"},
+		{ID: "l-esc", Proto: "tcp", Ports: []int{2222}, Hits: 3, Seconds: 60, Action: "drop", Escalate: true},
+	})
+	if len(rules) != 6 {
+		t.Fatalf("%d rules, want 3 base + 1 escalating + 2 ranges:\n%s", len(rules), strings.Join(rules, "\n"))
+	}
+	esc, web1, web2 := rules[3], rules[4], rules[5]
+	for _, c := range []struct {
+		rule string
+		want []string
+	}{
+		{esc, []string{"--ctorigdstport 2222 ", "-j DROP", "--hashlimit-name bsf4-"}},
+		{web1, []string{"--ctstate NEW --ctorigdstport 8080:8081 ", "-j REJECT --reject-with tcp-reset", "--hashlimit-above 5/minute"}},
+		{web2, []string{"--ctorigdstport 9000 "}},
+	} {
+		for _, w := range c.want {
+			if !strings.Contains(c.rule, w) {
+				t.Errorf("rule %q lacks %q", c.rule, w)
+			}
+		}
+	}
+	name := func(r string) string { return strings.Fields(r[strings.Index(r, "--hashlimit-name"):])[1] }
+	if name(web1) != name(web2) || name(web1) == name(esc) {
+		t.Errorf("a limit's ranges must share one table, limits must not: %s %s %s", name(web1), name(web2), name(esc))
+	}
+	if strings.Contains(strings.Join(rules, "\n"), "TRIP") {
+		t.Error("forwarded traffic must not reach the trip chain")
+	}
+}
