@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/proto"
 	"github.com/oklog/ulid/v2"
 	"golang.org/x/sync/errgroup"
@@ -77,6 +78,11 @@ type Config struct {
 	SNS         Publisher
 	Log         *slog.Logger
 	Now         func() time.Time
+
+	// WAF keeps edges' IP sets (edge.go); nil: no edges. WAFWriteInterval spaces the calls of
+	// each WAF write action (default 1 s, the documented rate).
+	WAF              *wafv2.Client
+	WAFWriteInterval time.Duration
 }
 
 // Controller is the control plane library.
@@ -102,6 +108,7 @@ type Controller struct {
 	recordRole sync.Once
 	policy     policyCache
 	simulated  atomic.Int64 // simulate-mode bans recorded
+	pacer      wafPacer     // edge.go
 }
 
 // New builds a controller. It makes no AWS call.
@@ -394,6 +401,7 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source, "who", req.Who)
 	wait := c.recordAsync(ctx, events...)
 	err = c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
+	c.edgeAfterBan(ctx, sel, wire) // edge.go: WAF IP sets whose edge the target covers
 	c.notify(ctx, "ban", res)
 	wait()
 	return res, err

@@ -469,6 +469,7 @@ func (c *Controller) unban(ctx context.Context, prefixes []netip.Prefix) (*Resul
 	}
 	c.Log.Info("unban", "rev", rev, "cidrs", len(tombs))
 	err = c.fanoutAny(ctx, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: tombs}, res)
+	c.edgeAfterUnban(ctx, prefixes) // edge.go
 	return res, err
 }
 

@@ -34,7 +34,8 @@ type Report struct {
 	EscalatedLocal []string
 	Refused        []string // escalations refused, with why
 	Fleet          FleetCounts
-	Feeds          []FeedReport // feeds that were due and refreshed before the pass
+	Feeds          []FeedReport  // feeds that were due and refreshed before the pass
+	Edges          []*EdgeReport // WAF IP sets synced (edge.go)
 	Errors         []error
 }
 
@@ -420,6 +421,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	// Notices held back by the 30 s batching go out here if no later ban sent them.
 	if _, err := c.FlushNotices(ctx); err != nil {
 		c.Log.Warn("ban notice not sent", "err", err)
+	}
+	edges, err := c.syncEdges(ctx, view) // edge.go: WAF IP sets; expiries leave them here
+	rep.Edges = edges
+	if err != nil {
+		rep.Errors = append(rep.Errors, err)
 	}
 	return rep, errors.Join(rep.Errors...)
 }

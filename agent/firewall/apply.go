@@ -69,6 +69,11 @@ func (f *Firewall) ensure(ctx context.Context, limits []proto.Limit) ([]string, 
 			}
 			repairs = append(repairs, "jump"+fam.n())
 		}
+		r, err = f.ensureForward(ctx, fam, limits) // forward.go: container traffic
+		if err != nil {
+			return nil, err
+		}
+		repairs = append(repairs, r...)
 	}
 	return repairs, nil
 }
@@ -554,7 +559,7 @@ func (f *Firewall) Snapshot(ctx context.Context) (Snapshot, error) {
 		for p := range allow {
 			snap.Allow = append(snap.Allow, p)
 		}
-		for _, c := range []string{fam.chain, fam.tripChain} {
+		for _, c := range []string{fam.chain, fam.tripChain, fam.fwdChain()} {
 			rules, err := fam.ipt.List("filter", c)
 			if err == nil {
 				snap.Rules[c+fam.n()] = rules
@@ -644,6 +649,9 @@ func (f *Firewall) Uninstall(ctx context.Context) error {
 			if err := fam.ipt.Delete("filter", "INPUT", "-j", fam.chain); err != nil {
 				return fmt.Errorf("remove jump to %s: %w", fam.chain, err)
 			}
+		}
+		if err := f.removeForward(fam); err != nil { // forward.go
+			return err
 		}
 		for _, c := range []string{fam.chain, fam.tripChain} {
 			if ok, _ := fam.ipt.ChainExists("filter", c); ok {

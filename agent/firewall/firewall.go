@@ -69,6 +69,10 @@ type Config struct {
 	Log        *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
+
+	// Forward is what forwarded traffic the chains also cover (forward.go): "dnat" (default,
+	// connections a local DNAT sent to a container), "all", or "off".
+	Forward string
 }
 
 // MaxTimeout is ipset's largest per-entry timeout (about 24.8 days). Longer bans are set to it and
@@ -135,6 +139,9 @@ func New(cfg Config) (*Firewall, error) {
 	}
 	if _, err := exec.LookPath("ipset"); err != nil {
 		return nil, fmt.Errorf("ipset not found: install the ipset package: %w", err)
+	}
+	if err := checkForward(cfg.Forward); err != nil {
+		return nil, err
 	}
 	mode, err := detectMode(cfg.Mode)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/controller/trigger"
 	"github.com/bansshee/bansshee/internal/cli"
@@ -277,7 +278,8 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 		Table: table, Prefix: envOr("BANSSHEE_QUEUE_PREFIX", "bansshee"), Signer: signer, Admin: admin,
 		Managed: envOr("BANSSHEE_MANAGED", "bansshee:managed=true"), AgentRoleID: os.Getenv("BANSSHEE_AGENT_ROLE_ID"), Log: log,
 		NoticeTopic: os.Getenv("BANSSHEE_NOTICE_TOPIC"), SNS: cli.NewPublisher(awsCfg), Repeat: repeat, HistoryRetention: retention,
-		FeedsApart: true}) // the feed schedule's own invocations (handle) refresh feeds
+		FeedsApart: true,                         // the feed schedule's own invocations (handle) refresh feeds
+		WAF:        wafv2.NewFromConfig(awsCfg)}) // edges: the scheduled reconcile removes expiries from WAF IP sets
 	if err != nil {
 		return nil, err
 	}

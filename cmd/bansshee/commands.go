@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/internal/cli"
 	"github.com/bansshee/bansshee/internal/flagconf"
@@ -93,7 +94,7 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.StringVar(&g.repeat, "repeat", "factor=2,max=7d,forget=30d", "repeat offenders: a trigger's n-th ban of an address within forget lasts its TTL x factor^(n-1), at most max")
 	pf.StringVar(&g.historyRetention, "history-retention", "90d", "how long history events are kept")
 	pf.StringVar(&g.noticeTopic, "notice-topic", "", "SNS topic ARN for ban notices (stack output NoticeTopicArn; empty: none)")
-	root.AddCommand(allowCmd(g), whyCmd(g), historyCmd(g), feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
+	root.AddCommand(allowCmd(g), whyCmd(g), historyCmd(g), feedCmd(g), edgeCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
 }
 
@@ -152,7 +153,8 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
 		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, MaxInstanceCoverage4: g.maxInstanceAddrs, MaxInstanceCoverage6: g.maxInstanceAddrs, FeedClient: feedClient, Log: cli.Logger(g.logLevel),
-		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg), Repeat: repeat, HistoryRetention: retention})
+		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg), Repeat: repeat, HistoryRetention: retention,
+		WAF: wafv2.NewFromConfig(cfg)})
 }
 
 func banCmd(g *globals) *cobra.Command {
@@ -421,12 +423,23 @@ func tagString(tags map[string]string) string {
 }
 
 func targetsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "targets SELECTOR", Short: "preview exactly which instances a selector reaches", Args: cobra.ExactArgs(1),
+	var exposure bool
+	var jails []string
+	c := &cobra.Command{Use: "targets SELECTOR [--exposure]", Short: "preview exactly which instances a selector reaches (and, with --exposure, what their security groups open)", Args: cobra.ExactArgs(1),
+		Long: `targets lists the managed, running instances a selector picks.
+
+With --exposure it also lists, per instance, the ports its security groups open to the whole
+internet (0.0.0.0/0 or ::/0, directly or through a managed prefix list that holds them), and flags
+rate limits on ports that no security group opens (they protect nothing), and ports open to the
+internet that a jail watches (--jails) without a rate limit.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
 			if err != nil {
 				return err
+			}
+			if exposure {
+				return printExposure(ctx, cmd.OutOrStdout(), c, args[0], jails)
 			}
 			ins, err := c.Targets(ctx, args[0])
 			if err != nil {
@@ -440,6 +453,32 @@ func targetsCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(w, "\n%d instances match %q\n", len(ins), args[0])
 			return w.Flush()
 		}}
+	c.Flags().BoolVar(&exposure, "exposure", false, "list the ports each instance's security groups open to the internet, and flag limits that miss")
+	c.Flags().StringSliceVar(&jails, "jails", []string{"sshd", "dovecot", "cyrus", "postfix-sasl"}, "jails whose daemons' ports should carry a rate limit when open to the internet")
+	return c
+}
+
+func printExposure(ctx context.Context, out io.Writer, c *controller.Controller, target string, jails []string) error {
+	exps, err := c.Exposure(ctx, target, jails)
+	if err != nil {
+		return err
+	}
+	flags := 0
+	for _, ex := range exps {
+		fmt.Fprintf(out, "%s  %s  %s\n", ex.Instance.ID, ex.Instance.PrivateIP, tagString(ex.Instance.Tags))
+		if len(ex.Open) == 0 {
+			fmt.Fprintln(out, "  open to the internet: nothing")
+		}
+		for _, o := range ex.Open {
+			fmt.Fprintf(out, "  open to the internet: %s\n", o)
+		}
+		for _, f := range ex.Flags {
+			fmt.Fprintf(out, "  ! %s\n", f)
+			flags++
+		}
+	}
+	fmt.Fprintf(out, "\n%d instances match %q; %d findings\n", len(exps), target, flags)
+	return nil
 }
 
 func limitCmd(g *globals) *cobra.Command {
