@@ -10,6 +10,7 @@ pairs=(
   /usr/sbin/sshd:openssh-server /usr/sbin/dovecot:dovecot-core /usr/lib/dovecot/imap-login:dovecot-imapd
   /usr/sbin/cyrmaster:cyrus-common /usr/lib/cyrus/bin/pop3d:cyrus-pop3d /usr/sbin/saslpasswd2:sasl2-bin
   /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules /usr/lib/postfix/sbin/master:postfix
+  dockerd:docker.io /bin/busybox:busybox-static nsenter:util-linux
 )
 need=()
 # dynalite (npm) is the second DynamoDB the ledger tests run against: node and npm from Debian.

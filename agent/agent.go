@@ -54,7 +54,10 @@ type Config struct {
 	AdminCIDRs  []netip.Prefix
 	// VPCCIDRs are the instance's VPC ranges (from IMDS): load balancers, NAT gateways and
 	// bastions live there, and a rate limit must not throttle every client behind them.
-	VPCCIDRs          []netip.Prefix
+	VPCCIDRs []netip.Prefix
+	// VPCSource reads the VPC CIDRs (IMDS) when VPCCIDRs is empty: at Restore and then every
+	// reconcile pass until it succeeds, so a first read that fails is not the last.
+	VPCSource         func(context.Context) ([]netip.Prefix, error)
 	StateDir          string
 	Table             string // ledger table for the heartbeat; empty: no heartbeat
 	ReconcileInterval time.Duration
@@ -83,6 +86,7 @@ type Agent struct {
 	allow       []netip.Prefix
 	queueURL    string
 	lastErr     string
+	kernelDirty bool // a kernel change failed: the next reconcile applies the whole state
 	escalations []proto.Escalation
 	healthy     time.Time // last successful receive
 	passes      int       // reconcile passes
@@ -364,7 +368,7 @@ func (a *Agent) handle(ctx context.Context, sm sqstypes.Message) bool {
 	}
 	if m.Dropped > 0 {
 		a.Metrics.Dropped.Add(float64(m.Dropped))
-		a.log.Warn("sync entries expired in transit; applied the rest", "id", m.ID, "dropped", m.Dropped)
+		a.log.Warn("sync entries dropped (expired in transit, or breaking a rule); applied the rest", "id", m.ID, "dropped", m.Dropped)
 	}
 	start := time.Now()
 	if err := a.apply(ctx, m); err != nil {
@@ -436,25 +440,30 @@ func (a *Agent) apply(ctx context.Context, m *proto.Message) error {
 			err = a.fw.Unban(ctx, ch.Removed)
 		}
 	}
-	if err == nil {
-		if ch.Full {
-			a.rebuilding = false
-		}
-		a.persist(m, ch.Full)
+	if err != nil {
+		// The kernel refused (a full set, an ipset error). The message is still taken into the
+		// state and the state file and then deleted; every reconcile pass retries the kernel from
+		// the state until it takes it. Returned to the queue, it and every good message behind it
+		// would come back until maxReceiveCount and go to the DLQ.
+		a.kernelDirty = true
+		a.lastErr = "kernel apply failed, retried every reconcile pass: " + err.Error()
+		a.Metrics.KernelErrors.Inc()
+		a.log.Error("kernel apply failed; the change is kept and retried every reconcile pass", "id", m.ID, "kind", m.Kind, "err", err)
 	}
+	if ch.Full {
+		a.rebuilding = false
+	}
+	a.persist(m, ch.Full)
 	if ch.Full && a.state.BanCount() > 10000 {
 		// A large sync briefly needs tens of MB (parts, JSON, ipset batches); give them back so
 		// an idle agent stays small.
 		debug.FreeOSMemory()
 	}
-	if err != nil {
-		if st, lerr := a.load(); lerr == nil && a.loadParts(st) == nil {
-			a.state = st
-		}
-		return err
-	}
 	if ch.Full && m.Part != nil {
 		a.removeParts(m.Part.Set)
+	}
+	for _, set := range a.state.ExpiredSets() {
+		a.removeParts(set)
 	}
 	a.setGauges()
 	return nil
@@ -535,9 +544,21 @@ func (a *Agent) noteSave(err error) {
 	}
 }
 
-// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs.
-// With the state, the ledger allowlist's entries in force are added. Callers hold a.mu.
+// allowlist is Allowlist with this agent's admin ranges and VPC CIDRs and, with the state, the
+// ledger allowlist's entries in force. VPC CIDRs not yet known are read again (VPCSource) until
+// they arrive. Callers hold a.mu.
 func (a *Agent) allowlist() []netip.Prefix {
+	if len(a.cfg.VPCCIDRs) == 0 && a.cfg.VPCSource != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		vpcs, err := a.cfg.VPCSource(ctx)
+		cancel()
+		if err != nil || len(vpcs) == 0 {
+			a.log.Warn("VPC CIDRs unknown: not allowlisted in the kernel yet; read again next reconcile pass", "err", err)
+		} else {
+			a.cfg.VPCCIDRs = vpcs
+			a.log.Info("VPC CIDRs allowlisted", "cidrs", vpcs)
+		}
+	}
 	extra := append(slices.Clone(a.cfg.AdminCIDRs), a.cfg.VPCCIDRs...)
 	if a.state != nil {
 		extra = append(extra, a.state.ActiveAllows(time.Now())...)
@@ -565,6 +586,9 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.state.Prune(time.Now())
+	for _, set := range a.state.ExpiredSets() {
+		a.removeParts(set)
+	}
 	a.allow = a.allowlist() // addresses can change (a new ENI)
 	if a.saveErr != nil {
 		a.save()
@@ -574,15 +598,22 @@ func (a *Agent) Reconcile(ctx context.Context) {
 	}
 	// Every tenth pass compares every set member; the others only count them (cheap with 100 000).
 	a.passes++
-	apply, full := a.fw.Quick, a.passes%10 == 1
+	apply, full := a.fw.Quick, a.passes%10 == 1 || a.kernelDirty
 	if full {
 		apply = a.fw.Apply
 	}
 	res, err := apply(ctx, a.desired())
 	if err != nil {
 		a.lastErr = err.Error()
+		if a.kernelDirty {
+			a.lastErr = "kernel apply failed, retried every reconcile pass: " + err.Error()
+		}
 		a.log.Error("reconcile failed", "err", err)
 		return
+	}
+	if a.kernelDirty {
+		a.kernelDirty, a.lastErr = false, ""
+		a.log.Info("the kernel took the changes it had refused")
 	}
 	for _, r := range res.Repairs {
 		a.Metrics.Repairs.WithLabelValues(r).Inc()
@@ -780,7 +811,7 @@ func (a *Agent) loadParts(st *State) error {
 			os.Remove(f)
 			continue
 		}
-		st.addPart(m)
+		st.addPart(m, info.ModTime())
 	}
 	return nil
 }

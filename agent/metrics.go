@@ -19,6 +19,7 @@ type Metrics struct {
 	AWSErrors    *prometheus.CounterVec
 	Dropped      prometheus.Counter
 	SaveErrors   prometheus.Counter
+	KernelErrors prometheus.Counter
 	StateCorrupt prometheus.Counter
 	Escalations  *prometheus.CounterVec
 }
@@ -44,13 +45,15 @@ func NewMetrics() *Metrics {
 			Help: "Sync entries left out because they expired in transit (the rest of the sync applied)."}),
 		SaveErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_agent_state_save_errors_total",
 			Help: "Failed writes of the state file (the kernel keeps the change; the write is retried every reconcile)."}),
+		KernelErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_agent_kernel_apply_errors_total",
+			Help: "Messages whose kernel change failed (kept in the state, retried every reconcile pass)."}),
 		StateCorrupt: prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_agent_state_corrupt_total",
 			Help: "Unreadable state files moved aside at start (the state is rebuilt from a sync)."}),
 		Escalations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_agent_escalations_total",
 			Help: "Sources that tripped an escalating limit, by outcome (reported, dropped over the cap)."}, []string{"outcome"}),
 	}
 	m.Registry.MustRegister(m.BansActive, m.AppliedRev, m.Refused, m.Applied, m.Rejected, m.ApplySeconds, m.LagSeconds, m.Repairs, m.AWSErrors,
-		m.Dropped, m.SaveErrors, m.StateCorrupt, m.Escalations, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.Dropped, m.SaveErrors, m.KernelErrors, m.StateCorrupt, m.Escalations, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"too_large", "unsigned", "bad_version", "unknown_key", "bad_signature", "malformed", "invalid", "stale", "misdirected"} {
 		m.Rejected.WithLabelValues(r)
 	}

@@ -37,6 +37,7 @@ type State struct {
 	// not 40 growing copies of them.
 	Pending      map[string][]*pendingPart
 	pendingMetas map[banMeta]*banMeta // reasons and sources of pending parts, interned
+	expired      []string             // pending sets dropped (superseded, expired) whose files remain
 
 	metas    map[banMeta]uint32 // interned reasons and sources: index into metaList
 	metaList []banMeta          // [0] is the empty one
@@ -217,11 +218,12 @@ func (s *State) Apply(m *proto.Message, now time.Time) Change {
 			c.Allows = true
 		}
 	case proto.KindSync:
-		parts, done := s.addPart(m)
+		parts, done := s.addPart(m, now)
 		if !done {
 			break
 		}
 		s.replace(parts, m.Rev)
+		s.supersede(m.Rev)
 		c.Full = true
 	}
 	if m.Kind != proto.KindSync || c.Full {
@@ -249,6 +251,7 @@ func (s *State) bury(t proto.Tombstone, now time.Time) {
 type pendingPart struct {
 	index, count int
 	rev          int64
+	arrived      time.Time // when this part was received (a set expires PendingTTL after its first)
 	bans         []pendingBan
 	limits       []proto.Limit
 }
@@ -286,7 +289,7 @@ func (s *State) compactPart(m *proto.Message) *pendingPart {
 
 // addPart keeps one part of a sync (from the queue, or from its file after a restart) and, when it
 // completes its set, returns every part in order.
-func (s *State) addPart(m *proto.Message) ([]*pendingPart, bool) {
+func (s *State) addPart(m *proto.Message, arrived time.Time) ([]*pendingPart, bool) {
 	if m.Part == nil || m.Part.Count == 1 {
 		return []*pendingPart{s.compactPart(m)}, true
 	}
@@ -296,7 +299,9 @@ func (s *State) addPart(m *proto.Message) ([]*pendingPart, bool) {
 			return nil, false // a duplicate part
 		}
 	}
-	parts = append(parts, s.compactPart(m))
+	pp := s.compactPart(m)
+	pp.arrived = arrived
+	parts = append(parts, pp)
 	if len(parts) < m.Part.Count {
 		s.Pending[m.Part.Set] = parts
 		return nil, false
@@ -309,8 +314,37 @@ func (s *State) addPart(m *proto.Message) ([]*pendingPart, bool) {
 	return parts, true
 }
 
+// PendingTTL is how long the parts of an incomplete sync are kept: a set with a part that never
+// comes (refused, sent to the DLQ) would otherwise stay in memory and on disk for ever. The
+// reconciler sends a new sync to an agent whose digest still differs.
+const PendingTTL = time.Hour
+
+// supersede forgets the pending sets older than a sync that completed at rev: they can only carry
+// an older view.
+func (s *State) supersede(rev int64) {
+	for set, parts := range s.Pending {
+		if len(parts) > 0 && parts[0].rev <= rev {
+			delete(s.Pending, set)
+			s.expired = append(s.expired, set)
+		}
+	}
+	if len(s.Pending) == 0 {
+		s.pendingMetas = nil
+	}
+}
+
+// ExpiredSets returns, and forgets, the ids of the pending sets dropped since the last call, so
+// that the agent removes their files.
+func (s *State) ExpiredSets() []string {
+	out := s.expired
+	s.expired = nil
+	return out
+}
+
 // replace makes the state the ledger's view at sync revision rev, keeping what is newer than rev
-// (it arrived after the sync was computed) and honouring newer tombstones.
+// (it arrived after the sync was computed) and honouring tombstones newer than rev. A tombstone at
+// or below rev is already reflected in the sync (the ledger holds the unban, or a ban written
+// since that still applies): it is dropped, so that it cannot keep out an entry the ledger holds.
 func (s *State) replace(parts []*pendingPart, rev int64) {
 	n := 0
 	for _, pp := range parts {
@@ -328,8 +362,12 @@ func (s *State) replace(parts []*pendingPart, rev int64) {
 	for _, pp := range parts {
 		for _, b := range pp.bans {
 			if len(s.Tombstones) > 0 {
-				if t, dead := s.Tombstones[proto.BanID(b.p)]; dead && t.Rev >= b.rev {
-					continue
+				id := proto.BanID(b.p)
+				if t, dead := s.Tombstones[id]; dead {
+					if t.Rev > rev {
+						continue
+					}
+					delete(s.Tombstones, id)
 				}
 			}
 			if have, ok := s.bans.get(b.p); ok && have.rev >= b.rev {
@@ -353,8 +391,11 @@ func (s *State) replace(parts []*pendingPart, rev int64) {
 		}
 	}
 	for _, l := range limitsIn {
-		if t, dead := s.Tombstones[l.ID]; dead && t.Rev >= l.Rev {
-			continue
+		if t, dead := s.Tombstones[l.ID]; dead {
+			if t.Rev > rev {
+				continue
+			}
+			delete(s.Tombstones, l.ID)
 		}
 		limits[l.ID] = l
 	}
@@ -384,6 +425,15 @@ func (s *State) Prune(now time.Time) {
 		if !t.ExpiresAt.After(now) {
 			delete(s.Tombstones, id)
 		}
+	}
+	for set, parts := range s.Pending {
+		if len(parts) > 0 && now.Sub(parts[0].arrived) > PendingTTL {
+			delete(s.Pending, set)
+			s.expired = append(s.expired, set)
+		}
+	}
+	if len(s.Pending) == 0 {
+		s.pendingMetas = nil
 	}
 }
 

@@ -139,6 +139,73 @@ func TestAllowlistHoldsNeverBan(t *testing.T) {
 	}
 }
 
+// A sync is the ledger's view at its revision: a tombstone at or below that revision is already
+// reflected in it (issue 22, finding 6). An unban of an address a feed also lists left a
+// tombstone newer than the feed entry, and every later sync skipped the entry.
+func TestSyncIsAuthoritativeOverOlderTombstones(t *testing.T) {
+	s := NewState()
+	// The feed entry was added at revision 5 and reached the agent in a sync.
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 6, Bans: []proto.Ban{ban("a", 5)}}, t0)
+	// An operator unbans the address at revision 7: the operator's ban goes, the feed still lists it.
+	s.Apply(&proto.Message{Kind: proto.KindUnban, Rev: 7, Unbans: []proto.Tombstone{{ID: id("a"), Rev: 7, ExpiresAt: t0.Add(7 * 24 * time.Hour)}}}, t0)
+	if s.BanCount() != 0 {
+		t.Fatalf("unban left %v", s.Bans())
+	}
+	// The reconciler's next sync (revision 8) still holds the feed's entry at revision 5.
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 8, Bans: []proto.Ban{ban("a", 5), ban("b", 2)}}, t0)
+	if _, ok := s.Ban(names["a"]); !ok || s.BanCount() != 2 {
+		t.Fatalf("sync at 8 skipped the feed entry because of the tombstone at 7: %v", s.Bans())
+	}
+	if s.Digest() != proto.DigestV2([]proto.Ban{ban("a", 5), ban("b", 2)}, nil) {
+		t.Fatal("digest differs from the sync's: the reconciler would sync again every pass")
+	}
+	// A tombstone newer than the sync still wins (the unban arrived after the sync was computed).
+	s.Apply(&proto.Message{Kind: proto.KindUnban, Rev: 12, Unbans: []proto.Tombstone{{ID: id("b"), Rev: 12}}}, t0)
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 10, Bans: []proto.Ban{ban("a", 5), ban("b", 2)}}, t0)
+	if _, ok := s.Ban(names["b"]); ok {
+		t.Fatal("a sync at 10 resurrected a ban unbanned at 12")
+	}
+}
+
+// The race of finding 6: an unban's tombstone (revision 20) reached the agent, but a ban for
+// another target that also covers this instance was written while TombstoneBans ran, and the
+// ledger keeps it (revision 19). The next sync carries it and must restore it.
+func TestSyncRestoresABanTheUnbanRaceLeft(t *testing.T) {
+	s := NewState()
+	s.Apply(&proto.Message{Kind: proto.KindBan, Rev: 19, Bans: []proto.Ban{ban("x", 19)}}, t0)
+	s.Apply(&proto.Message{Kind: proto.KindUnban, Rev: 20, Unbans: []proto.Tombstone{{ID: id("x"), Rev: 20}}}, t0)
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 21, Bans: []proto.Ban{ban("x", 19)}}, t0)
+	if _, ok := s.Ban(names["x"]); !ok {
+		t.Fatal("the ledger's ban at 19 was not restored by the sync at 21")
+	}
+}
+
+// Parts of a sync that never completes (one part went to the DLQ, or the reconciler sent a newer
+// sync) are forgotten: a newer sync's completion drops older sets, and a set is dropped an hour
+// after its first part arrived (issue 22, finding 4).
+func TestPendingPartsExpire(t *testing.T) {
+	s := NewState()
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 4, Bans: []proto.Ban{ban("a", 1)}, Part: &proto.Part{Set: "old", Index: 1, Count: 9}}, t0)
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 5, Bans: []proto.Ban{ban("b", 1)}, Part: &proto.Part{Set: "stuck", Index: 1, Count: 3}}, t0)
+	if len(s.Pending) != 2 {
+		t.Fatalf("pending %d sets, want 2", len(s.Pending))
+	}
+	// A complete sync at 6 supersedes both.
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 6, Bans: []proto.Ban{ban("x", 1)}}, t0)
+	if gone := s.ExpiredSets(); len(s.Pending) != 0 || len(gone) != 2 {
+		t.Fatalf("a complete sync at 6 left %d older pending sets (files to remove: %v)", len(s.Pending), gone)
+	}
+	s.Apply(&proto.Message{Kind: proto.KindSync, Rev: 9, Bans: []proto.Ban{ban("a", 1)}, Part: &proto.Part{Set: "late", Index: 1, Count: 2}}, t0)
+	s.Prune(t0.Add(59 * time.Minute))
+	if len(s.Pending) != 1 {
+		t.Fatal("a pending set was dropped before its hour")
+	}
+	s.Prune(t0.Add(61 * time.Minute))
+	if gone := s.ExpiredSets(); len(s.Pending) != 0 || !slices.Equal(gone, []string{"late"}) {
+		t.Fatalf("a pending set outlived its hour: %v", s.Pending)
+	}
+}
+
 // An allow message replaces the allowlist when newer, survives the state file, and its expired
 // entries leave the allow set; a sync does not touch it and the digest does not cover it.
 func TestAllowlistInState(t *testing.T) {

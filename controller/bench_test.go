@@ -35,7 +35,7 @@ func BenchmarkFanout(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := New(Config{EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer, Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee"), Concurrency: 128})
+	c, err := New(Config{AgentRoleID: TestAgentRoleID, EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer, Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee"), Concurrency: 128})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/proto"
 	"github.com/oklog/ulid/v2"
 	"golang.org/x/sync/errgroup"
@@ -43,10 +45,23 @@ type Config struct {
 	LagGrace           time.Duration // how long an agent may lag before it gets a sync (default 30 s)
 	SilentAfter        time.Duration // an agent whose heartbeat is older gets no syncs (default 10 min: agents keep alive every 4)
 	VisibilityTimeout  int
-	// AgentRoleID: see Queues.AgentRoleID.
+	// AgentRoleID: see Queues.AgentRoleID. Empty: the id recorded in the ledger.
 	AgentRoleID string
+	// PolicyCheck: how often each queue's live policy is compared with the one it should have
+	// (default PolicyCheckEvery); a changed agent role id is acted on in the next pass.
+	PolicyCheck time.Duration
 	// FeedClient fetches feeds (default: an http.Client with a one-minute timeout).
 	FeedClient *http.Client
+	// MaxInstanceCoverage4 and 6: what the bans and feeds one instance holds may cover together,
+	// in IPv4 addresses and IPv6 /64s (0: DefaultInstanceMaxCoverage). A feed version that would
+	// pass it is held.
+	MaxInstanceCoverage4, MaxInstanceCoverage6 uint64
+	// MaxInstanceEntries: the most bans (per address family) one instance's desired state may
+	// hold (0: DefaultMaxInstanceEntries, what an agent's set holds).
+	MaxInstanceEntries int
+	// FeedsApart: reconcile passes do not refresh feeds; they run in an invocation of their own
+	// (the Lambda's feed schedule, the feed loop of Serve), so a bad feed cannot stop a pass.
+	FeedsApart bool
 	// FeedAllowHTTP lets feeds use plain http:// URLs (tests; a mirror inside the VPC).
 	FeedAllowHTTP bool
 	// PolicyCache is how long the allow entries and holds are cached between bans (default 10 s;
@@ -63,6 +78,11 @@ type Config struct {
 	SNS         Publisher
 	Log         *slog.Logger
 	Now         func() time.Time
+
+	// WAF keeps edges' IP sets (edge.go); nil: no edges. WAFWriteInterval spaces the calls of
+	// each WAF write action (default 1 s, the documented rate).
+	WAF              *wafv2.Client
+	WAFWriteInterval time.Duration
 }
 
 // Controller is the control plane library.
@@ -82,9 +102,13 @@ type Controller struct {
 	vpcMu      sync.Mutex
 	vpcs       []netip.Prefix // VPCCIDRs' cache
 	vpcAt      time.Time
+	fleetMu    sync.Mutex
+	fleetPub   fleetAddrs // FleetAddresses' cache
+	fleetAt    time.Time
 	recordRole sync.Once
 	policy     policyCache
 	simulated  atomic.Int64 // simulate-mode bans recorded
+	pacer      wafPacer     // edge.go
 }
 
 // New builds a controller. It makes no AWS call.
@@ -113,6 +137,9 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.LagGrace == 0 {
 		cfg.LagGrace = 30 * time.Second
 	}
+	if cfg.PolicyCheck == 0 {
+		cfg.PolicyCheck = PolicyCheckEvery
+	}
 	if cfg.SilentAfter == 0 {
 		cfg.SilentAfter = 10 * time.Minute
 	}
@@ -133,9 +160,9 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("managed selector: %w", err)
 	}
-	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed,
-		Ledger: &Ledger{DDB: cfg.DDB, Table: cfg.Table, AgentRoleID: cfg.AgentRoleID},
-		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout, AgentRoleID: cfg.AgentRoleID}}, nil
+	l := &Ledger{DDB: cfg.DDB, Table: cfg.Table, AgentRoleID: cfg.AgentRoleID}
+	return &Controller{Config: cfg, EC2: cfg.EC2, managed: managed, Ledger: l,
+		Queues: &Queues{SQS: cfg.SQS, Prefix: cfg.Prefix, VisibilityTimeout: cfg.VisibilityTimeout, AgentRoleID: cfg.AgentRoleID, RoleID: l.agentRoleID}}, nil
 }
 
 // BanRequest asks for bans.
@@ -146,6 +173,9 @@ type BanRequest struct {
 	Reason string
 	Source string
 	Force  bool // allow prefixes broader than the soft minimum, and CIDRs an unban holds
+	// Operator: a person typed the reason (the CLI). Text over proto.MaxTextBytes is refused;
+	// otherwise (an alarm's query, a long alarm name) it is truncated.
+	Operator bool
 	// Who asked: the operator's identity (STS), the jail, the feed or the limit (history).
 	Who string
 	// Trigger names the trigger when one made the request (a jail, an alarm, GuardDuty, an
@@ -239,8 +269,13 @@ func (c *Controller) FilterCIDRs(ctx context.Context, cidrs []string) ([]netip.P
 }
 
 func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]netip.Prefix, map[string]error, error) {
-	allow, err := c.Allowlist(ctx)
-	if err != nil {
+	// Both are cached for a minute; a cold controller (the CLI) reads them at once.
+	var allow []netip.Prefix
+	var pub fleetAddrs
+	var g errgroup.Group
+	g.Go(func() (err error) { allow, err = c.Allowlist(ctx); return err })
+	g.Go(func() (err error) { pub, err = c.FleetAddresses(ctx); return err })
+	if err := g.Wait(); err != nil {
 		return nil, nil, err
 	}
 	allows, holds, err := c.policies(ctx)
@@ -271,6 +306,9 @@ func (c *Controller) filter(ctx context.Context, cidrs []string, force bool) ([]
 				}
 			}
 		}
+		if a, ok := pub.covered(p); err == nil && ok {
+			err = fmt.Errorf("%s covers %s, a public address of the fleet (an instance, an Elastic IP or a NAT gateway)", p, a)
+		}
 		if err == nil {
 			err = policyRefusal(p, allows, holds, force)
 		}
@@ -293,6 +331,14 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	if req.TTL < 0 || req.TTL > c.Limits.MaxTTL {
 		return nil, fmt.Errorf("%w: ttl %s is not between 0 (permanent) and %s", ErrRefused, req.TTL, c.Limits.MaxTTL)
 	}
+	if req.Operator {
+		for field, v := range map[string]string{"reason": req.Reason, "source": req.Source} {
+			if len(v) > proto.MaxTextBytes {
+				return nil, fmt.Errorf("%w: %s: %d bytes is over the limit of %d", ErrRefused, field, len(v), proto.MaxTextBytes)
+			}
+		}
+	}
+	req.Reason, req.Source = proto.TruncateText(req.Reason, proto.MaxTextBytes), proto.TruncateText(req.Source, proto.MaxTextBytes)
 	prefixes, err := c.CheckCIDRs(ctx, req.CIDRs, req.Force)
 	if err != nil {
 		return nil, err
@@ -355,6 +401,7 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	c.Log.Info("ban", "rev", rev, "cidrs", len(wire), "target", sel.String(), "reason", req.Reason, "source", req.Source, "who", req.Who)
 	wait := c.recordAsync(ctx, events...)
 	err = c.fanoutTo(ctx, disc, []*Selector{sel}, &proto.Message{Kind: proto.KindBan, Rev: rev, Bans: wire}, res)
+	c.edgeAfterBan(ctx, sel, wire) // edge.go: WAF IP sets whose edge the target covers
 	c.notify(ctx, "ban", res)
 	wait()
 	return res, err
@@ -513,17 +560,32 @@ func (d *discovery) each(ctx context.Context, fn func([]Instance)) error {
 func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selector, m *proto.Message, res *Result) error {
 	m.ID = ulid.Make().String()
 	m.IssuedAt = c.Now().UTC()
-	encode, err := c.Signer.Addressed(*m)
-	if err != nil {
-		return fmt.Errorf("%w: ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", ErrUndelivered, m.Rev, err)
+	parts := splitBody(*m)
+	type part struct {
+		id     string
+		encode func(string) ([]byte, map[string]string, error)
+	}
+	encoders := make([]part, len(parts))
+	for i, pm := range parts {
+		encode, err := c.Signer.Addressed(pm)
+		if err != nil {
+			return fmt.Errorf("%w: ledger written at rev %d, but the message cannot be encoded (the reconciler will deliver): %w", ErrUndelivered, m.Rev, err)
+		}
+		encoders[i] = part{pm.ID, encode}
 	}
 	pool := c.newSendPool(ctx, func(ctx context.Context, id, url string) error {
 		// Signed per instance: the body names its instance, so it cannot be replayed elsewhere.
-		body, attrs, err := encode(id)
-		if err != nil {
-			return err
+		// Parts go out in order, in the queue's one FIFO group.
+		for _, p := range encoders {
+			body, attrs, err := p.encode(id)
+			if err != nil {
+				return err
+			}
+			if err := SendRaw(ctx, c.Queues.SQS, url, p.id, body, attrs); err != nil {
+				return err
+			}
 		}
-		return SendRaw(ctx, c.Queues.SQS, url, m.ID, body, attrs)
+		return nil
 	})
 	// Sends start with discovery's first page, not after its last.
 	derr := d.each(ctx, func(page []Instance) {
@@ -548,6 +610,58 @@ func (c *Controller) fanoutTo(ctx context.Context, d *discovery, sels []*Selecto
 		return fmt.Errorf("%w: ledger written at rev %d, but discovery failed after %d instances (the reconciler will deliver to the rest): %w", ErrUndelivered, m.Rev, len(res.Instances), derr)
 	}
 	return nil
+}
+
+// splitBody splits a ban or unban message whose body would pass SQS's limit (thousands of
+// addresses, or long reasons) into messages of the same revision that each fit; m itself when it
+// fits. Syncs are split by proto.SplitSync; limits are few.
+func splitBody(m proto.Message) []proto.Message {
+	const budget = proto.MaxBodyBytes - proto.AttributeHeadroom - 1024 // the envelope: id, kind, to, issued_at, rev
+	size := func(v any) int { b, _ := json.Marshal(v); return len(b) + 1 }
+	var out []proto.Message
+	emit := func(bans []proto.Ban, unbans []proto.Tombstone) {
+		pm := m
+		pm.Bans, pm.Unbans = bans, unbans
+		if len(out) > 0 {
+			pm.ID = ulid.Make().String()
+		}
+		out = append(out, pm)
+	}
+	total := 0
+	for _, b := range m.Bans {
+		total += size(b)
+	}
+	for _, u := range m.Unbans {
+		total += size(u)
+	}
+	if total <= budget && len(m.Bans)+len(m.Unbans) <= proto.DefaultLimits().MaxEntries {
+		return []proto.Message{m}
+	}
+	for start, n, i := 0, 0, 0; i <= len(m.Bans); i++ {
+		if i == len(m.Bans) || n+size(m.Bans[i]) > budget {
+			if i > start {
+				emit(m.Bans[start:i], nil)
+			}
+			if i == len(m.Bans) {
+				break
+			}
+			start, n = i, 0
+		}
+		n += size(m.Bans[i])
+	}
+	for start, n, i := 0, 0, 0; i <= len(m.Unbans); i++ {
+		if i == len(m.Unbans) || n+size(m.Unbans[i]) > budget {
+			if i > start {
+				emit(nil, m.Unbans[start:i])
+			}
+			if i == len(m.Unbans) {
+				break
+			}
+			start, n = i, 0
+		}
+		n += size(m.Unbans[i])
+	}
+	return out
 }
 
 func (c *Controller) sendAll(ctx context.Context, targets []Instance, send func(ctx context.Context, id, url string) error) []Delivery {

@@ -20,6 +20,9 @@ import (
 	"github.com/bansshee/bansshee/proto"
 )
 
+// TestAgentRoleID is the agent role id the test ledgers record.
+const TestAgentRoleID = "AROATESTAGENTROLE"
+
 type env struct {
 	c       *Controller
 	clients awstest.Clients
@@ -51,6 +54,10 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	if err := c.Ledger.CreateTable(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// As the stack's Lambda does: queues are created only with the agent role's id.
+	if err := c.Ledger.RecordAgentRoleID(t.Context(), TestAgentRoleID); err != nil {
 		t.Fatal(err)
 	}
 	te.c = c
@@ -376,7 +383,11 @@ func TestFanoutStreamsDiscoveryAndSurvivesItsFailure(t *testing.T) {
 			ids = append(ids, aws.ToString(in.InstanceId))
 		}
 	}
-	// Discovery pages by 1 000: the first page is answered, the second never is.
+	// The fleet's public addresses are read first (and cached); then discovery pages by 1 000:
+	// the first page is answered, the second never is.
+	if _, err := e.c.FleetAddresses(ctx); err != nil {
+		t.Fatal(err)
+	}
 	e.aws.FailAfter("ec2:DescribeInstances", 1)
 	res, err := e.c.Ban(ctx, BanRequest{CIDRs: []string{"203.0.113.9"}, Target: "Role=mail", TTL: time.Hour, Reason: "test"})
 	if err == nil || !strings.Contains(err.Error(), "discovery failed after 1000 instances") {

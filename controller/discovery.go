@@ -17,6 +17,7 @@ type Instance struct {
 	ID        string
 	Tags      map[string]string
 	PrivateIP string
+	Groups    []string // security group ids (exposure.go)
 }
 
 // Discover lists running managed instances matching sel: the positive terms and the managed tag go
@@ -54,7 +55,11 @@ func (c *Controller) discoverPages(ctx context.Context, sel *Selector, each func
 				if !c.managed.Match(tags) || !sel.MatchInstance(aws.ToString(in.InstanceId), tags) {
 					continue
 				}
-				out = append(out, Instance{ID: aws.ToString(in.InstanceId), Tags: tags, PrivateIP: aws.ToString(in.PrivateIpAddress)})
+				var groups []string
+				for _, g := range in.SecurityGroups {
+					groups = append(groups, aws.ToString(g.GroupId))
+				}
+				out = append(out, Instance{ID: aws.ToString(in.InstanceId), Tags: tags, PrivateIP: aws.ToString(in.PrivateIpAddress), Groups: groups})
 			}
 		}
 		if len(out) > 0 {

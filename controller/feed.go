@@ -18,6 +18,7 @@ package controller
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -53,6 +54,19 @@ const (
 	// feedChunkBytes bounds one stored chunk (DynamoDB items are limited to 400 KB).
 	feedChunkBytes = 300 << 10
 )
+
+// DefaultFeedMaxCoverage is what one feed may cover by default: 2^24 IPv4 addresses (a /8's
+// worth) and as many IPv6 /64s (a /40's worth). The review found a list of every public /16 (86 %
+// of IPv4) kept whole, since entries were screened one by one.
+const DefaultFeedMaxCoverage = 1 << 24
+
+// DefaultInstanceMaxCoverage is what the bans and feeds an instance holds may cover together by
+// default: 2^26 IPv4 addresses (four /8s) and as many IPv6 /64s.
+const DefaultInstanceMaxCoverage = 1 << 26
+
+// feedGrowthFloor: a version covering no more than this is not held for growing (a list of ten
+// addresses that becomes fifty is no event).
+const feedGrowthFloor = 1 << 16
 
 // FeedMaxEntries is the most entries a version may have: agents' ban sets hold 1 048 576, and
 // operators' bans and other feeds need room too. A larger version is held. (A variable for tests.)
@@ -91,7 +105,13 @@ type FeedItem struct {
 	Error    string    `dynamodbav:"error,omitempty"`   // last failure; empty after a good fetch
 	Failures int       `dynamodbav:"failures,omitempty"`
 	Held     string    `dynamodbav:"held,omitempty"` // why the last fetched version was not applied
-	Report   string    `dynamodbav:"report,omitempty"`
+	// Cover4 and Cover6: the applied version's coverage (IPv4 addresses, IPv6 /64s).
+	Cover4 uint64 `dynamodbav:"cover4,omitempty"`
+	Cover6 uint64 `dynamodbav:"cover6,omitempty"`
+	// MaxCover4 and MaxCover6: the most a version may cover (0: DefaultFeedMaxCoverage).
+	MaxCover4 uint64 `dynamodbav:"max_cover4,omitempty"`
+	MaxCover6 uint64 `dynamodbav:"max_cover6,omitempty"`
+	Report    string `dynamodbav:"report,omitempty"`
 
 	Rev       int64     `dynamodbav:"rev"` // last change agents must see (a version, a removal)
 	Deleted   bool      `dynamodbav:"deleted"`
@@ -135,6 +155,9 @@ type FeedSpec struct {
 	Refresh, TTL              time.Duration
 	MaxBytes                  int64
 	DropVPCOverlap, Force     bool
+	// MaxCoverage4 and MaxCoverage6: the most a version may cover, in IPv4 addresses and IPv6
+	// /64s (0: DefaultFeedMaxCoverage).
+	MaxCoverage4, MaxCoverage6 uint64
 	// Mode is "" (enforce) or FeedSimulate: the feed is fetched and its new entries recorded
 	// (history, why, a metric), and nothing is banned.
 	Mode string
@@ -194,6 +217,7 @@ func (c *Controller) AddFeed(ctx context.Context, spec FeedSpec) (FeedItem, erro
 	}
 	f.URL, f.Target, f.Format = spec.URL, sel.String(), spec.Format
 	f.Refresh, f.TTL, f.MaxBytes, f.DropVPCOverlap, f.Force = int64(spec.Refresh/time.Second), int64(spec.TTL/time.Second), spec.MaxBytes, spec.DropVPCOverlap, spec.Force
+	f.MaxCover4, f.MaxCover6 = spec.MaxCoverage4, spec.MaxCoverage6
 	if found && old.Mode != spec.Mode && f.Version > 0 && f.Rev == old.Rev {
 		// Entering or leaving simulate mode changes what the target's agents hold.
 		if f.Rev, err = c.Ledger.NextRev(ctx); err != nil {
@@ -422,6 +446,7 @@ func (c *Controller) loadFeed(ctx context.Context, f FeedItem) ([]feedEntry, err
 type FeedOptions struct {
 	Force        bool // fetch even if not due, without If-None-Match / If-Modified-Since
 	AcceptShrink bool // apply a version that shrank by more than half
+	AcceptGrowth bool // apply a version whose coverage grew more than fourfold
 }
 
 // FeedReport says what one refresh of one feed did.
@@ -516,11 +541,32 @@ func (c *Controller) SyncFeed(ctx context.Context, name string, opts FeedOptions
 	return c.refreshFeed(ctx, f, opts)
 }
 
-// feedFetch is one HTTP fetch.
+// feedFetch is one HTTP fetch, its body parsed as it arrived.
 type feedFetch struct {
-	body               []byte
+	parsed             ParsedFeed
 	notModified        bool
 	etag, lastModified string
+}
+
+// capReader fails a read past max bytes.
+type capReader struct {
+	r   io.Reader
+	n   int64
+	max int64
+}
+
+var errOverCap = errors.New("over the cap")
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n > c.max {
+		return 0, errOverCap
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.n > c.max {
+		return n, errOverCap
+	}
+	return n, err
 }
 
 func (c *Controller) fetchFeed(ctx context.Context, f FeedItem, conditional bool) (feedFetch, error) {
@@ -567,15 +613,18 @@ func (c *Controller) fetchFeed(ctx context.Context, f FeedItem, conditional bool
 	case resp.ContentLength > f.MaxBytes:
 		return out, fmt.Errorf("fetch: the body is %d bytes, over the feed's cap of %d (--max-bytes)", resp.ContentLength, f.MaxBytes)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, f.MaxBytes+1))
-	if err != nil {
-		return out, fmt.Errorf("fetch: body cut short after %d bytes: %w", len(body), err)
-	}
-	if int64(len(body)) > f.MaxBytes {
+	// Parsed as it arrives: what is kept is the entries, at most FeedMaxEntries of them.
+	cr := &capReader{r: resp.Body, max: f.MaxBytes}
+	out.parsed, err = ParseFeedStream(cr, f.Format, FeedMaxEntries)
+	switch {
+	case errors.Is(err, errOverCap):
 		return out, fmt.Errorf("fetch: the body is over the feed's cap of %d bytes (--max-bytes)", f.MaxBytes)
+	case errors.Is(err, ErrFeedTooLarge):
+		return out, err
+	case err != nil && strings.HasPrefix(err.Error(), "read:"):
+		return out, fmt.Errorf("fetch: body cut short after %d bytes: %w", cr.n, err)
 	}
-	out.body = body
-	return out, nil
+	return out, err
 }
 
 // refreshFeed fetches one feed and applies what it may.
@@ -596,7 +645,19 @@ func (c *Controller) refreshFeed(ctx context.Context, f FeedItem, opts FeedOptio
 		}
 		return rep, nil
 	}
+	// Checked is written before the fetch: a refresh that kills the process (a huge body, a
+	// timeout of the whole invocation) leaves the feed not due until its next refresh.
+	f.Checked, f.Updated = now, now
+	if err := c.Ledger.putFeed(ctx, f, f.Version, true); err != nil {
+		return rep, err
+	}
 	ft, err := c.fetchFeed(ctx, f, !opts.Force)
+	if errors.Is(err, ErrFeedTooLarge) {
+		rep.Fetched, rep.Held = true, fmt.Sprintf("%v; agents' sets hold 1 048 576 in all", err)
+		f.Held, f.Error = rep.Held, ""
+		c.Log.Warn("feed version held", "feed", f.SK, "why", rep.Held)
+		return rep, c.Ledger.putFeed(ctx, f, f.Version, true)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -616,10 +677,7 @@ func (c *Controller) refreshFeed(ctx context.Context, f FeedItem, opts FeedOptio
 		return rep, c.Ledger.putFeed(ctx, f, f.Version, true)
 	}
 	rep.Fetched = true
-	parsed, err := ParseFeed(ft.body, f.Format)
-	if err != nil {
-		return fail(err)
-	}
+	parsed := ft.parsed
 	rep.Invalid = parsed.Invalid
 	kept, held, err := c.screenFeed(ctx, f, parsed.Prefixes, &rep)
 	if err != nil {
@@ -631,6 +689,13 @@ func (c *Controller) refreshFeed(ctx context.Context, f FeedItem, opts FeedOptio
 	if held == "" && f.Entries > 0 && len(kept) < f.Entries/2 && !opts.AcceptShrink {
 		held = fmt.Sprintf("the list shrank from %d to %d entries, by more than half (a truncated or emptied download?); apply it with 'bansshee feed sync %s --accept-shrink'",
 			f.Entries, len(kept), f.SK)
+	}
+	cover := CoverageOf(kept)
+	if held == "" {
+		held, err = c.checkReach(ctx, f, old, cover, opts)
+		if err != nil {
+			return rep, err
+		}
 	}
 	f.Checked, f.Updated = now, now
 	f.Report = feedReportText(parsed, rep.Dropped)
@@ -689,6 +754,11 @@ func (c *Controller) commitFeed(ctx context.Context, f FeedItem, old, next []fee
 			return *rep, err
 		}
 		f.Version, f.Chunks, f.Entries = rev, chunks, len(next)
+		var cover Coverage
+		for _, e := range next {
+			cover = cover.Add(e.p)
+		}
+		f.Cover4, f.Cover6 = cover.V4, cover.V6
 	}
 	if f.GoodUntil-now.Unix() < f.TTL/2 {
 		f.GoodUntil = now.Unix() + f.TTL
@@ -773,6 +843,60 @@ func (c *Controller) sendFeedDiff(ctx context.Context, f FeedItem, sel *Selector
 	return nil
 }
 
+// checkReach holds a version that covers more than the feed's cap, whose coverage grew more than
+// fourfold (the mirror of the shrink guard), or that would take the feeds and bans together past
+// what one instance may hold. That last sum is over every feed and ban whatever their targets: an
+// upper bound of what any one instance holds.
+func (c *Controller) checkReach(ctx context.Context, f FeedItem, old []feedEntry, cover Coverage, opts FeedOptions) (string, error) {
+	cap4, cap6 := cmp.Or(f.MaxCover4, DefaultFeedMaxCoverage), cmp.Or(f.MaxCover6, DefaultFeedMaxCoverage)
+	if cover.V4 > cap4 {
+		return fmt.Sprintf("the list covers %d IPv4 addresses, more than the feed's cap of %d (feed add --max-addresses)", cover.V4, cap4), nil
+	}
+	if cover.V6 > cap6 {
+		return fmt.Sprintf("the list covers %d IPv6 /64s, more than the feed's cap of %d (feed add --max-v6-64s)", cover.V6, cap6), nil
+	}
+	var was Coverage
+	for _, e := range old {
+		was = was.Add(e.p)
+	}
+	if !opts.AcceptGrowth && f.Version > 0 {
+		for _, g := range []struct {
+			what     string
+			was, now uint64
+		}{{"IPv4 addresses", was.V4, cover.V4}, {"IPv6 /64s", was.V6, cover.V6}} {
+			if g.now > feedGrowthFloor && g.now > 4*g.was {
+				return fmt.Sprintf("the list's coverage grew from %d to %d %s, more than fourfold (a wrong or hijacked list?); apply it with 'bansshee feed sync %s --accept-growth'",
+					g.was, g.now, g.what, f.SK), nil
+			}
+		}
+	}
+	// Everything else an instance may hold: the other feeds' applied versions and the bans.
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return "", err
+	}
+	now := c.Now()
+	total := cover
+	for _, o := range view.feeds {
+		if o.SK != f.SK && o.Active(now) {
+			total = total.Plus(Coverage{o.Cover4, o.Cover6})
+		}
+	}
+	for _, b := range view.bans {
+		if b.Active(now) {
+			if p, err := netip.ParsePrefix(b.CIDR); err == nil {
+				total = total.Add(p)
+			}
+		}
+	}
+	max4, max6 := cmp.Or(c.MaxInstanceCoverage4, DefaultInstanceMaxCoverage), cmp.Or(c.MaxInstanceCoverage6, DefaultInstanceMaxCoverage)
+	if total.V4 > max4 || total.V6 > max6 {
+		return fmt.Sprintf("with the other feeds and bans it makes %d IPv4 addresses and %d IPv6 /64s, more than the %d and %d one instance may hold (per instance: --max-instance-addresses)",
+			total.V4, total.V6, max4, max6), nil
+	}
+	return "", nil
+}
+
 // screenFeed drops the entries no ban may have (never-ban addresses, hard prefix limits, the admin
 // allowlist) and holds the version if an entry covers a VPC CIDR.
 func (c *Controller) screenFeed(ctx context.Context, f FeedItem, in []netip.Prefix, rep *FeedReport) (kept []netip.Prefix, held string, err error) {
@@ -781,6 +905,10 @@ func (c *Controller) screenFeed(ctx context.Context, f FeedItem, in []netip.Pref
 		if vpcs, err = c.VPCCIDRs(ctx); err != nil {
 			return nil, "", err
 		}
+	}
+	pub, err := c.FleetAddresses(ctx)
+	if err != nil {
+		return nil, "", err
 	}
 	allows, holds, err := c.policies(ctx)
 	if err != nil {
@@ -807,6 +935,10 @@ entries:
 				rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers allowlisted %s", p, a))
 				continue entries
 			}
+		}
+		if a, ok := pub.covered(p); ok {
+			rep.Dropped = append(rep.Dropped, fmt.Sprintf("%s covers %s, a public address of the fleet", p, a))
+			continue
 		}
 		if err := policyRefusal(p, allows, holds, false); err != nil {
 			rep.Dropped = append(rep.Dropped, err.Error())

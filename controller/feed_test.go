@@ -388,7 +388,7 @@ func TestFeedFailuresKeepTheLastGoodVersion(t *testing.T) {
 	defer func(n int) { FeedMaxEntries = n }(FeedMaxEntries)
 	FeedMaxEntries = 1000
 	fs.set(strings.Join(docAddrs(1001, 0), "\n"), "")
-	if rep, err = e.c.SyncFeed(ctx, "drop", FeedOptions{}); err != nil || !strings.Contains(rep.Held, "more than the 1000 a feed may have") {
+	if rep, err = e.c.SyncFeed(ctx, "drop", FeedOptions{}); err != nil || !strings.Contains(rep.Held, "more than the 1000 entries a feed may have") {
 		t.Fatalf("oversize list: %v %s", err, rep)
 	}
 	FeedMaxEntries = 1000000

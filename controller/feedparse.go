@@ -1,9 +1,13 @@
 package controller
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -31,11 +35,21 @@ type ParsedFeed struct {
 
 const maxExamples = 5
 
-// ParseFeed reads a feed body. A line that is not an address is counted and reported, never
-// fatal; a body that is not the format at all (nothing but invalid lines) is an error, as is a
-// Spamhaus JSON edition whose metadata record count disagrees with its entries (a truncated
-// download).
+// ParseFeed reads a whole feed body (ParseFeedStream without an entry limit).
 func ParseFeed(body []byte, format string) (ParsedFeed, error) {
+	return ParseFeedStream(bytes.NewReader(body), format, 0)
+}
+
+// ErrFeedTooLarge: the list has more entries than a feed may have (ParseFeedStream stops there).
+var ErrFeedTooLarge = errors.New("too many entries")
+
+// ParseFeedStream reads a feed as it arrives, a line at a time, and stops with ErrFeedTooLarge
+// once it holds more than maxEntries entries (0: no limit): what it keeps is the entries, never
+// the body (a 32 MiB body read whole and split took about 246 MB of heap). A line that is not an
+// address is counted and reported, never fatal; a body that is not the format at all (nothing
+// but invalid lines) is an error, as is a Spamhaus JSON edition whose metadata record count
+// disagrees with its entries (a truncated download), and a read error (a body cut short).
+func ParseFeedStream(r io.Reader, format string, maxEntries int) (ParsedFeed, error) {
 	var pf ParsedFeed
 	if !slices.Contains(FeedFormats, format) {
 		return pf, fmt.Errorf("unknown feed format %q (want %s)", format, strings.Join(FeedFormats, ", "))
@@ -46,8 +60,13 @@ func ParseFeed(body []byte, format string) (ParsedFeed, error) {
 	}
 	jsonLines := false
 	metaRecords := -1
-	for n, raw := range bytes.Split(body, []byte("\n")) {
-		line := strings.TrimSpace(string(raw))
+	var blocks [][]netip.Prefix
+	var cur []netip.Prefix
+	count := 0
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for n := 0; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
 		if line == "" || hasAnyPrefix(line, comments) {
 			continue
 		}
@@ -62,6 +81,7 @@ func ParseFeed(body []byte, format string) (ParsedFeed, error) {
 				Records *int   `json:"records"`
 			}
 			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				pf.Lines++ // an entry line, unreadable: a body of nothing else is not a feed
 				pf.invalid(n+1, line)
 				continue
 			}
@@ -84,7 +104,27 @@ func ParseFeed(body []byte, format string) (ParsedFeed, error) {
 			pf.invalid(n+1, line)
 			continue
 		}
-		pf.Prefixes = append(pf.Prefixes, p)
+		if maxEntries > 0 && count >= maxEntries {
+			return pf, fmt.Errorf("%w: the list has more than the %d entries a feed may have (stopped reading at line %d)", ErrFeedTooLarge, maxEntries, n+1)
+		}
+		// Kept in blocks and joined once at the end: appending to one slice of a million
+		// prefixes copies it over and over (five times its size in all).
+		if len(cur) == cap(cur) {
+			if len(cur) > 0 {
+				blocks = append(blocks, cur)
+			}
+			cur = make([]netip.Prefix, 0, 1<<14)
+		}
+		cur = append(cur, p)
+		count++
+	}
+	pf.Prefixes = make([]netip.Prefix, 0, count)
+	for _, b := range append(blocks, cur) {
+		pf.Prefixes = append(pf.Prefixes, b...)
+	}
+	blocks, cur = nil, nil
+	if err := sc.Err(); err != nil {
+		return pf, fmt.Errorf("read: body cut short after %d entry lines: %w", pf.Lines, err)
 	}
 	if pf.Lines > 0 && pf.Invalid == pf.Lines {
 		return pf, fmt.Errorf("none of the %d entry lines is an address or CIDR (first: %s): not a %s feed", pf.Lines, pf.Examples[0], format)
@@ -95,6 +135,39 @@ func ParseFeed(body []byte, format string) (ParsedFeed, error) {
 	slices.SortFunc(pf.Prefixes, comparePrefix)
 	pf.Prefixes = slices.Compact(pf.Prefixes)
 	return pf, nil
+}
+
+// Coverage is how much address space prefixes cover: IPv4 addresses and IPv6 /64 subnets (a
+// prefix longer than /64 counts as one). Overlapping entries are counted twice: an upper bound.
+type Coverage struct{ V4, V6 uint64 }
+
+// CoverageOf sums the coverage of prefixes.
+func CoverageOf(prefixes []netip.Prefix) Coverage {
+	var c Coverage
+	for _, p := range prefixes {
+		c = c.Add(p)
+	}
+	return c
+}
+
+// Add returns c with p's coverage added (saturating).
+func (c Coverage) Add(p netip.Prefix) Coverage {
+	if p.Addr().Is4() {
+		c.V4 = satAdd(c.V4, 1<<(32-p.Bits()))
+	} else {
+		c.V6 = satAdd(c.V6, 1<<max(64-p.Bits(), 0))
+	}
+	return c
+}
+
+// Plus adds two coverages.
+func (c Coverage) Plus(o Coverage) Coverage { return Coverage{satAdd(c.V4, o.V4), satAdd(c.V6, o.V6)} }
+
+func satAdd(a, b uint64) uint64 {
+	if a+b < a {
+		return math.MaxUint64
+	}
+	return a + b
 }
 
 func (pf *ParsedFeed) invalid(lineNo int, line string) {

@@ -109,7 +109,9 @@ func (b BanItem) Expires() time.Time {
 // Wire is the ban as agents receive it.
 func (b BanItem) Wire() proto.Ban {
 	p, _ := proto.ParseCIDR(b.CIDR)
-	return proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: b.Expires(), Reason: b.Reason, Source: b.Source, Rev: b.Rev}
+	// Items written before the controller enforced the agent's limits may carry longer text.
+	return proto.Ban{ID: proto.BanID(p), CIDR: p.String(), ExpiresAt: b.Expires(), Rev: b.Rev,
+		Reason: proto.TruncateText(b.Reason, proto.MaxTextBytes), Source: proto.TruncateText(b.Source, proto.MaxTextBytes)}
 }
 
 // LimitItem is a rate-limit policy in the ledger.
@@ -147,6 +149,9 @@ type InstanceItem struct {
 	SyncedAt  time.Time `dynamodbav:"synced_at,omitempty"`
 	GoneSince time.Time `dynamodbav:"gone_since,omitempty"`
 	LagSince  time.Time `dynamodbav:"lag_since,omitempty"`
+	// The agent role id the queue's policy was last found or written with, and when.
+	PolicyRole    string    `dynamodbav:"policy_role,omitempty"`
+	PolicyChecked time.Time `dynamodbav:"policy_checked,omitempty"`
 }
 
 func s(v string) ddbtypes.AttributeValue { return &ddbtypes.AttributeValueMemberS{Value: v} }

@@ -36,6 +36,8 @@ type Metrics struct {
 	FeedEntries   *prometheus.GaugeVec
 	// Simulated counts what simulate-mode feeds (and, in this process, triggers) would have banned.
 	Simulated prometheus.Counter
+	// OverCapacity: instances whose desired state is more than their agent's set holds.
+	OverCapacity prometheus.Gauge
 }
 
 // FeedResult names the outcome of one refresh: ok, not_modified, failed or held.
@@ -67,8 +69,10 @@ func NewMetrics() *Metrics {
 			Help: "Feed refreshes by feed and result: ok, not_modified, failed (the last good version stays), held (a version not applied)."}, []string{"feed", "result"}),
 		FeedEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bansshee_feed_entries", Help: "Entries in force of each feed's last good version."}, []string{"feed"}),
 		Simulated:   prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_simulated_total", Help: "Addresses simulate-mode feeds and triggers would have banned (and did not)."}),
+		OverCapacity: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_fleet_instances_over_capacity",
+			Help: "Instances whose bans and feeds are more than their agent's set holds (they get no sync)."}),
 	}
-	m.Registry.MustRegister(m.Passes, m.Syncs, m.Escalations, m.Instances, m.Bans, m.Limits, m.Agents, m.Decisions, m.FeedRefreshes, m.FeedEntries, m.Simulated)
+	m.Registry.MustRegister(m.Passes, m.Syncs, m.Escalations, m.Instances, m.Bans, m.Limits, m.Agents, m.Decisions, m.FeedRefreshes, m.FeedEntries, m.Simulated, m.OverCapacity)
 	for _, r := range []string{"ok", "error"} {
 		m.Passes.WithLabelValues(r)
 	}
@@ -95,6 +99,7 @@ func (m *Metrics) Observe(rep *Report, err error) {
 		m.Decisions.WithLabelValues("escalation").Add(float64(len(rep.Escalated)))
 	}
 	m.Instances.Set(float64(rep.Fleet.Instances))
+	m.OverCapacity.Set(float64(len(rep.OverCapacity)))
 	m.Bans.Set(float64(rep.Fleet.BansActive))
 	m.Limits.Set(float64(rep.Fleet.LimitsActive))
 	for i, n := range rep.Fleet.byState() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,9 +22,13 @@ type Queues struct {
 	Prefix string // default "bansshee"
 	// VisibilityTimeout of instance queues, seconds (default 30).
 	VisibilityTimeout int
-	// AgentRoleID is the agent role's unique id (AROA...; the stack's AgentRoleId output). Set, each
-	// queue gets a resource policy that lets only its own instance's session read it.
+	// AgentRoleID is the agent role's unique id (AROA...; the stack's AgentRoleId output). Each
+	// queue gets a resource policy that lets only its own instance's session read it. Empty: RoleID
+	// is asked (the controller reads the id the stack's Lambda recorded in the ledger); without
+	// either, no queue is created (ErrNoAgentRole), since an open queue would let any instance
+	// read and delete another's bans.
 	AgentRoleID string
+	RoleID      func(context.Context) string
 	// MaxReceiveCount before a message moves to the DLQ (default 5).
 	MaxReceiveCount int
 
@@ -83,20 +88,63 @@ func (q *Queues) EnsureDLQ(ctx context.Context) (string, error) {
 // "<role id>:<instance id>" (IAM User Guide, "IAM policy elements: Variables and tags", request
 // information table), so the policy needs no policy variable; the explicit deny wins over the
 // agent role's Allow on every instance queue.
-func (q *Queues) queuePolicy(instanceID string) string {
+func (q *Queues) queuePolicyFor(instanceID, role string) string {
 	doc := map[string]any{"Version": "2012-10-17", "Statement": []any{map[string]any{
 		"Sid": "OnlyThisInstanceReads", "Effect": "Deny", "Principal": "*",
 		"Action":    []string{"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
 		"Resource":  "*",
-		"Condition": map[string]any{"StringLike": map[string]string{"aws:userid": q.AgentRoleID + ":*"}, "StringNotEquals": map[string]string{"aws:userid": q.AgentRoleID + ":" + instanceID}},
+		"Condition": map[string]any{"StringLike": map[string]string{"aws:userid": role + ":*"}, "StringNotEquals": map[string]string{"aws:userid": role + ":" + instanceID}},
 	}}}
 	b, _ := json.Marshal(doc)
 	return string(b)
 }
 
-// Ensure creates an instance's queue (FIFO, tagged, redrive to the DLQ) if needed and returns its URL.
-// CreateQueue is idempotent for identical attributes.
+// ErrNoAgentRole is returned when a queue would be created without the agent role's id, so
+// without the policy that keeps other instances out of it.
+var ErrNoAgentRole = errors.New("no agent role id: record the stack's AgentRoleId output once with `bansshee init --agent-role-id AROA...` (or run with --agent-role-id / BANSSHEE_AGENT_ROLE_ID); the stack's Lambda records it by itself")
+
+// Role returns the agent role id queue policies name: AgentRoleID, else RoleID's.
+func (q *Queues) Role(ctx context.Context) string {
+	if q.AgentRoleID != "" || q.RoleID == nil {
+		return q.AgentRoleID
+	}
+	return q.RoleID(ctx)
+}
+
+// samePolicy compares two policy documents as JSON values (SQS may return them reformatted).
+func samePolicy(a, b string) bool {
+	var x, y any
+	if json.Unmarshal([]byte(a), &x) != nil || json.Unmarshal([]byte(b), &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+// CheckPolicy compares an instance's queue policy with the one for role and rewrites it when it
+// differs (a recreated stack's new role id, a hand edit). It reports whether it rewrote it.
+func (q *Queues) CheckPolicy(ctx context.Context, instanceID, url, role string) (bool, error) {
+	out, err := q.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: aws.String(url),
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNamePolicy}})
+	if err != nil {
+		return false, fmt.Errorf("read queue policy of %s: %w", instanceID, err)
+	}
+	want := q.queuePolicyFor(instanceID, role)
+	if samePolicy(out.Attributes["Policy"], want) {
+		return false, nil
+	}
+	if _, err := q.SQS.SetQueueAttributes(ctx, &sqs.SetQueueAttributesInput{QueueUrl: aws.String(url), Attributes: map[string]string{"Policy": want}}); err != nil {
+		return false, fmt.Errorf("rewrite queue policy of %s: %w", instanceID, err)
+	}
+	return true, nil
+}
+
+// Ensure creates an instance's queue (FIFO, tagged, redrive to the DLQ, the deny policy) if
+// needed and returns its URL. CreateQueue is idempotent for identical attributes.
 func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) {
+	role := q.Role(ctx)
+	if role == "" {
+		return "", fmt.Errorf("create queue for %s: %w", instanceID, ErrNoAgentRole)
+	}
 	dlq, err := q.EnsureDLQ(ctx)
 	if err != nil {
 		return "", err
@@ -106,9 +154,7 @@ func (q *Queues) Ensure(ctx context.Context, instanceID string) (string, error) 
 		"MessageRetentionPeriod": "345600",
 		"MaximumMessageSize":     strconv.Itoa(proto.MaxBodyBytes), // explicit: what SplitSync sizes parts for
 	}
-	if q.AgentRoleID != "" {
-		attrs["Policy"] = q.queuePolicy(instanceID)
-	}
+	attrs["Policy"] = q.queuePolicyFor(instanceID, role)
 	vis, maxRecv := q.VisibilityTimeout, q.MaxReceiveCount
 	if vis == 0 {
 		vis = 30

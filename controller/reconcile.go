@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,13 +24,19 @@ type Report struct {
 	QueuesDeleted []string
 	Synced        []string // instances sent a full sync
 	Silent        []string // instances whose agent's heartbeat is too old: no sync is queued for them
-	Escalated     []string // CIDRs banned fleet-wide from agent escalations
+	// OverCapacity: instances whose desired state is more than their agent's sets hold; they get
+	// no sync (ErrOverCapacity says why).
+	OverCapacity []string
+	// PoliciesRewritten: instances whose queue policy named another role (or none) and was rewritten.
+	PoliciesRewritten []string
+	Escalated         []string // CIDRs banned fleet-wide from agent escalations
 	// EscalatedLocal are CIDRs banned only on the instance that reported them.
 	EscalatedLocal []string
 	Refused        []string // escalations refused, with why
 	Fleet          FleetCounts
-	Feeds          []FeedReport // feeds that were due and refreshed before the pass
-	Simulated      int          // addresses simulate-mode feeds and triggers recorded during the pass
+	Feeds          []FeedReport  // feeds that were due and refreshed before the pass
+	Edges          []*EdgeReport // WAF IP sets synced (edge.go)
+	Simulated      int           // addresses simulate-mode feeds and triggers recorded during the pass
 	Errors         []error
 }
 
@@ -292,11 +299,13 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	// Feeds that are due are fetched first, so that this pass already syncs what they changed.
 	// A feed that fails keeps its last good version; its failure is in its report, not an error
 	// of the pass.
-	feeds, err := c.RefreshFeeds(ctx, FeedOptions{})
-	if err != nil {
-		rep.Errors = append(rep.Errors, err)
+	if !c.FeedsApart {
+		feeds, err := c.RefreshFeeds(ctx, FeedOptions{})
+		if err != nil {
+			rep.Errors = append(rep.Errors, err)
+		}
+		rep.Feeds = feeds
 	}
-	rep.Feeds = feeds
 	instances, err := c.Discover(ctx, mustParse("*"))
 	if err != nil {
 		return rep, err
@@ -416,6 +425,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	if _, err := c.FlushNotices(ctx); err != nil {
 		c.Log.Warn("ban notice not sent", "err", err)
 	}
+	edges, err := c.syncEdges(ctx, view) // edge.go: WAF IP sets; expiries leave them here
+	rep.Edges = edges
+	if err != nil {
+		rep.Errors = append(rep.Errors, err)
+	}
 	return rep, errors.Join(rep.Errors...)
 }
 
@@ -455,6 +469,7 @@ func tagKey(tags map[string]string) string {
 // instanceOutcome is what reconciling one instance did.
 type instanceOutcome struct {
 	queueCreated, synced, silent bool
+	policyRewritten, over        bool
 	state                        string // converged, lagging, silent, unreported
 	errs                         []error
 }
@@ -465,6 +480,12 @@ func (r *Report) merge(id string, o instanceOutcome) {
 	}
 	if o.synced {
 		r.Synced = append(r.Synced, id)
+	}
+	if o.policyRewritten {
+		r.PoliciesRewritten = append(r.PoliciesRewritten, id)
+	}
+	if o.over {
+		r.OverCapacity = append(r.OverCapacity, id)
 	}
 	if o.silent {
 		r.Silent = append(r.Silent, id)
@@ -487,6 +508,7 @@ func (r *Report) merge(id string, o instanceOutcome) {
 func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueue bool, dd *desiredDigest, st proto.AgentStatus, reported bool,
 	rec InstanceItem, seen bool, now time.Time, nextRev func() (int64, error)) instanceOutcome {
 	var o instanceOutcome
+	role := c.Queues.Role(ctx)
 	if !hasQueue {
 		u, err := c.Queues.Ensure(ctx, in.ID)
 		if err != nil {
@@ -495,6 +517,18 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 		}
 		c.urls.Store(in.ID, u)
 		o.queueCreated = true
+		rec.PolicyRole, rec.PolicyChecked = role, now
+	} else if role != "" && (rec.PolicyRole != role || now.Sub(rec.PolicyChecked) >= c.PolicyCheck) {
+		// The recorded role is compared every pass (free: the record is read anyway); the live
+		// policy is read when it differs and otherwise once per PolicyCheck.
+		if err := c.checkPolicy(ctx, in.ID, role, &o); err != nil {
+			o.errs = append(o.errs, err)
+		} else {
+			rec.SK, rec.PolicyRole, rec.PolicyChecked = in.ID, role, now
+			if err := c.Ledger.PutInstance(ctx, rec); err != nil {
+				o.errs = append(o.errs, err)
+			}
+		}
 	}
 	d := dd.desired
 	// An agent lags when its applied revision stays below what concerns it, or what it holds
@@ -536,6 +570,10 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 		}
 		return o
 	}
+	if err := c.checkCapacity(in.ID, d); err != nil {
+		o.errs, o.over = append(o.errs, err), true
+		return o
+	}
 	rev, err := nextRev()
 	if err != nil {
 		o.errs = append(o.errs, err)
@@ -554,6 +592,49 @@ func (c *Controller) reconcileInstance(ctx context.Context, in Instance, hasQueu
 	}
 	o.synced = true
 	return o
+}
+
+// ErrOverCapacity: an instance's desired state is more than its agent's sets hold.
+var ErrOverCapacity = errors.New("desired state over the agent's capacity")
+
+// DefaultMaxInstanceEntries is what an agent's ban set holds, per address family.
+const DefaultMaxInstanceEntries = 1 << 20
+
+// checkCapacity refuses a desired state the agent cannot apply: a sync of it would fail on the
+// agent every pass.
+func (c *Controller) checkCapacity(id string, d desired) error {
+	limit := cmp.Or(c.MaxInstanceEntries, DefaultMaxInstanceEntries)
+	var n [2]int
+	for _, b := range d.bans {
+		if strings.Contains(b.CIDR, ":") {
+			n[1]++
+		} else {
+			n[0]++
+		}
+	}
+	for i, fam := range []string{"IPv4", "IPv6"} {
+		if n[i] > limit {
+			return fmt.Errorf("%w: instance %s: its bans and feeds make %d %s bans, more than the %d its agent's set holds; no sync sent (remove bans or feeds that target it)",
+				ErrOverCapacity, id, n[i], fam, limit)
+		}
+	}
+	return nil
+}
+
+// PolicyCheckEvery is how often the reconciler reads each queue's policy to compare it.
+const PolicyCheckEvery = time.Hour
+
+func (c *Controller) checkPolicy(ctx context.Context, id, role string, o *instanceOutcome) error {
+	url, err := c.queueURL(ctx, id)
+	if err != nil {
+		return err
+	}
+	rewritten, err := c.Queues.CheckPolicy(ctx, id, url, role)
+	if rewritten {
+		c.Log.Warn("queue policy differed from the agent role's; rewritten", "instance", id, "role", role)
+		o.policyRewritten = true
+	}
+	return err
 }
 
 // compressFor says whether an agent takes compressed syncs (bans_z): every agent that reports
@@ -918,7 +999,13 @@ func (c *Controller) Wait(ctx context.Context, ids []string, rev int64, progress
 }
 
 // Serve runs ReconcileOnce every interval until ctx ends.
+//
+// Feeds are refreshed apart from the passes, by a loop of their own with its own time budget
+// (FeedBudget a round), so that a slow or huge feed cannot hold up new instances' queues or
+// repair syncs.
 func (c *Controller) Serve(ctx context.Context, interval time.Duration, onPass func(*Report, error)) {
+	c.FeedsApart = true
+	go c.serveFeeds(ctx, interval)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -926,6 +1013,33 @@ func (c *Controller) Serve(ctx context.Context, interval time.Duration, onPass f
 		if onPass != nil {
 			onPass(rep, err)
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// FeedBudget is how long one round of feed refreshes may take in Serve's feed loop.
+const FeedBudget = 5 * time.Minute
+
+func (c *Controller) serveFeeds(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					c.Log.Error("feed refresh panicked; the reconciler runs on", "panic", r)
+				}
+			}()
+			fctx, cancel := context.WithTimeout(ctx, FeedBudget)
+			defer cancel()
+			if _, err := c.RefreshFeeds(fctx, FeedOptions{}); err != nil {
+				c.Log.Error("feed refresh", "err", err)
+			}
+		}()
 		select {
 		case <-ctx.Done():
 			return

@@ -85,7 +85,7 @@ func tail(s string, n int) string {
 }
 
 func (r *rig) newController() *controller.Controller {
-	c, err := controller.New(controller.Config{EC2: r.Clients.EC2, SQS: r.Clients.SQS, DDB: r.Clients.DynamoDB, Table: r.table,
+	c, err := controller.New(controller.Config{AgentRoleID: fleet.AgentRoleID, EC2: r.Clients.EC2, SQS: r.Clients.SQS, DDB: r.Clients.DynamoDB, Table: r.table,
 		Prefix: r.Queues.Prefix, Signer: r.Signer, LagGrace: time.Nanosecond, VisibilityTimeout: r.Queues.VisibilityTimeout})
 	if err != nil {
 		r.t.Fatal(err)

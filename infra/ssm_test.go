@@ -1,8 +1,11 @@
 package infra
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -39,10 +42,16 @@ func installScript(t *testing.T, params map[string]string) string {
 		t.Fatalf("document steps: %+v", c.MainSteps)
 	}
 	script := strings.Join(c.MainSteps[0].Inputs.RunCommand, "\n") + "\n"
-	for name := range c.Parameters {
+	for name, spec := range c.Parameters {
 		v, ok := params[name]
 		if !ok {
 			t.Fatalf("no value for document parameter %s", name)
+		}
+		// SSM refuses a value its allowedPattern does not match, before anything runs.
+		if m, _ := spec.(map[string]any); m != nil {
+			if p, _ := m["allowedPattern"].(string); p != "" && !regexp.MustCompile(p).MatchString(v) {
+				t.Fatalf("SSM would refuse %s=%q (allowedPattern %s)", name, v, p)
+			}
 		}
 		script = strings.ReplaceAll(script, "{{ "+name+" }}", v)
 	}
@@ -57,17 +66,23 @@ func installScript(t *testing.T, params map[string]string) string {
 func TestSSMDocumentInstallsAndUpgrades(t *testing.T) {
 	host, ctx := packageHost(t, "ssm")
 	repo := t.TempDir()
+	var sums []string
 	for _, v := range []string{"1.0.0", "1.1.0~rc1"} {
 		deb := buildDeb(ctx, t, v)
 		if err := os.Rename(deb, filepath.Join(repo, filepath.Base(deb))); err != nil {
 			t.Fatal(err)
 		}
+		b, err := os.ReadFile(filepath.Join(repo, filepath.Base(deb)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sums = append(sums, fmt.Sprintf("%x", sha256.Sum256(b)))
 	}
 	t.Cleanup(func() { _, _ = host.Run("dpkg", "--purge", "bansshee-agent") })
 	runDoc := func(version string) string {
 		t.Helper()
 		script := filepath.Join(t.TempDir(), "run.sh")
-		os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": version})), 0o755)
+		os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": version, "Sha256": strings.Join(sums, ",")})), 0o755)
 		out, err := host.Run("bash", script)
 		if err != nil {
 			t.Fatalf("document for %s: %v\n%s", version, err, out)
@@ -92,8 +107,17 @@ func TestSSMDocumentInstallsAndUpgrades(t *testing.T) {
 	}
 	// A version that is not there fails loudly.
 	script := filepath.Join(t.TempDir(), "bad.sh")
-	os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": "7.7.7"})), 0o755)
+	os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": "7.7.7", "Sha256": strings.Join(sums, ",")})), 0o755)
 	if out, err := host.Run("bash", script); err == nil {
 		t.Fatalf("a missing package did not fail the document:\n%s", out)
+	}
+	// A package whose SHA-256 is not among those given is not installed (issue 22, finding 12).
+	script = filepath.Join(t.TempDir(), "tampered.sh")
+	os.WriteFile(script, []byte(installScript(t, map[string]string{"BaseUrl": repo + "/", "Version": "1.0.0", "Sha256": sums[1]})), 0o755)
+	if out, err := host.Run("bash", script); err == nil || !strings.Contains(out, "is not one of the Sha256 given") {
+		t.Fatalf("a package with another SHA-256 was installed:\n%s", out)
+	}
+	if out, _ := host.Run("bansshee-agent", "--version"); !strings.Contains(out, "1.1.0-rc1") {
+		t.Fatalf("the refused package replaced the installed one: %s", out)
 	}
 }

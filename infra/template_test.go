@@ -179,3 +179,15 @@ func TestIAMPolicyVariablesAreDocumented(t *testing.T) {
 		}
 	}
 }
+
+// Queue policies are the isolation between instances: only the controller and the Lambda may
+// rewrite them (issue 22, finding 1), never an agent.
+func TestOnlyTheControlPlaneSetsQueueAttributes(t *testing.T) {
+	tp := loadTemplate(t)
+	for logical, want := range map[string]bool{"ControllerPolicy": true, "LambdaRole": true, "AgentRole": false} {
+		granted, _ := grantedActions(t, tp, logical)
+		if granted["sqs:SetQueueAttributes"] != want {
+			t.Errorf("%s: sqs:SetQueueAttributes granted = %v, want %v", logical, !want, want)
+		}
+	}
+}

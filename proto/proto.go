@@ -66,7 +66,7 @@ type Message struct {
 	Part     *Part       `json:"part,omitempty"`     // sync split over several messages
 	Allows   []Allow     `json:"allows,omitempty"`   // allow: the whole allowlist
 
-	// Dropped counts the sync entries Validate left out because they expired in transit.
+	// Dropped counts the sync entries Validate left out: expired in transit, or breaking a rule.
 	Dropped int `json:"-"`
 }
 

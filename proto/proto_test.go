@@ -471,6 +471,58 @@ func TestSyncTemplateServesEveryInstance(t *testing.T) {
 	}
 }
 
+// A sync is the whole state: one entry the agent cannot take (a reason over the limit, a bad
+// id) must not refuse the rest (issue 22, finding 4). It is dropped and counted.
+func TestSyncDropsOneBadEntryAndKeepsTheRest(t *testing.T) {
+	s := testSigner(t, "k1")
+	ver := &Verifier{Keys: map[string]ed25519PublicKey{"k1": pub(s)}, Now: func() time.Time { return now }}
+	long := strings.Repeat("r", MaxTextBytes+1)
+	m := &Message{ID: "01SYNC", Kind: KindSync, IssuedAt: now, Rev: 9, Bans: []Ban{
+		{CIDR: "1.2.3.4", Reason: long, Rev: 3},
+		{CIDR: "5.6.7.8", Rev: 4},
+		{CIDR: "5.6.7.9", Source: long, Rev: 4},
+		{ID: "b-9.9.9.9_32", CIDR: "9.9.9.8", Rev: 5},
+		{CIDR: "9.9.9.0/24", Rev: 6},
+	}}
+	body, attrs, err := s.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ver.Decode(body, attrs)
+	if err != nil {
+		t.Fatalf("sync refused whole: %v", err)
+	}
+	var cidrs []string
+	for _, b := range got.Bans {
+		cidrs = append(cidrs, b.CIDR)
+	}
+	if strings.Join(cidrs, " ") != "5.6.7.8/32 9.9.9.0/24" || got.Dropped != 3 {
+		t.Fatalf("kept %v, dropped %d", cidrs, got.Dropped)
+	}
+	// In a ban message the same entry refuses the message: a ban is valid whole.
+	m.Kind, m.ID, m.Bans = KindBan, "01BAN", m.Bans[:1]
+	body, attrs, _ = s.Encode(m)
+	if _, err := ver.Decode(body, attrs); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("long reason in a ban message: %v", err)
+	}
+}
+
+func TestTruncateText(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"abcdefghij", 8, "abcde..."},
+		{"ééééé", 7, "éé..."}, // never cuts a rune in half
+	} {
+		if got := TruncateText(tc.in, tc.n); got != tc.want || len(got) > tc.n {
+			t.Errorf("TruncateText(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
+	}
+}
+
 // An allow message carries only allows (possibly none: the last entry was removed), each within
 // the prefix limits; no other kind carries allows.
 func TestAllowMessageValidation(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 	"time"
+	"unicode/utf8"
 )
 
 // Sentinel errors callers branch on. Every error Decode returns wraps exactly one of them;
@@ -168,14 +169,16 @@ func (m *Message) Validate(l Limits, now time.Time) error {
 	if len(m.Allows) > 0 {
 		return fieldErr("allows", "only allow messages carry allows")
 	}
-	// A sync is the whole state: an entry that expired in transit is dropped and the rest applied,
-	// and a never-ban entry (an old ledger item) is kept for the agent to hold without enforcing
-	// it, so that its digest still matches the ledger's. Anything else refuses the message.
+	// A sync is the whole state: an entry that expired in transit, or that breaks a rule (a
+	// reason over MaxTextBytes from an old ledger item, say), is dropped and counted and the rest
+	// applied; one bad entry must not keep an instance from converging. A never-ban entry (an old
+	// ledger item) is kept for the agent to hold without enforcing it, so that its digest still
+	// matches the ledger's. In any other kind a bad entry refuses the message.
 	sync := m.Kind == KindSync
 	kept := m.Bans[:0]
 	for i := range m.Bans {
 		err := m.Bans[i].validate(l, now, m.Rev, sync)
-		if sync && errors.Is(err, errExpired) {
+		if sync && err != nil {
 			m.Dropped++
 			continue
 		}
@@ -211,6 +214,24 @@ func prefixField(prefix string, err error) error {
 	return err
 }
 
+// MaxTextBytes is the longest reason or source a ban may carry. The controller truncates what a
+// machine wrote and refuses an operator's longer text, so that no ledger item is one an agent
+// refuses.
+const MaxTextBytes = 256
+
+// TruncateText cuts s to at most n bytes (n >= 3), ending in "..." when it cut, and never inside
+// a UTF-8 sequence.
+func TruncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
 // Validate checks one ban on its own and canonicalises its CIDR and id.
 func (b *Ban) Validate(l Limits, now time.Time) error { return b.validate(l, now, 0, false) }
 
@@ -243,8 +264,8 @@ func (b *Ban) validate(l Limits, now time.Time, msgRev int64, inSync bool) error
 			return fieldErr("expires_at", "%s is more than the maximum TTL %s away", b.ExpiresAt.Format(time.RFC3339), l.MaxTTL)
 		}
 	}
-	if len(b.Reason) > 256 || len(b.Source) > 256 {
-		return fieldErr("reason", "reason and source are limited to 256 bytes")
+	if len(b.Reason) > MaxTextBytes || len(b.Source) > MaxTextBytes {
+		return fieldErr("reason", "reason and source are limited to %d bytes", MaxTextBytes)
 	}
 	if b.Rev < 0 || (msgRev > 0 && b.Rev > msgRev) {
 		return fieldErr("rev", "%d must be between 0 and the message revision %d", b.Rev, msgRev)

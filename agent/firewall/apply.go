@@ -42,6 +42,12 @@ func (f *Firewall) ensure(ctx context.Context, limits []proto.Limit) ([]string, 
 			}
 		}
 	}
+	if !f.sized {
+		if err := f.resizeFloodSets(ctx, existing); err != nil {
+			return nil, err
+		}
+		f.sized = true
+	}
 	if len(repairs) > 0 {
 		if err := f.ipsetRestore(ctx, nil); err != nil {
 			return nil, fmt.Errorf("create sets: %w", err)
@@ -63,6 +69,11 @@ func (f *Firewall) ensure(ctx context.Context, limits []proto.Limit) ([]string, 
 			}
 			repairs = append(repairs, "jump"+fam.n())
 		}
+		r, err = f.ensureForward(ctx, fam, limits) // forward.go: container traffic
+		if err != nil {
+			return nil, err
+		}
+		repairs = append(repairs, r...)
 	}
 	return repairs, nil
 }
@@ -120,14 +131,15 @@ func (fam *family) rules(limits []proto.Limit) (main, trip []string) {
 
 // limitRule is one hashlimit rule: each source may open Hits new connections per Seconds; the
 // rest are dropped (or rejected, or sent to the TRIP chain when the policy escalates). The
-// hashlimit name hashes the rate too: the kernel keeps a name's first rate for as long as any rule
-// uses it, so a limit changed under the same id must get a new name to take effect.
+// hashlimit name hashes the rate and the table size too: the kernel keeps a name's first settings
+// for as long as any rule uses it, so a limit changed under the same id must get a new name to
+// take effect.
 func (fam *family) limitRule(l proto.Limit) string {
 	ports := make([]string, len(l.Ports))
 	for i, p := range l.Ports {
 		ports[i] = strconv.Itoa(p)
 	}
-	sum := sha256.Sum256([]byte(fmt.Sprint(l.ID, "|", l.Proto, "|", ports, "|", l.Hits, "/", l.Seconds)))
+	sum := sha256.Sum256([]byte(fmt.Sprint(l.ID, "|", l.Proto, "|", ports, "|", l.Hits, "/", l.Seconds, "|", fam.flood)))
 	name := "bsh" + fam.n() + "-" + hex.EncodeToString(sum[:4]) // hashlimit names are at most 15 bytes
 	target := "DROP"
 	switch {
@@ -138,8 +150,10 @@ func (fam *family) limitRule(l proto.Limit) string {
 	case l.Action == "reject":
 		target = "REJECT"
 	}
-	return fmt.Sprintf("-p %s -m multiport --dports %s -m conntrack --ctstate NEW -m hashlimit --hashlimit-above %s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name %s --hashlimit-htable-expire %d -j %s",
-		l.Proto, strings.Join(ports, ","), rate(l.Hits, l.Seconds), l.Hits, name, l.Seconds*1000+1000, target)
+	// The table is sized explicitly (see FloodTableSize): the kernel drops the packets of a source
+	// it cannot add, so a full table would shut out every new client.
+	return fmt.Sprintf("-p %s -m multiport --dports %s -m conntrack --ctstate NEW -m hashlimit --hashlimit-above %s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name %s --hashlimit-htable-size %d --hashlimit-htable-max %d --hashlimit-htable-expire %d -j %s",
+		l.Proto, strings.Join(ports, ","), rate(l.Hits, l.Seconds), l.Hits, name, max(fam.flood/8, 1024), fam.flood, l.Seconds*1000+1000, target)
 }
 
 // rate expresses hits per seconds in the smallest hashlimit unit that keeps it exact.
@@ -320,9 +334,11 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 		if !viaNetlink {
 			break
 		}
-		err := ipsetEntries(nl.IPSET_CMD_ADD, ch.set, ch.add, true)
+		// Deletions first: a change that replaces entries of a nearly full set fits whenever
+		// its final state does.
+		err := ipsetEntries(nl.IPSET_CMD_DEL, ch.set, ch.del, false)
 		if err == nil {
-			err = ipsetEntries(nl.IPSET_CMD_DEL, ch.set, ch.del, false)
+			err = ipsetEntries(nl.IPSET_CMD_ADD, ch.set, ch.add, true)
 		}
 		if err != nil {
 			f.fallbacks.Add(1)
@@ -331,11 +347,11 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Result, error) {
 	}
 	if !viaNetlink { // all of it again as text: adds and dels are idempotent under -exist
 		for _, ch := range changes {
-			for _, e := range ch.add {
-				writeAdd(&batch, ch.set, e.prefix(), e.t)
-			}
 			for _, e := range ch.del {
 				fmt.Fprintf(&batch, "del %s %s\n", ch.set, e.prefix())
+			}
+			for _, e := range ch.add {
+				writeAdd(&batch, ch.set, e.prefix(), e.t)
 			}
 		}
 	}
@@ -543,7 +559,7 @@ func (f *Firewall) Snapshot(ctx context.Context) (Snapshot, error) {
 		for p := range allow {
 			snap.Allow = append(snap.Allow, p)
 		}
-		for _, c := range []string{fam.chain, fam.tripChain} {
+		for _, c := range []string{fam.chain, fam.tripChain, fam.fwdChain()} {
 			rules, err := fam.ipt.List("filter", c)
 			if err == nil {
 				snap.Rules[c+fam.n()] = rules
@@ -633,6 +649,9 @@ func (f *Firewall) Uninstall(ctx context.Context) error {
 			if err := fam.ipt.Delete("filter", "INPUT", "-j", fam.chain); err != nil {
 				return fmt.Errorf("remove jump to %s: %w", fam.chain, err)
 			}
+		}
+		if err := f.removeForward(fam); err != nil { // forward.go
+			return err
 		}
 		for _, c := range []string{fam.chain, fam.tripChain} {
 			if ok, _ := fam.ipt.ChainExists("filter", c); ok {
@@ -834,8 +853,9 @@ func (f *Firewall) ipsetRestore(ctx context.Context, body []byte) error {
 	for _, fam := range f.fams {
 		fmt.Fprintf(&b, "create %s hash:net family %s maxelem 65536\n", fam.allowSet, fam.inet)
 		fmt.Fprintf(&b, "create %s hash:net family %s hashsize 4096 maxelem %d timeout 0\n", fam.banSet, fam.inet, f.cfg.MaxSet)
-		fmt.Fprintf(&b, "create %s hash:ip,port family %s maxelem 65536 timeout 3600\n", fam.tripSet, fam.inet)
-		fmt.Fprintf(&b, "create %s hash:ip,port family %s maxelem 65536 timeout 3600\n", fam.suspect, fam.inet)
+		// Filled from the packet path, where a hash cannot grow: created at their full hash size.
+		fmt.Fprintf(&b, "create %s hash:ip,port family %s hashsize %d maxelem %d timeout 3600\n", fam.tripSet, fam.inet, f.cfg.FloodTable, f.cfg.FloodTable)
+		fmt.Fprintf(&b, "create %s hash:ip,port family %s hashsize %d maxelem %d timeout 3600\n", fam.suspect, fam.inet, f.cfg.FloodTable, f.cfg.FloodTable)
 	}
 	b.Write(body)
 	_, err := run(ctx, b.Bytes(), "ipset", "restore", "-exist")

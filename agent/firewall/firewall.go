@@ -63,9 +63,16 @@ type Config struct {
 	// Mode forces the iptables backend ("nft" or "legacy"); empty detects it.
 	Mode   string
 	MaxSet int // maxelem of the ban sets (default 1<<20)
-	Log    *slog.Logger
+	// FloodTable is the number of sources each hashlimit table and the suspect and trip sets
+	// hold (default FloodTableSize of the host's memory).
+	FloodTable int
+	Log        *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
+
+	// Forward is what forwarded traffic the chains also cover (forward.go): "dnat" (default,
+	// connections a local DNAT sent to a container), "all", or "off".
+	Forward string
 }
 
 // MaxTimeout is ipset's largest per-entry timeout (about 24.8 days). Longer bans are set to it and
@@ -81,6 +88,7 @@ type Firewall struct {
 	mu     sync.Mutex
 	allow  []netip.Prefix
 	limits []proto.Limit
+	sized  bool // resizeFloodSets has run
 
 	fallbacks atomic.Int64 // set changes netlink refused, made through `ipset restore` instead
 }
@@ -102,6 +110,7 @@ type family struct {
 	suspect   string // hash:ip,port: sources over an escalating limit, not yet verified
 	legacy    string // the hash:ip trip set of earlier versions, removed by Uninstall
 	inet      string // ipset family
+	flood     int    // hashlimit table size (Config.FloodTable)
 }
 
 // ErrAllowlisted is wrapped by the error of a ban that would cover an allowlisted address.
@@ -119,6 +128,9 @@ func New(cfg Config) (*Firewall, error) {
 	if cfg.MaxSet == 0 {
 		cfg.MaxSet = 1 << 20
 	}
+	if cfg.FloodTable == 0 {
+		cfg.FloodTable = FloodTableSize(totalMemory())
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -127,6 +139,9 @@ func New(cfg Config) (*Firewall, error) {
 	}
 	if _, err := exec.LookPath("ipset"); err != nil {
 		return nil, fmt.Errorf("ipset not found: install the ipset package: %w", err)
+	}
+	if err := checkForward(cfg.Forward); err != nil {
+		return nil, err
 	}
 	mode, err := detectMode(cfg.Mode)
 	if err != nil {
@@ -167,7 +182,7 @@ func newFamily(cfg Config, mode string, v6 bool) (*family, error) {
 		chain: cfg.Chain, tripChain: cfg.Chain + "-TRIP",
 		banSet: cfg.SetPrefix + "-ban" + n, allowSet: cfg.SetPrefix + "-allow" + n, tripSet: cfg.SetPrefix + "-trip" + n,
 		suspect: cfg.SetPrefix + "-suspect" + n, legacy: cfg.SetPrefix + "-tripped" + n,
-		inet: inet}, nil
+		inet: inet, flood: cfg.FloodTable}, nil
 }
 
 // detectMode picks the backend: forced, else the one whose tables hold rules (as kube's

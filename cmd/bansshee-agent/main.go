@@ -40,7 +40,7 @@ type options struct {
 	publicKeys, allow                 []string
 	stateDir, table, metricsAddr      string
 	endpoint, region, configFile      string
-	logLevel, iptablesMode            string
+	logLevel, iptablesMode, forward   string
 	reconcile, window, keepAlive      time.Duration
 	pollWait                          int
 }
@@ -82,6 +82,7 @@ file given by --config (flag names as keys). Flags win over environment over fil
 	for _, c := range []*cobra.Command{run, uninstallCmd(o), checkCmd(o)} {
 		c.Flags().StringVar(&o.stateDir, "state-dir", "/var/lib/bansshee", "where state.json lives")
 		c.Flags().StringVar(&o.iptablesMode, "iptables-mode", "", "force the iptables backend: nft or legacy (default: detect)")
+		c.Flags().StringVar(&o.forward, "forward", firewall.ForwardDNAT, "forwarded traffic the bans and limits also cover: dnat (connections a local DNAT sent on: published container ports, NodePorts), all (the host as router or NAT too), or off")
 		c.Flags().StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 		c.PreRunE = func(cmd *cobra.Command, _ []string) error {
 			return flagconf.Apply(cmd.Flags(), "BANSSHEE_", o.configFile)
@@ -142,15 +143,15 @@ func runAgent(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	var vpcs []netip.Prefix
+	var vpcSource func(context.Context) ([]netip.Prefix, error)
 	if o.instanceID == "" {
 		if o.instanceID, err = instanceFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
 			return err
 		}
-		// On EC2: the VPC's ranges join the kernel allowlist, as they do the controller's.
-		if vpcs, err = vpcFromIMDS(ctx, imds.NewFromConfig(cfg)); err != nil {
-			log.Warn("VPC CIDRs from IMDS: not allowlisted in the kernel", "err", err)
-		}
+		// On EC2: the VPC's ranges join the kernel allowlist, as they do the controller's; the
+		// agent reads them (again, each reconcile pass, until IMDS answers).
+		imdsc := imds.NewFromConfig(cfg)
+		vpcSource = func(ctx context.Context) ([]netip.Prefix, error) { return vpcFromIMDS(ctx, imdsc) }
 	}
 	// What IAM knows this agent as (aws:userid): its status item is keyed by it, which the agent
 	// role's policy allows for its own principal only.
@@ -165,14 +166,14 @@ func runAgent(ctx context.Context, o *options) error {
 			principal = proto.StatusPrincipal(aws.ToString(id.UserId), o.instanceID)
 		}
 	}
-	fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode, Log: log})
+	fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode, Forward: o.forward, Log: log})
 	if err != nil {
 		return err
 	}
 	log.Info("starting", "version", version, "instance", o.instanceID, "iptables", fw.Mode(), "keys", len(keys))
 	table := o.table
 	a, err := agent.New(agent.Config{InstanceID: o.instanceID, Principal: principal, QueuePrefix: o.queuePrefix, QueueURL: o.queueURL, Keys: keys,
-		AdminCIDRs: admin, VPCCIDRs: vpcs, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, KeepAlive: o.keepAlive, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
+		AdminCIDRs: admin, VPCSource: vpcSource, StateDir: o.stateDir, Table: table, ReconcileInterval: o.reconcile, KeepAlive: o.keepAlive, WaitSeconds: int32(o.pollWait), Window: o.window, Version: version, Log: log},
 		sqs.NewFromConfig(cfg), dynamodb.NewFromConfig(cfg), fw)
 	if err != nil {
 		return err
@@ -265,7 +266,7 @@ func vpcFromIMDS(ctx context.Context, c *imds.Client) ([]netip.Prefix, error) {
 func uninstallCmd(o *options) *cobra.Command {
 	return &cobra.Command{Use: "uninstall", Short: "remove every trace: jumps, chains, sets and the state file", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode})
+			fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode, Forward: o.forward})
 			if err != nil {
 				return err
 			}
@@ -289,13 +290,24 @@ type sqsMessage struct {
 func checkCmd(o *options) *cobra.Command {
 	var file string
 	var keyFiles []string
+	var hooks bool
 	c := &cobra.Command{Use: "check --file MSG.json --public-key KEYS", Short: "verify and validate one message and print what it would change",
 		Long: `check reads one message as 'aws sqs receive-message' prints it (an object with Body and
 MessageAttributes, or the whole {"Messages":[...]} answer), verifies its signature, decodes and
 validates it, and prints what applying it to the state in --state-dir would change. It exits 1
-with a one-line reason for a message the agent would refuse.`,
+with a one-line reason for a message the agent would refuse.
+
+check --hooks instead lists the jumps into bansshee's chains: INPUT -> BANSSHEE, and for forwarded
+traffic (containers, NodePorts) DOCKER-USER -> BANSSHEE-FWD when Docker is present, else
+FORWARD -> BANSSHEE-FWD. It exits 1 naming the hooks that --forward needs and that are missing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if hooks {
+				return printHooks(cmd.Context(), o, cmd.OutOrStdout())
+			}
+			if file == "" || len(keyFiles) == 0 {
+				return errors.New("check needs --file and --public-key (or --hooks)")
+			}
 			raw, err := os.ReadFile(file)
 			if err != nil {
 				return err
@@ -347,11 +359,40 @@ with a one-line reason for a message the agent would refuse.`,
 			}
 			return nil
 		}}
-	c.Flags().StringVar(&file, "file", "", "the message file (required)")
-	c.Flags().StringSliceVar(&keyFiles, "public-key", nil, "file of trusted public keys (required)")
-	_ = c.MarkFlagRequired("file")
-	_ = c.MarkFlagRequired("public-key")
+	c.Flags().StringVar(&file, "file", "", "the message file (required unless --hooks)")
+	c.Flags().StringSliceVar(&keyFiles, "public-key", nil, "file of trusted public keys (required unless --hooks)")
+	c.Flags().BoolVar(&hooks, "hooks", false, "report the jumps into bansshee's chains (INPUT, FORWARD, DOCKER-USER) instead; exit 1 if one is missing")
 	return c
+}
+
+// printHooks prints the jumps into our chains and exits non-zero when one the mode needs is missing.
+func printHooks(ctx context.Context, o *options, w io.Writer) error {
+	fw, err := firewall.New(firewall.Config{Mode: o.iptablesMode, Forward: o.forward})
+	if err != nil {
+		return err
+	}
+	rep, err := fw.Hooks(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "iptables backend %s, forward mode %s\n", fw.Mode(), rep.Mode)
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		docker := "no Docker"
+		if rep.Docker[fam] {
+			docker = "Docker present (FORWARD jumps to DOCKER-USER)"
+		}
+		fmt.Fprintf(w, "%s: %s\n", fam, docker)
+		for _, h := range rep.Hooks {
+			if h.Family == fam {
+				fmt.Fprintf(w, "  %s rule %d -> %s: %s\n", h.From, h.Position, h.To, h.Rule)
+			}
+		}
+	}
+	if len(rep.Missing) > 0 {
+		return fmt.Errorf("hooks missing: %s", strings.Join(rep.Missing, "; "))
+	}
+	fmt.Fprintln(w, "all hooks in place")
+	return nil
 }
 
 func expiry(t time.Time) string {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/bansshee/bansshee/agent/firewall"
+	"github.com/bansshee/bansshee/internal/netns"
 	"github.com/bansshee/bansshee/proto"
 )
 
@@ -124,4 +126,36 @@ func TestCheckCommand(t *testing.T) {
 func quote(s string) string {
 	b, _ := jsonMarshal(s)
 	return string(b)
+}
+
+// check --hooks names what is missing, then what is in place once the firewall is applied.
+func TestCheckHooks(t *testing.T) {
+	p := netns.NewPair(t)
+	o := &options{}
+	var out strings.Builder
+	err := p.Victim.Do(func() error { return printHooks(t.Context(), o, &out) })
+	if err == nil || !strings.Contains(err.Error(), "ipv4: INPUT -> BANSSHEE") || !strings.Contains(err.Error(), "ipv4: FORWARD -> BANSSHEE-FWD") {
+		t.Fatalf("before install: %v, want the missing hooks named", err)
+	}
+	var fw *firewall.Firewall
+	if err := p.Victim.Do(func() error {
+		var err error
+		if fw, err = firewall.New(firewall.Config{}); err != nil {
+			return err
+		}
+		_, err = fw.Apply(t.Context(), firewall.State{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Victim.Do(func() error { return fw.Uninstall(context.Background()) }) })
+	out.Reset()
+	if err := p.Victim.Do(func() error { return printHooks(t.Context(), o, &out) }); err != nil {
+		t.Fatalf("after install: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"forward mode dnat", "ipv4: no Docker", "INPUT rule 1 -> BANSSHEE:", "FORWARD rule 1 -> BANSSHEE-FWD:", "--ctstate DNAT", "all hooks in place"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check --hooks output lacks %q:\n%s", want, out.String())
+		}
+	}
 }

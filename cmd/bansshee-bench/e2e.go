@@ -43,7 +43,7 @@ func benchFleet(ctx context.Context, n int, extra ...string) (*fleet.Fleet, *con
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := controller.New(controller.Config{EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: table, Prefix: f.Queues.Prefix, Signer: f.Signer})
+	c, err := controller.New(controller.Config{AgentRoleID: fleet.AgentRoleID, EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: table, Prefix: f.Queues.Prefix, Signer: f.Signer})
 	if err == nil {
 		err = c.Ledger.CreateTable(ctx)
 	}

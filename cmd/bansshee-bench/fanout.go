@@ -22,7 +22,7 @@ func fanoutRig(ctx context.Context, n int, role string) (*controller.Controller,
 	}
 	clients := awstest.NewClients(env.Config(""))
 	signer, _ := proto.GenerateKey("bench")
-	c, err := controller.New(controller.Config{EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer,
+	c, err := controller.New(controller.Config{AgentRoleID: "AROABENCHAGENTROLE", EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer,
 		Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee")})
 	if err != nil {
 		env.Close()

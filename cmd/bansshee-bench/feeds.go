@@ -208,7 +208,7 @@ func feeds1M(ctx context.Context, emit func(Row)) error {
 	if err != nil {
 		return err
 	}
-	cold, err := controller.New(controller.Config{EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: c.Table, Prefix: f.Queues.Prefix, Signer: f.Signer})
+	cold, err := controller.New(controller.Config{AgentRoleID: fleet.AgentRoleID, EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: c.Table, Prefix: f.Queues.Prefix, Signer: f.Signer})
 	if err != nil {
 		return err
 	}

@@ -57,7 +57,10 @@ func runFirewall(ctx context.Context, emit func(Row)) error {
 			return err
 		}
 	}
-	return benchConnect(ctx, 10000, emit)
+	if err := benchConnect(ctx, 10000, emit); err != nil {
+		return err
+	}
+	return benchForward(ctx, 10000, emit) // forward.go: the DNATed (container) path
 }
 
 func withHost(fn func(l *netns.Lab, h *netns.Host) error) error {
@@ -165,6 +168,9 @@ func benchConnect(ctx context.Context, n int, emit func(Row)) error {
 	}
 	defer srv.Close()
 	dst := netip.AddrPortFrom(v.IP4, 110)
+	if err := warm(&a.NS, dst); err != nil { // forward.go
+		return err
+	}
 	const conns = 1500
 	measure := func() (float64, error) {
 		// Best of three rounds, to keep scheduler noise out of the ratio.

@@ -66,7 +66,7 @@ func newFleetRig(ctx context.Context, n int, onDynalite bool) (*fleetRig, error)
 	}
 	clients := awstest.NewClients(env.Config(""))
 	signer, _ := proto.GenerateKey("bench")
-	c, err := controller.New(controller.Config{EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer,
+	c, err := controller.New(controller.Config{AgentRoleID: "AROABENCHAGENTROLE", EC2: clients.EC2, SQS: clients.SQS, DDB: clients.DynamoDB, Signer: signer,
 		Table: awstest.Unique("bansshee"), Prefix: awstest.Unique("bansshee")}) // the default concurrency, as operators run it
 	r := &fleetRig{env: env, clients: clients, c: c, dyn: dyn}
 	if err != nil {

@@ -36,7 +36,8 @@ type suite struct {
 }
 
 var suites = []suite{
-	{"firewall", "apply 1k/10k/100k/1M bans (beside the ipset restore floor) vs one iptables process per IP; connection rate with 10k bans, set vs linear chain (root)", runFirewall},
+	{"firewall", "apply 1k/10k/100k/1M bans (beside the ipset restore floor) vs one iptables process per IP; connection rate with 10k bans, set vs linear chain, and on the forwarded (DNATed) path (root)", runFirewall},
+	{"connect", "the firewall suite's connection rates alone: 10k bans on INPUT and on the forwarded (DNATed container) path (root)", runConnect},
 	{"fanout", "one ban to 1000 queues; 1000 bans to 50 queues (embedded emulator)", runFanout},
 	{"e2e", "N agents in namespaces: latency from ban to the attacker dropped everywhere (root)", runE2E},
 	{"agent", "RSS and CPU of an idle agent holding 0 / 100000 / 1000000 bans (BANSSHEE_BENCH_AGENT_BANS; root)", runAgent},

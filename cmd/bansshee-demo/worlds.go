@@ -47,7 +47,7 @@ func newRealWorld(ctx context.Context) (*realWorld, error) {
 		f.Close()
 		return nil, err
 	}
-	w.c, err = controller.New(controller.Config{EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: table, Prefix: f.Queues.Prefix, Signer: f.Signer, VisibilityTimeout: 5})
+	w.c, err = controller.New(controller.Config{AgentRoleID: fleet.AgentRoleID, EC2: f.Clients.EC2, SQS: f.Clients.SQS, DDB: f.Clients.DynamoDB, Table: table, Prefix: f.Queues.Prefix, Signer: f.Signer, VisibilityTimeout: 5})
 	if err == nil {
 		err = w.c.Ledger.CreateTable(ctx)
 	}
@@ -124,7 +124,7 @@ func newDryWorld(ctx context.Context) (*dryWorld, error) {
 	if w.signer, err = proto.GenerateKey("demo"); err != nil {
 		return nil, err
 	}
-	w.c, err = controller.New(controller.Config{EC2: w.clients.EC2, SQS: w.clients.SQS, DDB: w.clients.DynamoDB, Table: w.table, Prefix: w.prefix, Signer: w.signer, VisibilityTimeout: 5})
+	w.c, err = controller.New(controller.Config{AgentRoleID: fleet.AgentRoleID, EC2: w.clients.EC2, SQS: w.clients.SQS, DDB: w.clients.DynamoDB, Table: w.table, Prefix: w.prefix, Signer: w.signer, VisibilityTimeout: 5})
 	if err == nil {
 		err = w.c.Ledger.CreateTable(ctx)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/controller/trigger"
 	"github.com/bansshee/bansshee/internal/cli"
@@ -39,6 +40,9 @@ In AWS Lambda (provided.al2023) it serves events. Locally:
 
 prints the decisions as JSON: {"bans":[...],"ignored":[...]}. With --dry-run nothing is written
 and jail counts live only for this run.
+
+The event {"bansshee":"refresh-feeds"} (the stack's feed schedule) refreshes the blocklist feeds
+that are due, in an invocation of its own; the 1-minute schedule's passes never fetch feeds.
 
   bansshee-lambda test-jail --jail NAME --log FILE [--config FILE]
 
@@ -89,8 +93,34 @@ func main() {
 	}
 	h.EMF = os.Stdout // CloudWatch embedded metric format: metrics from log lines, no extra calls
 	lambda.Start(func(ctx context.Context, raw json.RawMessage) (*trigger.Output, error) {
-		return h.Handle(ctx, raw)
+		return handle(ctx, h, raw)
 	})
+}
+
+// FeedEvent is the constant input of the stack's feed schedule. Feed refreshes run in an
+// invocation of their own, never in a reconcile pass: a feed that fails, hangs or is huge cannot
+// stop the passes that create new instances' queues and send repair syncs.
+const FeedEvent = `{"bansshee":"refresh-feeds"}`
+
+// handle runs one event: the feed schedule's here, every other through the trigger handler.
+func handle(ctx context.Context, h *trigger.Handler, raw json.RawMessage) (*trigger.Output, error) {
+	var ev struct {
+		Bansshee string `json:"bansshee"`
+	}
+	if json.Unmarshal(raw, &ev) != nil || ev.Bansshee != "refresh-feeds" {
+		return h.Handle(ctx, raw)
+	}
+	out := &trigger.Output{Kind: "feeds", Bans: []trigger.Decision{}, Ignored: []trigger.Ignored{}}
+	c, ok := h.Actor.(*controller.Controller)
+	if !ok {
+		out.Ignored = append(out.Ignored, trigger.Ignored{Reason: "dry run: feeds were not refreshed"})
+		return out, nil
+	}
+	reps, err := c.RefreshFeeds(ctx, controller.FeedOptions{})
+	for _, r := range reps {
+		out.Feeds = append(out.Feeds, r.String())
+	}
+	return out, err
 }
 
 func envOr(k, def string) string {
@@ -131,7 +161,7 @@ func invoke(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bansshee-lambda invoke: %v\n", err)
 		return 2
 	}
-	out, err := h.Handle(ctx, raw)
+	out, err := handle(ctx, h, raw)
 	if out != nil {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -247,7 +277,9 @@ func build(ctx context.Context, log *slog.Logger, endpoint string, dry bool) (*t
 	c, err := controller.New(controller.Config{EC2: ec2.NewFromConfig(awsCfg), SQS: sqs.NewFromConfig(awsCfg), DDB: dynamodb.NewFromConfig(awsCfg),
 		Table: table, Prefix: envOr("BANSSHEE_QUEUE_PREFIX", "bansshee"), Signer: signer, Admin: admin,
 		Managed: envOr("BANSSHEE_MANAGED", "bansshee:managed=true"), AgentRoleID: os.Getenv("BANSSHEE_AGENT_ROLE_ID"), Log: log,
-		NoticeTopic: os.Getenv("BANSSHEE_NOTICE_TOPIC"), SNS: cli.NewPublisher(awsCfg), Repeat: repeat, HistoryRetention: retention})
+		NoticeTopic: os.Getenv("BANSSHEE_NOTICE_TOPIC"), SNS: cli.NewPublisher(awsCfg), Repeat: repeat, HistoryRetention: retention,
+		FeedsApart: true,                         // the feed schedule's own invocations (handle) refresh feeds
+		WAF:        wafv2.NewFromConfig(awsCfg)}) // edges: the scheduled reconcile removes expiries from WAF IP sets
 	if err != nil {
 		return nil, err
 	}

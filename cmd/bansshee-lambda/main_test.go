@@ -137,3 +137,31 @@ func TestTestJailReadsEveryShape(t *testing.T) {
 		}
 	})
 }
+
+// The feed schedule's event is its own kind (issue 22, finding 8): the trigger handler, which
+// runs the reconcile pass, never sees it.
+func TestFeedEventRunsApart(t *testing.T) {
+	t.Setenv("BANSSHEE_TRIGGER_CONFIG", "")
+	event := filepath.Join(t.TempDir(), "feeds.json")
+	if err := os.WriteFile(event, []byte(FeedEvent), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := invoke([]string{"--event", event, "--dry-run"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var got struct {
+		Kind       string `json:"kind"`
+		Reconciled bool   `json:"reconciled"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || got.Kind != "feeds" || got.Reconciled {
+		t.Fatalf("%v %s", err, out.String())
+	}
+	b, err := os.ReadFile("../../infra/cloudformation/bansshee.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "Input: '"+FeedEvent+"'") {
+		t.Fatalf("the stack has no feed schedule sending %s", FeedEvent)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/internal/cli"
 	"github.com/bansshee/bansshee/internal/flagconf"
@@ -34,6 +35,7 @@ import (
 type globals struct {
 	endpoint, region, table, prefix, keyFile, logLevel, managed string
 	agentRoleID, feedCA                                         string
+	maxInstanceAddrs                                            uint64
 	admin                                                       []string
 	noVPCAllow                                                  bool
 	concurrency                                                 int
@@ -87,11 +89,12 @@ Exit codes: 0 done; 1 AWS or runtime error; 2 bad input or refused (nothing writ
 	pf.IntVar(&g.concurrency, "concurrency", 256, "parallel sends during fan-out and reconcile (each is one SQS connection; at 15 ms a request, 256 reach 10 000 queues in about 0.6 s of waiting)")
 	pf.StringVar(&g.agentRoleID, "agent-role-id", "", "the agent role's id (stack output AgentRoleId): queues this command creates admit only their own instance")
 	pf.StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
+	pf.Uint64Var(&g.maxInstanceAddrs, "max-instance-addresses", controller.DefaultInstanceMaxCoverage, "most IPv4 addresses (and IPv6 /64s) the bans and feeds of one instance may cover together; a feed version that would pass it is held")
 	pf.StringVar(&g.feedCA, "feed-ca", "", "PEM file of extra CA certificates trusted for feed URLs (a private mirror)")
 	pf.StringVar(&g.repeat, "repeat", "factor=2,max=7d,forget=30d", "repeat offenders: a trigger's n-th ban of an address within forget lasts its TTL x factor^(n-1), at most max")
 	pf.StringVar(&g.historyRetention, "history-retention", "90d", "how long history events are kept")
 	pf.StringVar(&g.noticeTopic, "notice-topic", "", "SNS topic ARN for ban notices (stack output NoticeTopicArn; empty: none)")
-	root.AddCommand(allowCmd(g), whyCmd(g), historyCmd(g), feedCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
+	root.AddCommand(allowCmd(g), whyCmd(g), historyCmd(g), feedCmd(g), edgeCmd(g), banCmd(g), unbanCmd(g), listCmd(g), statusCmd(g), targetsCmd(g), limitCmd(g), unlimitCmd(g), serveCmd(g), keysCmd(), initCmd(g))
 	return root
 }
 
@@ -149,8 +152,9 @@ func (g *globals) controller(ctx context.Context, needKey bool) (*controller.Con
 	g.aws = &cfg
 	return controller.New(controller.Config{EC2: ec2.NewFromConfig(cfg), SQS: sqs.NewFromConfig(cfg), DDB: dynamodb.NewFromConfig(cfg),
 		Table: g.table, Prefix: g.prefix, Signer: signer, Managed: g.managed, Admin: admin, SkipVPCAllow: g.noVPCAllow,
-		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, FeedClient: feedClient, Log: cli.Logger(g.logLevel),
-		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg), Repeat: repeat, HistoryRetention: retention})
+		Concurrency: g.concurrency, AgentRoleID: g.agentRoleID, MaxInstanceCoverage4: g.maxInstanceAddrs, MaxInstanceCoverage6: g.maxInstanceAddrs, FeedClient: feedClient, Log: cli.Logger(g.logLevel),
+		NoticeTopic: g.noticeTopic, SNS: cli.NewPublisher(cfg), Repeat: repeat, HistoryRetention: retention,
+		WAF: wafv2.NewFromConfig(cfg)})
 }
 
 func banCmd(g *globals) *cobra.Command {
@@ -169,7 +173,7 @@ func banCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force, Who: g.who(ctx, cmd.ErrOrStderr())})
+			res, err := c.Ban(ctx, controller.BanRequest{CIDRs: args, Target: target, TTL: ttl, Reason: reason, Source: "cli:" + os.Getenv("USER"), Force: force, Operator: true, Who: g.who(ctx, cmd.ErrOrStderr())})
 			if err != nil {
 				return err
 			}
@@ -419,12 +423,23 @@ func tagString(tags map[string]string) string {
 }
 
 func targetsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "targets SELECTOR", Short: "preview exactly which instances a selector reaches", Args: cobra.ExactArgs(1),
+	var exposure bool
+	var jails []string
+	c := &cobra.Command{Use: "targets SELECTOR [--exposure]", Short: "preview exactly which instances a selector reaches (and, with --exposure, what their security groups open)", Args: cobra.ExactArgs(1),
+		Long: `targets lists the managed, running instances a selector picks.
+
+With --exposure it also lists, per instance, the ports its security groups open to the whole
+internet (0.0.0.0/0 or ::/0, directly or through a managed prefix list that holds them), and flags
+rate limits on ports that no security group opens (they protect nothing), and ports open to the
+internet that a jail watches (--jails) without a rate limit.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
 			if err != nil {
 				return err
+			}
+			if exposure {
+				return printExposure(ctx, cmd.OutOrStdout(), c, args[0], jails)
 			}
 			ins, err := c.Targets(ctx, args[0])
 			if err != nil {
@@ -438,6 +453,32 @@ func targetsCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(w, "\n%d instances match %q\n", len(ins), args[0])
 			return w.Flush()
 		}}
+	c.Flags().BoolVar(&exposure, "exposure", false, "list the ports each instance's security groups open to the internet, and flag limits that miss")
+	c.Flags().StringSliceVar(&jails, "jails", []string{"sshd", "dovecot", "cyrus", "postfix-sasl"}, "jails whose daemons' ports should carry a rate limit when open to the internet")
+	return c
+}
+
+func printExposure(ctx context.Context, out io.Writer, c *controller.Controller, target string, jails []string) error {
+	exps, err := c.Exposure(ctx, target, jails)
+	if err != nil {
+		return err
+	}
+	flags := 0
+	for _, ex := range exps {
+		fmt.Fprintf(out, "%s  %s  %s\n", ex.Instance.ID, ex.Instance.PrivateIP, tagString(ex.Instance.Tags))
+		if len(ex.Open) == 0 {
+			fmt.Fprintln(out, "  open to the internet: nothing")
+		}
+		for _, o := range ex.Open {
+			fmt.Fprintf(out, "  open to the internet: %s\n", o)
+		}
+		for _, f := range ex.Flags {
+			fmt.Fprintf(out, "  ! %s\n", f)
+			flags++
+		}
+	}
+	fmt.Fprintf(out, "\n%d instances match %q; %d findings\n", len(exps), target, flags)
+	return nil
 }
 
 func limitCmd(g *globals) *cobra.Command {
@@ -540,7 +581,7 @@ func serveCmd(g *globals) *cobra.Command {
 }
 
 func initCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent)", Args: cobra.NoArgs,
+	return &cobra.Command{Use: "init", Short: "create the ledger table and the DLQ (idempotent); with --agent-role-id, record the agent role id queues are created with", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
@@ -552,6 +593,13 @@ func initCmd(g *globals) *cobra.Command {
 			}
 			if _, err := c.Queues.EnsureDLQ(ctx); err != nil {
 				return err
+			}
+			// Queues are created only with the agent role's id; record it for controllers without it.
+			if g.agentRoleID != "" {
+				if err := c.Ledger.RecordAgentRoleID(ctx, g.agentRoleID); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "agent role id %s recorded\n", g.agentRoleID)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ledger table %s and queue %s ready\n", g.table, c.Queues.DLQName())
 			return nil

@@ -64,6 +64,8 @@ func feedAddCmd(g *globals) *cobra.Command {
 	fl.Int64Var(&spec.MaxBytes, "max-bytes", controller.DefaultFeedMaxBytes, "largest body accepted; a larger one is a failed fetch")
 	fl.StringVar(&spec.Mode, "mode", "enforce", "enforce, or simulate: fetch and record what the feed would ban (history, why), ban nothing")
 	fl.BoolVar(&spec.Force, "force", false, "take entries broader than /16 (IPv4) or /48 (IPv6); without it they are dropped and reported (/8 and /32 are never taken)")
+	fl.Uint64Var(&spec.MaxCoverage4, "max-addresses", controller.DefaultFeedMaxCoverage, "most IPv4 addresses a version may cover in all (default a /8's worth); a version covering more is held")
+	fl.Uint64Var(&spec.MaxCoverage6, "max-v6-64s", controller.DefaultFeedMaxCoverage, "most IPv6 /64 subnets a version may cover in all (default a /40's worth)")
 	fl.BoolVar(&spec.DropVPCOverlap, "drop-vpc-overlap", false, "drop entries that cover a VPC CIDR instead of holding the version (FireHOL level 1 lists the private ranges)")
 	fl.BoolVar(&noSync, "no-sync", false, "only record the feed; the next scheduled pass fetches it")
 	_ = c.MarkFlagRequired("url")
@@ -113,6 +115,7 @@ func feedSyncCmd(g *globals) *cobra.Command {
 		}}
 	c.Flags().BoolVar(&opts.Force, "force", false, "fetch the whole list (no If-None-Match / If-Modified-Since)")
 	c.Flags().BoolVar(&opts.AcceptShrink, "accept-shrink", false, "apply the list even if it shrank by more than half")
+	c.Flags().BoolVar(&opts.AcceptGrowth, "accept-growth", false, "apply the list even if its coverage grew more than fourfold")
 	return c
 }
 

@@ -34,7 +34,7 @@ func newCLI(t *testing.T) *cliEnv {
 	if code, _, errOut := c.run(t, "keys", "gen", "--out", key, "--id", "k1"); code != 0 {
 		t.Fatalf("keys gen: %s", errOut)
 	}
-	if code, _, errOut := c.run(t, "init"); code != 0 {
+	if code, _, errOut := c.run(t, "init", "--agent-role-id", "AROACLITESTAGENT"); code != 0 {
 		t.Fatalf("init: %s", errOut)
 	}
 	for _, tags := range []map[string]string{
@@ -85,7 +85,7 @@ func TestCLITargetsAndBan(t *testing.T) {
 // everywhere), not 1; the ban stays listed for the reconciler to deliver.
 func TestCLIBanWhenDiscoveryFails(t *testing.T) {
 	c := newCLI(t)
-	c.env.FailAfter("ec2:DescribeInstances", 0)
+	c.env.FailAfter("ec2:DescribeInstances", 1) // the fleet's public addresses are read first
 	code, _, errOut := c.run(t, "ban", "198.51.100.77", "--target", "Role=mail", "--reason", "test")
 	c.env.Recover()
 	if code != exitNotConverged || !strings.Contains(errOut, "ledger written at rev 1, but discovery failed after 0 instances") {

@@ -57,7 +57,8 @@ type Jail struct {
 	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 
 	rules        []rule
-	conns        bool // a rule speaks of connections: lines are followed by pid
+	conns        bool // a rule speaks of connections: lines are followed by pid or session
+	bySession    bool // followed by session id, not pid
 	tag          *regexp.Regexp
 	comms        []string
 	fail, ignore []*regexp.Regexp

@@ -46,11 +46,15 @@ const (
 	// keys before the right one, so it counts (once) only when the connection ends without
 	// logging in.
 	KindRefused
+	// KindSessAttempt: one attempt of a session whose login line sums them up (Dovecot's auth
+	// process): not counted on its own line; the session counts the larger of its attempt lines
+	// and its login line's count.
+	KindSessAttempt
 )
 
 func (k Kind) String() string {
 	return map[Kind]string{KindNone: "none", KindAttempt: "attempt", KindMarker: "marker", KindEndUser: "end",
-		KindEnd: "end", KindSuccess: "success", KindRefused: "refused"}[k]
+		KindEnd: "end", KindSuccess: "success", KindRefused: "refused", KindSessAttempt: "session attempt"}[k]
 }
 
 type ruleSpec struct {
@@ -67,10 +71,13 @@ type rule struct {
 // the processes that may write them, and the rules for its messages (lines that match an ignore
 // rule are not failures).
 type builtinJail struct {
-	tag    string   // the whole tag, as a regexp
-	comms  []string // journald _COMM values of the daemon's processes (15 characters at most)
-	rules  []ruleSpec
-	ignore []string
+	// bySession: connections are followed by the session id a rule's group "sess" holds (Dovecot,
+	// whose lines all come from its log process), not by pid (sshd).
+	bySession bool
+	tag       string   // the whole tag, as a regexp
+	comms     []string // journald _COMM values of the daemon's processes (15 characters at most)
+	rules     []ruleSpec
+	ignore    []string
 }
 
 func r(kind Kind, re string) ruleSpec {
@@ -125,23 +132,32 @@ var Builtin = map[string]builtinJail{
 	// session id (SASL for Postfix or Exim), since a session's attempts are already in its login
 	// line. Syslog writes "dovecot: imap-login: ...", Dovecot's own file "imap-login: Info: ...".
 	"dovecot": {
-		tag:   `dovecot`,
-		comms: []string{"dovecot", "log", "imap-login", "pop3-login", "submission-logi", "managesieve-log", "auth", "auth-worker"},
+		tag:       `dovecot(?:[-\w]+)?`, // instance_name changes the syslog ident
+		comms:     []string{"dovecot", "log", "imap-login", "pop3-login", "submission-logi", "managesieve-log", "auth", "auth-worker"},
+		bySession: true,
 		rules: []ruleSpec{
-			r(KindAttempt, `(?:pop3|imap|submission|managesieve|lmtp)-login: (?:(?:Info|Warning|Error): )?(?:Disconnected|Aborted login|Login aborted)[^()]*(?:\([^()]*\)[^()]*)*?\((?:auth failed|tried to use disallowed (?:plaintext|cleartext) auth)(?:, (?P<n>\d+) attempts?)?[^()]*\)(?: \([a-z_]+\))?: user=<.*>, (?:method=[-\w]+, )?rip=<A>(?:, lip=|$)`),
+			// The login process's summary of a connection: its failed attempts, and its session.
+			r(KindAttempt, `(?:pop3|imap|submission|managesieve|lmtp)-login: (?:(?:Info|Warning|Error): )?(?:Disconnected|Aborted login|Login aborted)[^()]*(?:\([^()]*\)[^()]*)*?\((?:auth failed|tried to use disallowed (?:plaintext|cleartext) auth)(?:, (?P<n>\d+) attempts?)?[^()]*\)(?: \([a-z_]+\))?: user=<.*>, (?:method=[-\w]+, )?rip=<A>(?:(?:, lip=[^,]*)?(?:, [^<>]*)?, session=<(?P<sess>[-\w+/=]{1,64})>|, lip=|$)`),
+			r(KindSuccess, `(?:pop3|imap|submission|managesieve|lmtp)-login: (?:(?:Info|Warning|Error): )?(?:Login|Logged in): user=<.*>, (?:method=[-\w]+, )?rip=<A>, lip=[^,]*, (?:[^<>]*, )?session=<(?P<sess>[-\w+/=]{1,64})>`),
+			// The auth process (auth_verbose): one line per attempt. With a session id it is one of
+			// the login line's attempts (the session joins them: the larger count wins); without
+			// one (SASL for Postfix or Exim) it counts on its own.
 			// 2.2 and 2.3: "auth: DRIVER(user,rip[,<session>]): ..." (auth-worker lines may carry a
-			// "conn unix:auth-worker (...): auth-worker<N>: " prefix from 2.3.11).
+			// "conn unix:auth-worker (...): auth-worker<N>: " prefix from 2.3.13).
 			r(KindAttempt, `auth(?:-worker(?:\(\d+\))?)?: (?:(?:Info|Warning|Error): )?(?:conn unix:[^ ]* \([^()]*\): )?(?:auth-worker<\d+>: )?(?:request \[\d+\]: )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2)\(.*,<A>\): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
+			r(KindSessAttempt, `auth(?:-worker(?:\(\d+\))?)?: (?:(?:Info|Warning|Error): )?(?:conn unix:[^ ]* \([^()]*\): )?(?:auth-worker<\d+>: )?(?:request \[\d+\]: )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2)\(.*,<A>,<(?P<sess>[-\w+/=]{1,64})>\): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
 			// 2.4: the user and address moved into the prefix: "auth(user,rip,sasl:MECH)[<session>]:
 			// DRIVER: ...", "auth-worker(user,rip)<pid>[<session>]: request [N]: DRIVER: ...".
 			r(KindAttempt, `auth\(.*,<A>,[-\w:]*\): (?:(?:Info|Warning|Error): )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
+			r(KindSessAttempt, `auth\(.*,<A>,[-\w:]*\)<(?P<sess>[-\w+/=]{1,64})>: (?:(?:Info|Warning|Error): )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
 			r(KindAttempt, `auth-worker\(.*,<A>\)<\d+>: (?:request \[\d+\]: )?(?:(?:Info|Warning|Error): )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
+			r(KindSessAttempt, `auth-worker\(.*,<A>\)<\d+><(?P<sess>[-\w+/=]{1,64})>: (?:request \[\d+\]: )?(?:(?:Info|Warning|Error): )?(?:passwd-file|passwd|shadow|pam|sql|ldap|checkpassword|bsdauth|vpopmail|lua|static|imap|oauth2): (?:unknown user|Password mismatch|pam_authenticate\(\) failed: (?:Authentication failure \([Pp]assword mismatch\?\)|User not known to the underlying authentication module))(?: \((?:SHA\d* )?of given password: [0-9a-f]+\))?$`),
 		},
 	},
 	// Cyrus imapd/pop3d 2.4 to 3.10: "badlogin: [host ][addr] MECH user reason"; the address is the
 	// first bracket, right after the server's own reverse-DNS name.
 	"cyrus": {
-		tag:   `(?:cyrus/)?[-\w]+`,
+		tag:   `(?:[-\w.]+/)?[-\w]+`, // [syslog_prefix/]service: cyrus/imap, pop3d, imaps
 		comms: []string{"imapd", "pop3d", "imap", "pop3", "cyrmaster", "master"},
 		rules: []ruleSpec{
 			r(KindAttempt, `badlogin: (?:[^\s\[\]]+ )?\[<A>\] \S+ .*(?:SASL\(-13\)|SASL\(-20\)|[Aa]uthentication failure|user not found|invalid user|login incorrect)`),
@@ -152,7 +168,7 @@ var Builtin = map[string]builtinJail{
 	// server, Cyrus SASL's "generic failure" (an unreadable sasldb, a broken saslauthd) and an
 	// unsupported mechanism are the server's problem or a client's mistake.
 	"postfix-sasl": {
-		tag:   `postfix(?:-[-\w]+)?/(?:[-\w]+/)?smtpd`,
+		tag:   `[-\w.]+(?:/[-\w.]+)*/smtpd`, // syslog_name/smtpd: postfix, postfix/submission, postfix-INSTANCE, an admin's own
 		comms: []string{"smtpd"},
 		rules: []ruleSpec{
 			r(KindAttempt, `warning: [-._\w]+\[<A>\](?::\d+)?: SASL [-\w]+ authentication failed:(?: |$)`),
@@ -221,7 +237,7 @@ func explainRE2(expr string, err error) string {
 // the record as "tag[pid]: msg"); every match is one attempt (or group "n").
 func (j *Jail) compile() error {
 	var fail []string
-	j.rules, j.ignore, j.fail, j.msgIgnore, j.tag, j.comms, j.conns = nil, nil, nil, nil, nil, nil, false
+	j.rules, j.ignore, j.fail, j.msgIgnore, j.tag, j.comms, j.conns, j.bySession = nil, nil, nil, nil, nil, nil, false, false
 	if j.Builtin != "" {
 		b, ok := Builtin[j.Builtin]
 		if !ok {
@@ -234,6 +250,7 @@ func (j *Jail) compile() error {
 				j.rules = append(j.rules, rule{rs.kind, regexp.MustCompile(rs.re)})
 				j.conns = j.conns || rs.kind != KindAttempt
 			}
+			j.bySession = b.bySession
 		}
 		for _, ig := range b.ignore {
 			j.msgIgnore = append(j.msgIgnore, regexp.MustCompile(ig))
@@ -270,6 +287,7 @@ type Verdict struct {
 	Count int    // failures the line reports on its own (attempts only; 0: not an attempt)
 	Why   string // why not, or which rule
 	Rec   Record
+	Sess  string // the session id the line names (Dovecot), if any
 }
 
 // Check runs the jail on one line.
@@ -332,6 +350,9 @@ func (j *Jail) CheckRecord(rec Record) Verdict {
 		return Verdict{Rec: rec, Why: fmt.Sprintf("%s matched, but %q is not an IP address", which, raw)}
 	}
 	v.Addr = a.String()
+	if k := re.SubexpIndex("sess"); k >= 0 {
+		v.Sess = m[k]
+	}
 	for k, ig := range j.msgIgnore {
 		if ig.MatchString(rec.Msg) {
 			v.Kind, v.Why = KindNone, fmt.Sprintf("ignore rule %d matched", k+1)

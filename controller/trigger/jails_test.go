@@ -365,3 +365,42 @@ func FuzzParseRecord(f *testing.F) {
 		}
 	})
 }
+
+// Dovecot's auth lines and its login line are one session's attempts twice: the session (its id
+// in both) counts the larger of the two, so a lone auth line counts and a pair does not count
+// twice, across batches too; a session that logs in counts nothing.
+func TestDovecotSessions(t *testing.T) {
+	cfg, _ := ParseConfig([]byte(`{"jails":[{"name":"dovecot","builtin":"dovecot"}]}`))
+	j := &cfg.Jails[0]
+	const a = "203.0.113.7"
+	auth := func(sess string) string {
+		return "dovecot: auth-worker(22401): Info: sql(admin@example.de," + a + ",<" + sess + ">): unknown user"
+	}
+	login := func(sess string, n int) string {
+		return fmt.Sprintf("dovecot: imap-login: Disconnected: Connection closed (auth failed, %d attempts in 9 secs): user=<admin@example.de>, method=PLAIN, rip=%s, lip=10.0.0.5, TLS, session=<%s>", n, a, sess)
+	}
+	cases := []struct {
+		name  string
+		lines []string
+		want  int
+	}{
+		{"a lone auth line (the issue's example)", []string{auth("s1")}, 1},
+		{"three auth lines and their login line", []string{auth("s2"), auth("s2"), auth("s2"), login("s2", 3)}, 3},
+		{"a login line alone (auth_verbose off, the default)", []string{login("s3", 4)}, 4},
+		{"a typo, then a login", []string{auth("s4"), "dovecot: imap-login: Login: user=<admin>, method=PLAIN, rip=" + a + ", lip=10.0.0.5, mpid=9, TLS, session=<s4>"}, 0},
+		{"2.4: a typo, then a login", []string{"dovecot: auth(admin," + a + ",sasl:plain)<s5>: passwd-file: Password mismatch", "dovecot: imap-login: Logged in: user=<admin>, method=PLAIN, rip=" + a + ", lip=10.0.0.5, mpid=9, TLS, session=<s5>"}, 0},
+		{"two sessions", []string{auth("s6"), auth("s7"), login("s6", 1), login("s7", 2)}, 3},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := tallyLines(t, j, nil, c.lines...).Hits[a]; got != c.want {
+				t.Fatalf("counted %d, want %d", got, c.want)
+			}
+		})
+	}
+	first := tallyLines(t, j, nil, auth("s8"), auth("s8"))
+	second := tallyLines(t, j, first.Open, login("s8", 2))
+	if first.Hits[a] != 2 || second.Hits[a] != 0 || len(second.Closed) != 1 {
+		t.Fatalf("across batches: %v then %v", first.Hits, second.Hits)
+	}
+}

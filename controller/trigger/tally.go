@@ -37,6 +37,21 @@ type connAcc struct {
 	success bool
 }
 
+// connKey names a verdict's connection within its stream: its session (Dovecot) or its tag and
+// pid (sshd); "" for a jail that follows no connections, or a line that names none.
+func (j *Jail) connKey(v Verdict) string {
+	switch {
+	case !j.conns:
+		return ""
+	case j.bySession:
+		if v.Sess == "" {
+			return ""
+		}
+		return "session<" + v.Sess + ">"
+	}
+	return ConnKey(v.Rec)
+}
+
 // ConnKey names a line's connection within its stream: the tag and the pid ("" without a pid).
 func ConnKey(rec Record) string {
 	if rec.PID == "" {
@@ -52,7 +67,7 @@ func (j *Jail) NeedsConns(vs []Verdict) bool {
 		return false
 	}
 	for _, v := range vs {
-		if v.Kind != KindNone && v.Rec.PID != "" {
+		if v.Kind != KindNone && j.connKey(v) != "" {
 			return true
 		}
 	}
@@ -103,10 +118,7 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 		if v.Kind == KindNone {
 			continue
 		}
-		key := ConnKey(v.Rec)
-		if !j.conns {
-			key = "" // only attempts: nothing to follow
-		}
+		key := j.connKey(v)
 		if v.Addr == "" {
 			// A line that names no address belongs to its connection, if the connection is known.
 			c := conns[key]
@@ -150,9 +162,20 @@ func (j *Jail) tally(vs []Verdict, prior map[string]ConnState, final bool) *Tall
 			*c = connAcc{stored: c.stored}
 		}
 		c.st.Addr = v.Addr
+		switch {
+		case v.Kind == KindAttempt && j.bySession:
+			// A login line sums up its session: its count, or the session's attempt lines if
+			// more were seen; the session has ended.
+			c.st.Attempts = max(c.st.Attempts, v.Count)
+			c.ended = true
+		case v.Kind == KindSessAttempt:
+			c.st.Attempts++
+		}
 		switch v.Kind {
 		case KindAttempt:
-			c.st.Attempts += v.Count
+			if !j.bySession {
+				c.st.Attempts += v.Count
+			}
 			c.st.Marker = true
 		case KindMarker:
 			c.st.Marker = true

@@ -34,6 +34,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/wafv2"
 	"github.com/sivchari/kumo"
 )
 
@@ -56,6 +57,7 @@ type Env struct {
 	// kumoHandler serves kumo in-process (nil: through proxy).
 	kumoHandler http.Handler
 	EC2         *ec2Server
+	WAF         *wafServer // waf.go: the WAFv2 IP-set calls
 	handler     http.Handler
 
 	mu        sync.Mutex
@@ -86,7 +88,7 @@ func Start() (*Env, error) {
 		k.Close()
 		return nil, err
 	}
-	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(),
+	e := &Env{kumo: k, proxy: httputil.NewSingleHostReverseProxy(target), EC2: newEC2(), WAF: newWAF(),
 		listeners: map[string]*frontListener{}, requests: map[string]int{}, regions: map[string]map[string]int{}, held: map[string]chan struct{}{}, throttle: map[string]int{}, failAfter: map[string]int{}, principal: map[string]string{}, ops: map[string]int{}}
 	e.proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
 	// A client that gives up (a cancelled long poll) is normal here: answer 502 without a log line.
@@ -188,6 +190,10 @@ func (e *Env) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if service == "ec2" {
 		e.EC2.ServeHTTP(w, r)
+		return
+	}
+	if service == "wafv2" {
+		e.WAF.ServeHTTP(w, r)
 		return
 	}
 	if service == "dynamodb" && ddb != nil {
@@ -497,11 +503,12 @@ type Clients struct {
 	DynamoDB *dynamodb.Client
 	Logs     *cloudwatchlogs.Client
 	SNS      *sns.Client
+	WAF      *wafv2.Client
 }
 
 // NewClients makes SDK clients from cfg.
 func NewClients(cfg aws.Config) Clients {
-	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg), Logs: cloudwatchlogs.NewFromConfig(cfg), SNS: sns.NewFromConfig(cfg)}
+	return Clients{SQS: sqs.NewFromConfig(cfg), EC2: ec2.NewFromConfig(cfg), DynamoDB: dynamodb.NewFromConfig(cfg), Logs: cloudwatchlogs.NewFromConfig(cfg), SNS: sns.NewFromConfig(cfg), WAF: wafv2.NewFromConfig(cfg)}
 }
 
 // Launch runs one instance with tags through the real EC2 client, and returns its id.

@@ -23,7 +23,12 @@ type ec2Server struct {
 	seq       int
 	instances []*instance
 	vpcs      []vpc
+	eips      []eip
+	nats      []natGateway
 	tokens    map[string]runInstancesResponse // ClientToken -> first answer (idempotent retries)
+	// ec2sg.go
+	groups      []*secGroup
+	prefixLists []*prefixList
 }
 
 type instance struct {
@@ -31,11 +36,13 @@ type instance struct {
 	State   string
 	Tags    map[string]string
 	IP      string
+	Public  string // public IPv4 address
 	Launch  time.Time
 	VpcID   string
 	Subnet  string
 	ImageID string
 	Type    string
+	Groups  []xmlGroupRef // ec2sg.go
 }
 
 type vpc struct {
@@ -75,6 +82,24 @@ func (s *ec2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp, err = s.terminateInstances(f)
 	case "DescribeVpcs":
 		resp = s.describeVpcs()
+	case "AllocateAddress":
+		resp = s.allocateAddress()
+	case "DescribeAddresses":
+		resp = s.describeAddresses()
+	case "CreateNatGateway":
+		resp, err = s.createNatGateway(f)
+	case "DescribeNatGateways":
+		resp = s.describeNatGateways()
+	case "CreateSecurityGroup": // ec2sg.go
+		resp, err = s.createSecurityGroup(f)
+	case "AuthorizeSecurityGroupIngress":
+		resp, err = s.authorizeIngress(f)
+	case "DescribeSecurityGroups":
+		resp, err = s.describeSecurityGroups(f)
+	case "CreateManagedPrefixList":
+		resp, err = s.createPrefixList(f)
+	case "GetManagedPrefixListEntries":
+		resp, err = s.prefixListEntries(f)
 	default:
 		err = &ec2Error{400, "InvalidAction", fmt.Sprintf("The action %s is not valid for this web service (bansshee test harness).", action)}
 	}
@@ -133,22 +158,24 @@ type xmlState struct {
 }
 
 type xmlInstance struct {
-	InstanceID   string   `xml:"instanceId"`
-	ImageID      string   `xml:"imageId"`
-	State        xmlState `xml:"instanceState"`
-	PrivateIP    string   `xml:"privateIpAddress"`
-	InstanceType string   `xml:"instanceType"`
-	LaunchTime   string   `xml:"launchTime"`
-	VpcID        string   `xml:"vpcId"`
-	SubnetID     string   `xml:"subnetId"`
-	Tags         []xmlTag `xml:"tagSet>item"`
+	InstanceID   string        `xml:"instanceId"`
+	ImageID      string        `xml:"imageId"`
+	State        xmlState      `xml:"instanceState"`
+	PrivateIP    string        `xml:"privateIpAddress"`
+	PublicIP     string        `xml:"ipAddress,omitempty"`
+	InstanceType string        `xml:"instanceType"`
+	LaunchTime   string        `xml:"launchTime"`
+	VpcID        string        `xml:"vpcId"`
+	SubnetID     string        `xml:"subnetId"`
+	Tags         []xmlTag      `xml:"tagSet>item"`
+	Groups       []xmlGroupRef `xml:"groupSet>item"`
 }
 
 var stateCodes = map[string]int{"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
 
 func (in *instance) xml() xmlInstance {
 	x := xmlInstance{InstanceID: in.ID, ImageID: in.ImageID, State: xmlState{stateCodes[in.State], in.State},
-		PrivateIP: in.IP, InstanceType: in.Type, LaunchTime: in.Launch.UTC().Format(time.RFC3339), VpcID: in.VpcID, SubnetID: in.Subnet}
+		PrivateIP: in.IP, PublicIP: in.Public, InstanceType: in.Type, LaunchTime: in.Launch.UTC().Format(time.RFC3339), VpcID: in.VpcID, SubnetID: in.Subnet, Groups: in.Groups}
 	keys := make([]string, 0, len(in.Tags))
 	for k := range in.Tags {
 		keys = append(keys, k)
@@ -192,6 +219,14 @@ func (s *ec2Server) runInstances(f url.Values) (any, *ec2Error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var groups []xmlGroupRef
+	for _, id := range indexed(f, "SecurityGroupId") {
+		g := s.group(id)
+		if g == nil {
+			return nil, &ec2Error{400, "InvalidGroup.NotFound", fmt.Sprintf("The security group '%s' does not exist", id)}
+		}
+		groups = append(groups, xmlGroupRef{g.ID, g.Name})
+	}
 	// The SDK fills ClientToken and retries with the same one: a retry must not launch again.
 	token := f.Get("ClientToken")
 	if prev, ok := s.tokens[token]; ok && token != "" {
@@ -211,8 +246,8 @@ func (s *ec2Server) runInstances(f url.Values) (any, *ec2Error) {
 		// kumo keeps its state in process-wide storage, shared by every emulator in a test binary:
 		// ids must be unique across them, or queues named after instances would collide.
 		in := &instance{ID: fmt.Sprintf("i-%017x", rand.Uint64()>>4), State: "running", Tags: cloneMap(tags),
-			IP: fmt.Sprintf("172.31.%d.%d", s.seq/250, s.seq%250+4), Launch: time.Now(), VpcID: s.vpcs[0].ID,
-			Subnet: "subnet-0b5a55hee000001", ImageID: f.Get("ImageId"), Type: f.Get("InstanceType")}
+			IP: fmt.Sprintf("172.31.%d.%d", s.seq/250, s.seq%250+4), Public: fmt.Sprintf("54.240.%d.%d", s.seq/250, s.seq%250+4), Launch: time.Now(), VpcID: s.vpcs[0].ID,
+			Subnet: "subnet-0b5a55hee000001", ImageID: f.Get("ImageId"), Type: f.Get("InstanceType"), Groups: groups}
 		s.instances = append(s.instances, in)
 		resp.Instances = append(resp.Instances, in.xml())
 	}

@@ -72,6 +72,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// AgentRoleID is the agent role id a fleet's ledger records (the emulator does not enforce queue
+// policies; the agents' credentials are not role sessions).
+const AgentRoleID = "AROAFLEETAGENTROLE"
+
 // Options tune a fleet.
 type Options struct {
 	AgentBin          string // default: built into Dir
@@ -131,7 +135,17 @@ func New(ctx context.Context, opts Options) (*Fleet, error) {
 	if vis == 0 {
 		vis = 2
 	}
-	f.Queues = &controller.Queues{SQS: f.Clients.SQS, VisibilityTimeout: vis, Prefix: awstest.Unique("bansshee")}
+	f.Queues = &controller.Queues{SQS: f.Clients.SQS, VisibilityTimeout: vis, Prefix: awstest.Unique("bansshee"), AgentRoleID: AgentRoleID}
+	if opts.Table != "" {
+		// As the stack's Lambda does: controllers create queues only with the agent role's id.
+		l := &controller.Ledger{DDB: f.Clients.DynamoDB, Table: opts.Table}
+		if err := l.CreateTable(ctx); err != nil {
+			return nil, err
+		}
+		if err := l.RecordAgentRoleID(ctx, AgentRoleID); err != nil {
+			return nil, err
+		}
+	}
 	ok = true
 	return f, nil
 }
