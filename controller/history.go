@@ -423,7 +423,7 @@ func (r Repeat) TTL(base time.Duration, n int) time.Duration {
 }
 
 // offenceKey is the key of a CIDR's offence item, beside its events in its history bucket:
-// `times`, a number set of the unix seconds of its trigger bans, and expires_at (TTL) Repeat.Forget
+// `times`, a number set of the unix nanoseconds of its trigger bans, and expires_at (TTL) Repeat.Forget
 // after the last, when the count starts again anyway.
 func offenceKey(p netip.Prefix) map[string]ddbtypes.AttributeValue {
 	return map[string]ddbtypes.AttributeValue{"pk": s(historyBucket(p)), "sk": s(p.String() + "#off")}
@@ -460,7 +460,7 @@ func (c *Controller) Offences(ctx context.Context, prefixes []netip.Prefix, sinc
 				continue
 			}
 			for _, t := range o.Times {
-				if t >= since.Unix() {
+				if t >= since.UnixNano() {
 					out[p]++
 				}
 			}
@@ -486,7 +486,8 @@ func (c *Controller) recordOffences(ctx context.Context, events []Event) error {
 				_, err := c.Ledger.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table), Key: offenceKey(p),
 					UpdateExpression: aws.String("ADD times :t SET expires_at = :exp"),
 					ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{
-						":t":   &ddbtypes.AttributeValueMemberNS{Value: []string{strconv.FormatInt(e.Time.Unix(), 10)}},
+						// Nanoseconds: two offences in one second are two members of the set.
+						":t":   &ddbtypes.AttributeValueMemberNS{Value: []string{strconv.FormatInt(e.Time.UnixNano(), 10)}},
 						":exp": n(e.Time.Add(c.Repeat.Forget).Unix())}})
 				if err != nil {
 					return fmt.Errorf("record offence of %s: %w", p, err)
