@@ -239,7 +239,7 @@ func (c *Controller) edgeDesired(ctx context.Context, e EdgeItem, v *ledgerView)
 		if s := v.sel(b.Target); s == nil || !b.Active(now) || !s.Covers(edgeSel) {
 			continue
 		}
-		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
+		if p, err := netip.ParsePrefix(b.CIDR); err == nil && policyRefusal(p.Masked(), v.allows, nil, true) == nil {
 			add(p.Masked(), b.Updated)
 		}
 	}
@@ -248,7 +248,10 @@ func (c *Controller) edgeDesired(ctx context.Context, e EdgeItem, v *ledgerView)
 			continue
 		}
 		for _, en := range f.entries {
-			add(en.p, f.OK)
+			// Ledger allow entries and holds keep a feed's entries off the edge as off the agents.
+			if policyRefusal(en.p, v.allows, v.holds, false) == nil {
+				add(en.p, f.OK)
+			}
 		}
 	}
 	skipped := 0

@@ -7,8 +7,8 @@ package controller
 //	pk="hday#<date>"    sk="<unix nanos>#<event id>"         the whole event, for `history` of everything
 //
 // The bucket of a CIDR is its /16 (IPv4) or /32 (IPv6), or "4w"/"6w" for broader ones, so the
-// history of an address is one Query of its bucket and one of the broad bucket, and the offences
-// of one CIDR (Repeat) one Query of a key range.
+// history of an address is one Query of its bucket and one of the broad bucket. Beside its events,
+// sk="<cidr>#off" holds the times of the CIDR's trigger bans (Repeat), read by key.
 
 import (
 	"context"
@@ -173,13 +173,15 @@ func (c *Controller) record(ctx context.Context, events ...Event) error {
 	now := c.Now().UTC()
 	exp := now.Add(c.HistoryRetention).Unix()
 	var items []histItem
+	for i := range events {
+		if events[i].Time.IsZero() {
+			events[i].Time = now
+		}
+		if events[i].ID == "" {
+			events[i].ID = ulid.Make().String()
+		}
+	}
 	for _, e := range events {
-		if e.Time.IsZero() {
-			e.Time = now
-		}
-		if e.ID == "" {
-			e.ID = ulid.Make().String()
-		}
 		ts := nanos(e.Time)
 		for _, cidr := range e.CIDRs {
 			p, err := proto.ParseCIDR(cidr)
@@ -201,6 +203,7 @@ func (c *Controller) record(ctx context.Context, events ...Event) error {
 		chunk := items[i:min(i+25, len(items))]
 		g.Go(func() error { return c.Ledger.batchWrite(ctx, chunk) })
 	}
+	g.Go(func() error { return c.recordOffences(ctx, events) })
 	return g.Wait()
 }
 
@@ -293,7 +296,10 @@ func (c *Controller) History(ctx context.Context, p netip.Prefix, since time.Tim
 				mu.Lock()
 				defer mu.Unlock()
 				for _, it := range items {
-					cidr, _, _ := strings.Cut(it.SK, "#")
+					cidr, rest, _ := strings.Cut(it.SK, "#")
+					if rest == "off" {
+						continue // the CIDR's offence item, not an event
+					}
 					cp, err := proto.ParseCIDR(cidr)
 					if err != nil || !cp.Overlaps(p) {
 						continue
@@ -416,24 +422,81 @@ func (r Repeat) TTL(base time.Duration, n int) time.Duration {
 	return time.Duration(f)
 }
 
-// Offences counts a CIDR's trigger bans since since, from its history: one Query of a key range.
-func (c *Controller) Offences(ctx context.Context, p netip.Prefix, since time.Time) (int, error) {
-	cidr := p.String()
-	in := &dynamodb.QueryInput{TableName: aws.String(c.Table), Select: ddbtypes.SelectCount,
-		KeyConditionExpression: aws.String("pk = :pk AND sk BETWEEN :a AND :b"),
-		FilterExpression:       aws.String("k = :ban AND attribute_exists(trig)"),
-		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(historyBucket(p)), ":a": s(cidr + "#" + nanos(since)), ":b": s(cidr + "#~"),
-			":ban": s(EventBan)}}
-	total := 0
-	pg := dynamodb.NewQueryPaginator(c.Ledger.DDB, in)
-	for pg.HasMorePages() {
-		page, err := pg.NextPage(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("count offences of %s: %w", cidr, err)
+// offenceKey is the key of a CIDR's offence item, beside its events in its history bucket:
+// `times`, a number set of the unix nanoseconds of its trigger bans, and expires_at (TTL) Repeat.Forget
+// after the last, when the count starts again anyway.
+func offenceKey(p netip.Prefix) map[string]ddbtypes.AttributeValue {
+	return map[string]ddbtypes.AttributeValue{"pk": s(historyBucket(p)), "sk": s(p.String() + "#off")}
+}
+
+// Offences counts each prefix's trigger bans since since, from the offence items of their
+// history: one BatchGetItem per 100 prefixes, not a Query each (a Lambda batch bans hundreds).
+func (c *Controller) Offences(ctx context.Context, prefixes []netip.Prefix, since time.Time) (map[netip.Prefix]int, error) {
+	out := make(map[netip.Prefix]int, len(prefixes))
+	seen := map[netip.Prefix]bool{}
+	var keys []map[string]ddbtypes.AttributeValue
+	for _, p := range prefixes {
+		if !seen[p] {
+			seen[p] = true
+			keys = append(keys, offenceKey(p))
 		}
-		total += int(page.Count)
 	}
-	return total, nil
+	for i := 0; i < len(keys); i += 100 {
+		items, err := c.Ledger.batchGet(ctx, keys[i:min(i+100, len(keys))], "")
+		if err != nil {
+			return nil, fmt.Errorf("count offences: %w", err)
+		}
+		for _, it := range items {
+			var o struct {
+				SK    string  `dynamodbav:"sk"`
+				Times []int64 `dynamodbav:"times,numberset"`
+			}
+			if err := attributevalue.UnmarshalMap(it, &o); err != nil {
+				return nil, err
+			}
+			cidr, _, _ := strings.Cut(o.SK, "#")
+			p, err := proto.ParseCIDR(cidr)
+			if err != nil {
+				continue
+			}
+			for _, t := range o.Times {
+				if t >= since.UnixNano() {
+					out[p]++
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// recordOffences adds a trigger ban's time to each of its CIDRs' offence items.
+func (c *Controller) recordOffences(ctx context.Context, events []Event) error {
+	var g errgroup.Group
+	g.SetLimit(8)
+	for _, e := range events {
+		if e.Kind != EventBan || e.Trigger == "" {
+			continue
+		}
+		for _, cidr := range e.CIDRs {
+			p, err := proto.ParseCIDR(cidr)
+			if err != nil {
+				continue
+			}
+			g.Go(func() error {
+				_, err := c.Ledger.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table), Key: offenceKey(p),
+					UpdateExpression: aws.String("ADD times :t SET expires_at = :exp"),
+					ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{
+						// Nanoseconds: two offences in one second are two members of the set.
+						":t":   &ddbtypes.AttributeValueMemberNS{Value: []string{strconv.FormatInt(e.Time.UnixNano(), 10)}},
+						":exp": n(e.Time.Add(c.Repeat.Forget).Unix())}})
+				if err != nil {
+					return fmt.Errorf("record offence of %s: %w", p, err)
+				}
+				return nil
+			})
+		}
+	}
+	return g.Wait()
 }
 
 // repeatTTLs is the TTL of each prefix's ban: req.TTL, lengthened for a trigger's repeat
@@ -446,21 +509,14 @@ func (c *Controller) repeatTTLs(ctx context.Context, req BanRequest, prefixes []
 	if req.Trigger == "" || req.TTL == 0 || c.Repeat.Factor <= 1 {
 		return out
 	}
-	since := c.Now().Add(-c.Repeat.Forget)
-	var g errgroup.Group
-	g.SetLimit(16)
-	for i, p := range prefixes {
-		g.Go(func() error {
-			n, err := c.Offences(ctx, p, since)
-			if err != nil {
-				c.Log.Warn("repeat offences not counted; the base TTL applies", "cidr", p.String(), "err", err)
-				return nil
-			}
-			out[i] = c.Repeat.TTL(req.TTL, n+1)
-			return nil
-		})
+	counts, err := c.Offences(ctx, prefixes, c.Now().Add(-c.Repeat.Forget))
+	if err != nil {
+		c.Log.Warn("repeat offences not counted; the base TTL applies", "cidrs", len(prefixes), "err", err)
+		return out
 	}
-	_ = g.Wait()
+	for i, p := range prefixes {
+		out[i] = c.Repeat.TTL(req.TTL, counts[p]+1)
+	}
 	return out
 }
 

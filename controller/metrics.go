@@ -34,6 +34,8 @@ type Metrics struct {
 	// in force.
 	FeedRefreshes *prometheus.CounterVec
 	FeedEntries   *prometheus.GaugeVec
+	// Simulated counts what simulate-mode feeds (and, in this process, triggers) would have banned.
+	Simulated prometheus.Counter
 	// OverCapacity: instances whose desired state is more than their agent's set holds.
 	OverCapacity prometheus.Gauge
 }
@@ -66,10 +68,11 @@ func NewMetrics() *Metrics {
 		FeedRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bansshee_feed_refreshes_total",
 			Help: "Feed refreshes by feed and result: ok, not_modified, failed (the last good version stays), held (a version not applied)."}, []string{"feed", "result"}),
 		FeedEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bansshee_feed_entries", Help: "Entries in force of each feed's last good version."}, []string{"feed"}),
+		Simulated:   prometheus.NewCounter(prometheus.CounterOpts{Name: "bansshee_simulated_total", Help: "Addresses simulate-mode feeds and triggers would have banned (and did not)."}),
 		OverCapacity: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bansshee_fleet_instances_over_capacity",
 			Help: "Instances whose bans and feeds are more than their agent's set holds (they get no sync)."}),
 	}
-	m.Registry.MustRegister(m.Passes, m.Syncs, m.Escalations, m.Instances, m.Bans, m.Limits, m.Agents, m.Decisions, m.FeedRefreshes, m.FeedEntries, m.OverCapacity)
+	m.Registry.MustRegister(m.Passes, m.Syncs, m.Escalations, m.Instances, m.Bans, m.Limits, m.Agents, m.Decisions, m.FeedRefreshes, m.FeedEntries, m.Simulated, m.OverCapacity)
 	for _, r := range []string{"ok", "error"} {
 		m.Passes.WithLabelValues(r)
 	}
@@ -90,6 +93,7 @@ func (m *Metrics) Observe(rep *Report, err error) {
 		return
 	}
 	m.Syncs.Add(float64(len(rep.Synced)))
+	m.Simulated.Add(float64(rep.Simulated))
 	m.Escalations.Add(float64(len(rep.Escalated)))
 	if len(rep.Escalated) > 0 {
 		m.Decisions.WithLabelValues("escalation").Add(float64(len(rep.Escalated)))

@@ -343,7 +343,15 @@ func (c *Controller) lift(ctx context.Context, p netip.Prefix, rev int64) (*Resu
 		}
 	}
 	c.Log.Info("allow lifts", "cidr", p.String(), "entries", len(list), "rev", rev)
-	return res, c.fanoutTo(ctx, disc, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: list}, res)
+	err = c.fanoutTo(ctx, disc, sels, &proto.Message{Kind: proto.KindUnban, Rev: rev, Unbans: list}, res)
+	lifted := make([]netip.Prefix, 0, len(list))
+	for _, t := range list {
+		if lp, perr := proto.ParseBanID(t.ID); perr == nil {
+			lifted = append(lifted, lp)
+		}
+	}
+	c.edgeAfterUnban(ctx, lifted) // edge.go: WAF IP sets drop them too
+	return res, err
 }
 
 // UnbanRequest lifts bans.

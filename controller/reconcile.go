@@ -36,6 +36,7 @@ type Report struct {
 	Fleet          FleetCounts
 	Feeds          []FeedReport  // feeds that were due and refreshed before the pass
 	Edges          []*EdgeReport // WAF IP sets synced (edge.go)
+	Simulated      int           // addresses simulate-mode feeds and triggers recorded during the pass
 	Errors         []error
 }
 
@@ -285,6 +286,8 @@ func (v *ledgerView) forInstance(id string, tags map[string]string, now time.Tim
 // lagging instances, escalations. Errors for one instance do not stop the others.
 func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	rep := &Report{}
+	simulated := c.simulated.Load()
+	defer func() { rep.Simulated = int(c.simulated.Load() - simulated) }()
 	now := c.Now().UTC()
 	if c.AgentRoleID != "" {
 		c.recordRole.Do(func() {

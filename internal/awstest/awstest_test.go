@@ -13,8 +13,10 @@ import (
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go/logging"
 )
 
@@ -272,5 +274,44 @@ func TestSQSMessageSizeLimit(t *testing.T) {
 	err = send(strings.Repeat("b", MaxMessageSize-attrSize+1))
 	if err == nil || !strings.Contains(err.Error(), "shorter than 262144") {
 		t.Fatalf("a message one byte over the limit (attributes counted): %v", err)
+	}
+}
+
+// The CLI's identity for the history (sts:GetCallerIdentity) and the ban notices (sns:Publish to
+// a topic an SQS queue subscribes to), through the real SDK clients.
+func TestSTSIdentityAndSNSToSQS(t *testing.T) {
+	e, c := New(t)
+	ctx := t.Context()
+	stsc := sts.NewFromConfig(e.Config(""))
+	id, err := stsc.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	if err != nil || aws.ToString(id.Arn) == "" {
+		t.Fatalf("default identity: %+v %v", id, err)
+	}
+	e.SetPrincipal("AKIDBANSSHEETEST", "AROAEXAMPLE:alice")
+	if id, err = stsc.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{}); err != nil || !strings.HasSuffix(aws.ToString(id.Arn), "/AROAEXAMPLE:alice") {
+		t.Fatalf("set identity: %+v %v", id, err)
+	}
+	topic, err := c.SNS.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(Unique("notices"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(Unique("notices"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qa, err := c.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: q.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{"QueueArn"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SNS.Subscribe(ctx, &sns.SubscribeInput{TopicArn: topic.TopicArn, Protocol: aws.String("sqs"), Endpoint: aws.String(qa.Attributes["QueueArn"]),
+		Attributes: map[string]string{"RawMessageDelivery": "true"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SNS.Publish(ctx, &sns.PublishInput{TopicArn: topic.TopicArn, Subject: aws.String("bansshee"), Message: aws.String(`{"bans":3}`)}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, WaitTimeSeconds: 2})
+	if err != nil || len(r.Messages) != 1 || aws.ToString(r.Messages[0].Body) != `{"bans":3}` {
+		t.Fatalf("published message in the queue: %+v %v", r.Messages, err)
 	}
 }
