@@ -128,6 +128,9 @@ mydestination =
 inet_interfaces = {{.IP4}}, {{.IP6}}
 inet_protocols = all
 data_directory = {{.Dir}}/postfix/data
+# A queue of this run's own: the package's /var/spool/postfix holds master's lock, which another
+# run (or one a killed test left behind) would hold.
+queue_directory = {{.Dir}}/postfix/queue
 smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = cyrus
 smtpd_sasl_path = smtpd

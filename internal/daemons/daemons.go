@@ -284,7 +284,15 @@ func (s *Server) startPostfix() error {
 	if err := run("chown", "-R", "postfix:postfix", s.path("postfix", "data"), s.path("postfix", "sasldb2")); err != nil {
 		return err
 	}
-	// The queue directory is the package's own (set up by postinst): master locks it.
+	// The run's own queue directory, laid out as postinst lays out the package's ("postfix
+	// check" creates what is missing, with its owners).
+	if err := os.MkdirAll(s.path("postfix", "queue"), 0o755); err != nil {
+		return err
+	}
+	// In the server's namespace: check resolves inet_interfaces, which only exist there.
+	if out, err := s.Host.Run("/usr/sbin/postfix", "-c", s.path("postfix", "conf"), "check"); err != nil {
+		return fmt.Errorf("postfix check: %w: %s", err, out)
+	}
 	return s.start("postfix", "/usr/lib/postfix/sbin/master", "-d", "-c", s.path("postfix", "conf"))
 }
 
