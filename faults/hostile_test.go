@@ -157,9 +157,12 @@ func TestHostileSpoofedFloodTripsNothing(t *testing.T) {
 		n, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(after, "\n", 2)[0]))
 		return n
 	}
-	// A few forged SYNs may be lost before the firewall sees them (the receiving CPU's backlog
-	// overflows at 800 000 packets in 4 s); 95 % is three times what the old set could hold.
-	waitFor(t, "the flood to make suspects", 20*time.Second, func() bool { return suspects() >= sources*95/100 })
+	// Forged SYNs are lost before the firewall sees them when the receiving CPU's backlog
+	// overflows (800 000 packets in 4 s; more of them on a loaded machine: 95 % arrived on a quiet
+	// one). Half is still 1.5 times what the old table held (65 536) and 8 times the old suspect
+	// set (12 288): the property is that the flood no longer fills them, and the honest client
+	// above got through.
+	waitFor(t, "the flood to make suspects", 60*time.Second, func() bool { return suspects() >= sources/2 })
 	t.Logf("forged sources over the limit (suspects, dropped): %d of %d", suspects(), sources)
 	// Two agent reconcile passes (2 s each) and controller passes: nothing escalates.
 	var escalated int
