@@ -227,7 +227,7 @@ func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, la
 	emit(Row{"fleet", name, "list_100000_bans_seconds", secs, "s"})
 	sort.Float64s(cliCPU)
 	emit(Row{"fleet", name, "list_100000_bans_cli_cpu_seconds", cliCPU[len(cliCPU)/2], "s"})
-	return nil
+	return listFloor(ctx, emit, r, name, secs, 100000)
 }
 
 // fleetListDynalite is the list case with DynamoDB served by dynalite (LevelDB-backed: a Query
@@ -328,17 +328,7 @@ func runFleet(ctx context.Context, emit func(Row)) error {
 	if err != nil {
 		return err
 	}
-	var specs []string
-	if os.Getenv("BANSSHEE_BENCH_FLEET") != "dynalite" {
-		for _, n := range fleetSizes() {
-			for _, lat := range fleetLatencies() {
-				specs = append(specs, fmt.Sprintf("%d:%d", n, lat.Milliseconds()))
-			}
-		}
-	}
-	for _, lat := range fleetLatencies() {
-		specs = append(specs, fmt.Sprintf("dynalite:%d", lat.Milliseconds()))
-	}
+	specs := fleetSpecs()
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -463,13 +453,23 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		return err
 	}
 	emit(Row{"fleet", name, "status_seconds", secs, "s"})
+	if err := statusFloor(ctx, emit, r, name, secs); err != nil {
+		return err
+	}
+	if lat > 0 {
+		if err := servePeakRSS(ctx, emit, r, name); err != nil {
+			return err
+		}
+	}
 
-	// One ban to every queue.
-	r.env.ResetOps()
+	// One ban to every queue, between two runs of its floor (floors.go).
 	var res *controller.Result
-	secs, err = timed("ban_fanout_seconds", func() error {
+	var banOps map[string]int
+	_, err = fanoutWithFloor(ctx, emit, r, name, lat, func() error {
+		r.env.ResetOps()
 		var err error
 		res, err = c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+		banOps = r.env.Ops()
 		if err == nil && (len(res.Instances) != n || len(res.Failed()) > 0) {
 			err = fmt.Errorf("ban reached %d of %d (%d failed)", len(res.Instances)-len(res.Failed()), n, len(res.Failed()))
 		}
@@ -478,8 +478,6 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	if err != nil {
 		return err
 	}
-	banOps := r.env.Ops()
-	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})
 	emit(Row{"fleet", name, "requests_per_ban_per_1000_instances", float64(sum(banOps)) * 1000 / float64(n), "requests"})
 	if lat > 0 {
 		fmt.Fprintf(os.Stderr, "     one ban's requests: %s\n", opsString(banOps))
