@@ -729,19 +729,7 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	instances, err := c.Discover(ctx, sel)
-	if err != nil {
-		return nil, 0, err
-	}
-	view, err := c.readLedger(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	ids := make([]string, len(instances))
-	for i, in := range instances {
-		ids[i] = in.ID
-	}
-	statuses, err := c.Ledger.Statuses(ctx, ids)
+	instances, view, statuses, err := c.statusReads(ctx, sel)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -757,6 +745,43 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	}
 	markOldVersions(out)
 	return out, view.rev, nil
+}
+
+// statusReads makes Status's three reads at once: discovery, the ledger, and the statuses of each
+// discovery page as it arrives (at 10 000 instances, one after the other they were 4.4 times the
+// status reads alone at 15 ms a request; see PERFORMANCE.md, fleet). Instances are sorted by id.
+func (c *Controller) statusReads(ctx context.Context, sel *Selector) ([]Instance, *ledgerView, map[string]proto.AgentStatus, error) {
+	var view *ledgerView
+	var g errgroup.Group
+	g.Go(func() error {
+		var err error
+		view, err = c.readLedger(ctx)
+		return err
+	})
+	var instances []Instance
+	statuses := map[string]proto.AgentStatus{}
+	var mu sync.Mutex
+	derr := c.discoverPages(ctx, sel, func(page []Instance) {
+		instances = append(instances, page...)
+		ids := make([]string, len(page))
+		for i, in := range page {
+			ids[i] = in.ID
+		}
+		g.Go(func() error {
+			sts, err := c.Ledger.Statuses(ctx, ids)
+			mu.Lock()
+			defer mu.Unlock()
+			for id, st := range sts {
+				statuses[id] = st
+			}
+			return err
+		})
+	})
+	if err := errors.Join(derr, g.Wait()); err != nil {
+		return nil, nil, nil, err
+	}
+	sort.Slice(instances, func(i, j int) bool { return instances[i].ID < instances[j].ID })
+	return instances, view, statuses, nil
 }
 
 // markOldVersions flags agents behind the fleet's newest release (vX.Y.Z, as make dist stamps

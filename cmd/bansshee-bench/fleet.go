@@ -444,8 +444,8 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	// status with n agents.
 	secs, err = median3("status_seconds", func() error {
 		sts, _, err := c.Status(ctx, "*")
-		if err == nil && len(sts) != n {
-			err = fmt.Errorf("status: %d instances", len(sts))
+		if err == nil && (len(sts) != n || convergedOf(sts) != n) {
+			err = fmt.Errorf("status: %d instances, %d converged", len(sts), convergedOf(sts))
 		}
 		return err
 	})

@@ -259,3 +259,15 @@ func median(v []float64) float64 {
 	sort.Float64s(s)
 	return s[len(s)/2]
 }
+
+// convergedOf counts the converged instances of a status answer (every one, in the fleet cases:
+// the check that a faster status still reads every agent's status).
+func convergedOf(sts []controller.InstanceStatus) int {
+	n := 0
+	for _, st := range sts {
+		if st.Converged {
+			n++
+		}
+	}
+	return n
+}
