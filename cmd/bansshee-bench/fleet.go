@@ -205,7 +205,8 @@ func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, la
 		return err
 	}
 	var cliCPU []float64
-	secs, err := median3("list_100000_bans_seconds", func() error {
+	floor := listFloor(ctx, r, 100000)
+	secs, err := median3With("list_100000_bans_seconds", func() error {
 		cmd := exec.CommandContext(ctx, bin, "list", "--json", "--table", r.c.Table, "--queue-prefix", r.c.Queues.Prefix,
 			"--endpoint-url", r.env.URL(), "--region", awstest.Region)
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
@@ -220,14 +221,14 @@ func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, la
 			return fmt.Errorf("bansshee list printed %d bans, want the 100000 and more", rows)
 		}
 		return nil
-	})
+	}, floor)
 	if err != nil {
 		return err
 	}
 	emit(Row{"fleet", name, "list_100000_bans_seconds", secs, "s"})
 	sort.Float64s(cliCPU)
 	emit(Row{"fleet", name, "list_100000_bans_cli_cpu_seconds", cliCPU[len(cliCPU)/2], "s"})
-	return listFloor(ctx, emit, r, name, secs, 100000)
+	return floor.emit(emit, name, "list_100000_bans", secs)
 }
 
 // fleetListDynalite is the list case with DynamoDB served by dynalite (LevelDB-backed: a Query
@@ -441,19 +442,20 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		fmt.Fprintf(os.Stderr, "     steady pass requests: %s\n", opsString(steadyOps))
 	}
 
-	// status with n agents.
-	secs, err = median3("status_seconds", func() error {
+	// status with n agents, each run followed by one of its floor.
+	floor := statusFloor(ctx, r)
+	secs, err = median3With("status_seconds", func() error {
 		sts, _, err := c.Status(ctx, "*")
 		if err == nil && (len(sts) != n || convergedOf(sts) != n) {
 			err = fmt.Errorf("status: %d instances, %d converged", len(sts), convergedOf(sts))
 		}
 		return err
-	})
+	}, floor)
 	if err != nil {
 		return err
 	}
 	emit(Row{"fleet", name, "status_seconds", secs, "s"})
-	if err := statusFloor(ctx, emit, r, name, secs); err != nil {
+	if err := floor.emit(emit, name, "status", secs); err != nil {
 		return err
 	}
 	if lat > 0 {
@@ -462,14 +464,16 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		}
 	}
 
-	// One ban to every queue, between two runs of its floor (floors.go).
+	// One ban to every queue, three times, between runs of its floor (floors.go).
 	var res *controller.Result
 	var banOps map[string]int
-	_, err = fanoutWithFloor(ctx, emit, r, name, lat, func() error {
+	_, err = fanoutWithFloor(ctx, emit, r, name, lat, func(i int) error {
 		r.env.ResetOps()
 		var err error
-		res, err = c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
-		banOps = r.env.Ops()
+		res, err = c.Ban(ctx, controller.BanRequest{CIDRs: []string{fmt.Sprintf("198.51.100.%d", 7+i)}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+		if i == 0 {
+			banOps = r.env.Ops()
+		}
 		if err == nil && (len(res.Instances) != n || len(res.Failed()) > 0) {
 			err = fmt.Errorf("ban reached %d of %d (%d failed)", len(res.Instances)-len(res.Failed()), n, len(res.Failed()))
 		}
