@@ -262,16 +262,23 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		rep.Errors = append(rep.Errors, err)
 	}
 	rep.Feeds = feeds
-	// Discovery (with each page's statuses read as it arrives), the ledger, the instance records
-	// and the queues are read at once: one after the other, at 10 000 instances and 15 ms a
-	// request, they were most of a steady pass's time (PERFORMANCE.md, fleet).
-	reads, err := c.passReads(ctx)
+	instances, err := c.Discover(ctx, mustParse("*"))
 	if err != nil {
 		return rep, err
 	}
-	instances, view, known, statuses, queues := reads.instances, reads.view, reads.known, reads.statuses, reads.queues
-	syncRev := reads.syncRev
 	rep.Instances = len(instances)
+	// A sync's revision is taken before the ledger is read, so that it is older than every change
+	// the read may have missed: a ban or unban written while the pass reads has a newer revision,
+	// and an agent keeps it over the sync. (Taken after the read, it claimed authority over them:
+	// a ban written meanwhile was dropped until the next digest repair.)
+	syncRev, revErr := c.Ledger.NextRev(ctx)
+	if revErr != nil {
+		return rep, revErr
+	}
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return rep, err
+	}
 	if c.afterLedgerRead != nil {
 		c.afterLedgerRead()
 	}
@@ -285,6 +292,22 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		if !l.Deleted {
 			rep.Fleet.LimitsActive++
 		}
+	}
+	known, err := c.Ledger.Instances(ctx)
+	if err != nil {
+		return rep, err
+	}
+	ids := make([]string, len(instances))
+	for i, in := range instances {
+		ids[i] = in.ID
+	}
+	statuses, err := c.Ledger.Statuses(ctx, ids)
+	if err != nil {
+		return rep, err
+	}
+	queues, err := c.Queues.List(ctx)
+	if err != nil {
+		return rep, err
 	}
 	running := map[string]bool{}
 	for _, in := range instances {
@@ -706,7 +729,19 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	instances, view, statuses, err := c.statusReads(ctx, sel)
+	instances, err := c.Discover(ctx, sel)
+	if err != nil {
+		return nil, 0, err
+	}
+	view, err := c.readLedger(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	ids := make([]string, len(instances))
+	for i, in := range instances {
+		ids[i] = in.ID
+	}
+	statuses, err := c.Ledger.Statuses(ctx, ids)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -722,99 +757,6 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	}
 	markOldVersions(out)
 	return out, view.rev, nil
-}
-
-// passReads is what a reconcile pass reads before it acts.
-type passReads struct {
-	instances []Instance
-	syncRev   int64
-	view      *ledgerView
-	known     map[string]InstanceItem
-	statuses  map[string]proto.AgentStatus
-	queues    map[string]string
-}
-
-// passReads makes a reconcile pass's reads at once. The sync revision is still taken before the
-// ledger is read (see ReconcileOnce); discovery, the instance records and the queue list depend
-// on nothing else read, and each discovery page's statuses are read as the page arrives.
-func (c *Controller) passReads(ctx context.Context) (*passReads, error) {
-	r := &passReads{}
-	var g errgroup.Group
-	g.Go(func() error {
-		// A sync's revision is taken before the ledger is read, so that it is older than every
-		// change the read may have missed: a ban or unban written while the pass reads has a newer
-		// revision, and an agent keeps it over the sync. (Taken after the read, it claimed
-		// authority over them: a ban written meanwhile was dropped until the next digest repair.)
-		var err error
-		if r.syncRev, err = c.Ledger.NextRev(ctx); err != nil {
-			return err
-		}
-		r.view, err = c.readLedger(ctx)
-		return err
-	})
-	g.Go(func() error {
-		var err error
-		r.known, err = c.Ledger.Instances(ctx)
-		return err
-	})
-	g.Go(func() error {
-		var err error
-		r.queues, err = c.Queues.List(ctx)
-		return err
-	})
-	var err error
-	r.instances, r.statuses, err = c.discoverWithStatuses(ctx, mustParse("*"))
-	if err := errors.Join(err, g.Wait()); err != nil {
-		return nil, err
-	}
-	return r, nil
-}
-
-// discoverWithStatuses is Discover with the statuses of each page read as it arrives.
-func (c *Controller) discoverWithStatuses(ctx context.Context, sel *Selector) ([]Instance, map[string]proto.AgentStatus, error) {
-	var instances []Instance
-	statuses := map[string]proto.AgentStatus{}
-	var mu sync.Mutex
-	var g errgroup.Group
-	derr := c.discoverPages(ctx, sel, func(page []Instance) {
-		instances = append(instances, page...)
-		ids := make([]string, len(page))
-		for i, in := range page {
-			ids[i] = in.ID
-		}
-		g.Go(func() error {
-			sts, err := c.Ledger.Statuses(ctx, ids)
-			mu.Lock()
-			defer mu.Unlock()
-			for id, st := range sts {
-				statuses[id] = st
-			}
-			return err
-		})
-	})
-	if err := errors.Join(derr, g.Wait()); err != nil {
-		return nil, nil, err
-	}
-	sort.Slice(instances, func(i, j int) bool { return instances[i].ID < instances[j].ID })
-	return instances, statuses, nil
-}
-
-// statusReads makes Status's three reads at once: discovery, the ledger, and the statuses of each
-// discovery page as it arrives (at 10 000 instances, one after the other they were 4.4 times the
-// status reads alone at 15 ms a request; see PERFORMANCE.md, fleet). Instances are sorted by id.
-func (c *Controller) statusReads(ctx context.Context, sel *Selector) ([]Instance, *ledgerView, map[string]proto.AgentStatus, error) {
-	var view *ledgerView
-	var g errgroup.Group
-	g.Go(func() error {
-		var err error
-		view, err = c.readLedger(ctx)
-		return err
-	})
-	instances, statuses, err := c.discoverWithStatuses(ctx, sel)
-	if err := errors.Join(err, g.Wait()); err != nil {
-		return nil, nil, nil, err
-	}
-	return instances, view, statuses, nil
 }
 
 // markOldVersions flags agents behind the fleet's newest release (vX.Y.Z, as make dist stamps
