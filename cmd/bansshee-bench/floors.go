@@ -23,7 +23,8 @@ import (
 // through the same SDK client, emulator, latency and concurrency, in the same process and run,
 // with none of bansshee's own work around them. The figure over its floor is what bansshee adds;
 // the floor itself is the emulator, the SDK and the machine at that moment (on a shared 2-core
-// VM the floor moves with the hour, and the ratio much less).
+// VM the floor moves with the hour; the ratio less, though still by a third from run to run when
+// the process's share of the cores changes: PERFORMANCE.md, fleet floors).
 //
 // Each floor also reports the process's CPU (user + system) while it ran: the floor's calls are
 // served by the emulator in this same process, so a CPU close to two cores' worth of the wall
