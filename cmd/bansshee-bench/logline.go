@@ -250,6 +250,12 @@ func minTime(a, b time.Time) time.Time {
 // 49th fresh address of a run found a node unreachable.
 func flushNeighbours(nodes []*fleet.Node, prefix string) error {
 	for _, node := range nodes {
+		// The node's side of the probes that got through just before a ban keeps retransmitting
+		// its FIN to the banned address for minutes, and every retransmission asks for its
+		// neighbour entry again: those sockets go first.
+		if out, err := node.Host.Run("ss", "-K", "dst", prefix); err != nil {
+			return fmt.Errorf("ss -K in %s: %v: %s", node.Host.Name, err, out)
+		}
 		if out, err := exec.Command("ip", "-n", node.Host.Name, "neigh", "flush", "to", prefix).CombinedOutput(); err != nil {
 			return fmt.Errorf("ip neigh flush in %s: %v: %s", node.Host.Name, err, out)
 		}
