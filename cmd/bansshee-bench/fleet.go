@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -106,8 +105,8 @@ func (r *fleetRig) heartbeats(ctx context.Context, rev int64, digest string) err
 	now := time.Now().UTC()
 	for _, id := range r.ids {
 		pk, sk := proto.StatusKey(id)
-		// ExpiresAt as agents write it: kumo's TTL deletes an item whose expires_at has passed
-		// (0 is 1970), so statuses read a minute later would be gone.
+		// With its TTL a day ahead, as an agent writes it: an item without one (expires_at 0) is
+		// reaped by the emulator's TTL sweep, every 30 s, in the middle of a 30 000-instance case.
 		item, err := attributevalue.MarshalMap(proto.AgentStatus{PK: pk, SK: sk, InstanceID: id, AppliedRev: rev, Digest: digest, Heartbeat: now, Version: "bench",
 			ExpiresAt: now.Add(24 * time.Hour).Unix()})
 		if err != nil {
@@ -209,7 +208,8 @@ func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, la
 		return err
 	}
 	var cliCPU []float64
-	secs, err := median3("list_100000_bans_seconds", func() error {
+	floor := listFloor(ctx, r, 100000)
+	secs, err := median3With("list_100000_bans_seconds", func() error {
 		cmd := exec.CommandContext(ctx, bin, "list", "--json", "--table", r.c.Table, "--queue-prefix", r.c.Queues.Prefix,
 			"--endpoint-url", r.env.URL(), "--region", awstest.Region)
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDBANSSHEETEST", "AWS_SECRET_ACCESS_KEY=secret", "AWS_EC2_METADATA_DISABLED=true")
@@ -224,14 +224,14 @@ func fleetList(ctx context.Context, emit func(Row), r *fleetRig, name string, la
 			return fmt.Errorf("bansshee list printed %d bans, want the 100000 and more", rows)
 		}
 		return nil
-	})
+	}, floor)
 	if err != nil {
 		return err
 	}
 	emit(Row{"fleet", name, "list_100000_bans_seconds", secs, "s"})
 	sort.Float64s(cliCPU)
 	emit(Row{"fleet", name, "list_100000_bans_cli_cpu_seconds", cliCPU[len(cliCPU)/2], "s"})
-	return nil
+	return floor.emit(emit, name, "list_100000_bans", secs)
 }
 
 // fleetListDynalite is the list case with DynamoDB served by dynalite (LevelDB-backed: a Query
@@ -332,20 +332,7 @@ func runFleet(ctx context.Context, emit func(Row)) error {
 	if err != nil {
 		return err
 	}
-	var specs []string
-	if os.Getenv("BANSSHEE_BENCH_FLEET") != "dynalite" {
-		for _, n := range fleetSizes() {
-			for _, lat := range fleetLatencies() {
-				specs = append(specs, fmt.Sprintf("%d:%d", n, lat.Milliseconds()))
-			}
-		}
-	}
-	for _, lat := range fleetLatencies() {
-		specs = append(specs, fmt.Sprintf("dynalite:%d", lat.Milliseconds()))
-		if slices.Contains(fleetSizes(), 10000) && lat > 0 {
-			specs = append(specs, fmt.Sprintf("why-dynalite:%d", lat.Milliseconds()))
-		}
-	}
+	specs := fleetSpecs()
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -464,25 +451,38 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 		fmt.Fprintf(os.Stderr, "     steady pass requests: %s\n", opsString(steadyOps))
 	}
 
-	// status with n agents.
-	secs, err = median3("status_seconds", func() error {
+	// status with n agents, each run followed by one of its floor.
+	floor := statusFloor(ctx, r)
+	secs, err = median3With("status_seconds", func() error {
 		sts, _, err := c.Status(ctx, "*")
-		if err == nil && len(sts) != n {
-			err = fmt.Errorf("status: %d instances", len(sts))
+		if err == nil && (len(sts) != n || convergedOf(sts) != n) {
+			err = fmt.Errorf("status: %d instances, %d converged", len(sts), convergedOf(sts))
 		}
 		return err
-	})
+	}, floor)
 	if err != nil {
 		return err
 	}
 	emit(Row{"fleet", name, "status_seconds", secs, "s"})
+	if err := floor.emit(emit, name, "status", secs); err != nil {
+		return err
+	}
+	if lat > 0 {
+		if err := servePeakRSS(ctx, emit, r, name); err != nil {
+			return err
+		}
+	}
 
-	// One ban to every queue.
-	r.env.ResetOps()
+	// One ban to every queue, three times, between runs of its floor (floors.go).
 	var res *controller.Result
-	secs, err = timed("ban_fanout_seconds", func() error {
+	var banOps map[string]int
+	_, err = fanoutWithFloor(ctx, emit, r, name, lat, func(i int) error {
+		r.env.ResetOps()
 		var err error
-		res, err = c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+		res, err = c.Ban(ctx, controller.BanRequest{CIDRs: []string{fmt.Sprintf("198.51.100.%d", 7+i)}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+		if i == 0 {
+			banOps = r.env.Ops()
+		}
 		if err == nil && (len(res.Instances) != n || len(res.Failed()) > 0) {
 			err = fmt.Errorf("ban reached %d of %d (%d failed)", len(res.Instances)-len(res.Failed()), n, len(res.Failed()))
 		}
@@ -491,8 +491,6 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	if err != nil {
 		return err
 	}
-	banOps := r.env.Ops()
-	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})
 	// With and without the history write, which runs beside the fan-out, alternately and with
 	// warm caches (the first ban above also read the VPC CIDRs and the allow entries): the
 	// difference of the medians is what history costs a ban.

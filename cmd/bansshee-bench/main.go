@@ -42,7 +42,7 @@ var suites = []suite{
 	{"e2e", "N agents in namespaces: latency from ban to the attacker dropped everywhere (root)", runE2E},
 	{"agent", "RSS and CPU of an idle agent holding 0 / 100000 / 1000000 bans (BANSSHEE_BENCH_AGENT_BANS; root)", runAgent},
 	{"feeds", "a 100000-entry feed to N agents and a one-line change; a 1000000-entry feed to one agent and a new instance synced from the ledger (root)", runFeeds},
-	{"fleet", "control plane at 1000 and 10000 instances, 15 ms per AWS request and 0 ms: reconcile, status, list (also on dynalite), one ban, --wait, requests (embedded emulator; each case its own process; BANSSHEE_BENCH_FLEET=10000|dynalite, BANSSHEE_BENCH_FLEET_MS=15 pick one)", runFleet},
+	{"fleet", "control plane at 1000 and 10000 instances, 15 ms per AWS request and 0 ms, and 30000 at 15 ms: reconcile, status, list (also on dynalite), one ban, each beside its floor, serve's peak RSS, --wait, requests (embedded emulator; each case its own process; BANSSHEE_BENCH_FLEET=10000|30000|dynalite, BANSSHEE_BENCH_FLEET_MS=15 pick one)", runFleet},
 }
 
 func main() {
