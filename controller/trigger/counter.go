@@ -200,12 +200,15 @@ func num(v int64) ddbtypes.AttributeValue {
 func (c *LedgerCounter) Add(ctx context.Context, jail, addr string, n int, window time.Duration, now time.Time) (int, error) {
 	key := map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: "jail#" + jail}, "sk": &ddbtypes.AttributeValueMemberS{Value: addr}}
 	exp := now.Add(window).Unix() + 60
+	// One request for a new source or one within its window (the item is created with its
+	// window's start); a window that has passed fails the condition and is started again below.
 	out, err := c.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(c.Table), Key: key,
-		UpdateExpression:          aws.String("ADD #c :n"),
-		ConditionExpression:       aws.String("attribute_exists(pk) AND #f > :cutoff"),
-		ExpressionAttributeNames:  map[string]string{"#c": "count", "#f": "first"},
-		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":n": num(int64(n)), ":cutoff": num(now.Add(-window).UnixMilli())},
-		ReturnValues:              ddbtypes.ReturnValueUpdatedNew})
+		UpdateExpression:         aws.String("SET #f = if_not_exists(#f, :now), expires_at = if_not_exists(expires_at, :exp) ADD #c :n"),
+		ConditionExpression:      aws.String("attribute_not_exists(pk) OR #f > :cutoff"),
+		ExpressionAttributeNames: map[string]string{"#c": "count", "#f": "first"},
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":n": num(int64(n)), ":cutoff": num(now.Add(-window).UnixMilli()),
+			":now": num(now.UnixMilli()), ":exp": num(exp)},
+		ReturnValues: ddbtypes.ReturnValueUpdatedNew})
 	if err == nil {
 		var v struct {
 			Count int `dynamodbav:"count"`

@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/bansshee/bansshee/controller"
 	"github.com/bansshee/bansshee/proto"
+	"golang.org/x/sync/errgroup"
 )
 
 // Decision is one ban the handler decided on.
@@ -65,7 +66,8 @@ type Output struct {
 	// Simulated is what simulate-mode triggers would have banned (and did not).
 	Simulated []string `json:"simulated,omitempty"`
 
-	batchKey string // the log batch's dedupe key
+	batchKey string                            // the log batch's dedupe key
+	after    []func(ctx context.Context) error // writes that run beside the bans (connection state)
 }
 
 // Actor carries decisions out: the controller. Nil means dry run.
@@ -204,7 +206,12 @@ func (h *Handler) Handle(ctx context.Context, raw []byte) (*Output, error) {
 	if err != nil {
 		return out, err
 	}
+	var after errgroup.Group
+	for _, fn := range out.after {
+		after.Go(func() error { return fn(ctx) })
+	}
 	err = h.act(ctx, out)
+	err = errors.Join(err, after.Wait())
 	if err != nil && out.batchKey != "" {
 		// The batch is recorded as counted, so Lambda's retry will not decide these bans again:
 		// keep them with the record for the retry to carry out.
@@ -393,34 +400,74 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 		return nil
 	}
 	now := h.Now()
-	if key := batchKey(&batch); key != "" {
-		dup, err := h.Counter.Seen(ctx, key, time.Hour, now)
-		if err != nil {
-			return fmt.Errorf("log batch: dedupe: %w", err)
-		}
-		if dup {
-			out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("log batch of %d events already counted (a retried invocation)", len(batch.LogEvents))})
-			// Its failures are counted; the bans a failed invocation decided are carried out now.
-			pending, err := h.Counter.Pending(ctx, key)
-			if err != nil {
-				return fmt.Errorf("log batch: pending bans: %w", err)
-			}
-			for _, d := range pending {
-				if ttl, err := time.ParseDuration(d.TTL); err == nil {
-					d.ttl = ttl
-					out.Bans = append(out.Bans, d)
-				}
-			}
-			return nil
-		}
-		out.batchKey = key
-	}
+	// The lines are read first (CPU only), so that the batch's dedupe write and the reads of the
+	// streams' open connections go out together: each is a round trip on a ban's path.
 	recs := make([]Record, len(batch.LogEvents))
 	for i, ev := range batch.LogEvents {
 		recs[i] = ParseRecord(ev.Message)
 	}
+	type jailRun struct {
+		j     *Jail
+		vs    []Verdict
+		prior map[string]ConnState
+	}
+	var runs []*jailRun
 	for i := range h.Cfg.Jails {
-		if err := h.jail(ctx, &h.Cfg.Jails[i], batch.LogGroup, batch.LogStream, recs, now, out); err != nil {
+		j := &h.Cfg.Jails[i]
+		var vs []Verdict
+		for _, rec := range recs {
+			if v := j.CheckRecord(rec); v.Kind != KindNone {
+				vs = append(vs, v)
+			}
+		}
+		if len(vs) > 0 {
+			runs = append(runs, &jailRun{j: j, vs: vs})
+		}
+	}
+	key := batchKey(&batch)
+	var dup bool
+	var g errgroup.Group
+	if key != "" {
+		g.Go(func() error {
+			var err error
+			if dup, err = h.Counter.Seen(ctx, key, time.Hour, now); err != nil {
+				return fmt.Errorf("log batch: dedupe: %w", err)
+			}
+			return nil
+		})
+	}
+	for _, r := range runs {
+		if r.j.NeedsConns(r.vs) {
+			g.Go(func() error {
+				var err error
+				if r.prior, err = h.Counter.Conns(ctx, r.j.Name, batch.LogStream, now); err != nil {
+					return fmt.Errorf("jail %s: connections of %s: %w", r.j.Name, batch.LogStream, err)
+				}
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if dup {
+		out.Ignored = append(out.Ignored, Ignored{fmt.Sprintf("log batch of %d events already counted (a retried invocation)", len(batch.LogEvents))})
+		// Its failures are counted; the bans a failed invocation decided are carried out now.
+		pending, err := h.Counter.Pending(ctx, key)
+		if err != nil {
+			return fmt.Errorf("log batch: pending bans: %w", err)
+		}
+		for _, d := range pending {
+			if ttl, err := time.ParseDuration(d.TTL); err == nil {
+				d.ttl = ttl
+				out.Bans = append(out.Bans, d)
+			}
+		}
+		return nil
+	}
+	out.batchKey = key
+	for _, r := range runs {
+		if err := h.jail(ctx, r.j, batch.LogGroup, batch.LogStream, r.vs, r.prior, now, out); err != nil {
 			return err
 		}
 	}
@@ -431,28 +478,16 @@ func (h *Handler) logs(ctx context.Context, data string, out *Output) error {
 // cannot add to another's count), a connection's lines count as one connection, and an address
 // that reaches maxretry is banned on the jail's target, or only on the stream's own instance while
 // it lacks witnesses or the stream is over its hourly cap of fleet-wide bans.
-func (h *Handler) jail(ctx context.Context, j *Jail, group, stream string, recs []Record, now time.Time, out *Output) error {
-	vs := make([]Verdict, 0, 16)
-	for _, rec := range recs {
-		if v := j.CheckRecord(rec); v.Kind != KindNone {
-			vs = append(vs, v)
-		}
-	}
-	if len(vs) == 0 {
-		return nil
-	}
-	var prior map[string]ConnState
-	if j.NeedsConns(vs) {
-		var err error
-		if prior, err = h.Counter.Conns(ctx, j.Name, stream, now); err != nil {
-			return fmt.Errorf("jail %s: connections of %s: %w", j.Name, stream, err)
-		}
-	}
+func (h *Handler) jail(ctx context.Context, j *Jail, group, stream string, vs []Verdict, prior map[string]ConnState, now time.Time, out *Output) error {
 	t := j.Tally(vs, prior)
 	if len(t.Open) > 0 || len(t.Closed) > 0 {
-		if err := h.Counter.SaveConns(ctx, j.Name, stream, t.Open, t.Closed, now); err != nil {
-			return fmt.Errorf("jail %s: connections of %s: %w", j.Name, stream, err)
-		}
+		// Off the ban's path: written while the bans are (Handle waits for both).
+		out.after = append(out.after, func(ctx context.Context) error {
+			if err := h.Counter.SaveConns(ctx, j.Name, stream, t.Open, t.Closed, now); err != nil {
+				return fmt.Errorf("jail %s: connections of %s: %w", j.Name, stream, err)
+			}
+			return nil
+		})
 	}
 	// Sources by the unit the jail bans: the address, or its IPv6 prefix.
 	hits, lines := map[string]int{}, map[string]int{}

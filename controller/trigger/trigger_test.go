@@ -210,7 +210,7 @@ func TestLedgerCounterOnDynalite(t *testing.T) {
 }
 
 func ledgerCounterSpansInvocations(t *testing.T, newAWS func(testing.TB) (*awstest.Env, awstest.Clients)) {
-	_, clients := newAWS(t)
+	env, clients := newAWS(t)
 	table := awstest.Unique("bansshee")
 	l := &controller.Ledger{DDB: clients.DynamoDB, Table: table}
 	if err := l.CreateTable(t.Context()); err != nil {
@@ -232,6 +232,14 @@ func ledgerCounterSpansInvocations(t *testing.T, newAWS func(testing.TB) (*awste
 	}
 	if dup, err := c.Seen(ctx, "batch#abc", time.Hour, now.Add(time.Minute)); err != nil || !dup {
 		t.Fatalf("second Seen: %v %v", dup, err)
+	}
+	// A new source is one request (the latency of a jail's ban is a chain of requests).
+	env.ResetOps()
+	if got, err := c.Add(ctx, "cyrus", "1.2.3.99", 2, 10*time.Minute, now); err != nil || got != 2 {
+		t.Fatalf("new source: %d %v", got, err)
+	}
+	if ops := env.Ops(); ops["dynamodb:UpdateItem"] != 1 || ops["dynamodb:PutItem"] != 0 {
+		t.Fatalf("a new source's count took %v", ops)
 	}
 	// After the window the count starts again.
 	got, err := c.Add(ctx, "cyrus", "1.2.3.4", 1, 10*time.Minute, now.Add(20*time.Minute))
