@@ -349,8 +349,11 @@ func (c *Controller) Ban(ctx context.Context, req BanRequest) (*Result, error) {
 	// Discovery runs while the ledger is written: a ban's latency is the longer of the two, not
 	// their sum.
 	disc := c.startDiscover(ctx)
-	ttls := c.repeatTTLs(ctx, req, prefixes)
+	// A trigger's offences are read while the revision is taken: one round trip, not two.
+	ttlc := make(chan []time.Duration, 1)
+	go func() { ttlc <- c.repeatTTLs(ctx, req, prefixes) }()
 	rev, err := c.Ledger.NextRev(ctx)
+	ttls := <-ttlc
 	if err != nil {
 		return nil, err
 	}
