@@ -43,7 +43,7 @@ func (c *Controller) sendAllows(ctx context.Context, _ int64) error {
 	if rev == 0 {
 		return nil
 	}
-	instances, err := c.Discover(ctx, mustParse("*"))
+	instances, _, err := c.managedInstances(ctx, mustParse("*"))
 	if err != nil {
 		return err
 	}

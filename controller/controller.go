@@ -79,6 +79,10 @@ type Config struct {
 	Log         *slog.Logger
 	Now         func() time.Time
 
+	// InventoryMaxAge is how old the reconciler's inventory may be for a fan-out, status or why to
+	// take their instances from it (0: DefaultInventoryMaxAge; negative: always discover).
+	InventoryMaxAge time.Duration
+
 	// WAF keeps edges' IP sets (edge.go); nil: no edges. WAFWriteInterval spaces the calls of
 	// each WAF write action (default 1 s, the documented rate).
 	WAF              *wafv2.Client
@@ -524,7 +528,7 @@ type discovery struct {
 func (c *Controller) startDiscover(ctx context.Context) *discovery {
 	d := &discovery{wake: make(chan struct{})}
 	go func() {
-		err := c.discoverPages(ctx, mustParse("*"), func(page []Instance) {
+		_, err := c.managedPages(ctx, mustParse("*"), func(page []Instance) {
 			d.mu.Lock()
 			d.pages = append(d.pages, page)
 			close(d.wake)

@@ -978,7 +978,7 @@ func feedReportText(pf ParsedFeed, dropped []string) string {
 // SyncTargets sends every instance sel picks a full sync of its desired state now (a new feed, a
 // feed's removal or renewal): the reconciler would get there after its lag grace.
 func (c *Controller) SyncTargets(ctx context.Context, sel *Selector, res *Result) error {
-	all, err := c.Discover(ctx, mustParse("*"))
+	all, _, err := c.managedInstances(ctx, mustParse("*"))
 	if err != nil {
 		return fmt.Errorf("%w: ledger written, but discovery failed (the reconciler will deliver): %w", ErrUndelivered, err)
 	}

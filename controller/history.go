@@ -232,25 +232,7 @@ func (l *Ledger) batchWrite(ctx context.Context, items []histItem) error {
 		}
 		reqs = append(reqs, ddbtypes.WriteRequest{PutRequest: &ddbtypes.PutRequest{Item: av}})
 	}
-	req := map[string][]ddbtypes.WriteRequest{l.Table: reqs}
-	for attempt := 0; len(req[l.Table]) > 0; attempt++ {
-		if attempt > 8 {
-			return fmt.Errorf("history: %d items still unprocessed after 8 retries", len(req[l.Table]))
-		}
-		if attempt > 0 {
-			select {
-			case <-time.After(time.Duration(attempt*attempt) * 20 * time.Millisecond):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		out, err := l.DDB.BatchWriteItem(ctx, &dynamodb.BatchWriteItemInput{RequestItems: req})
-		if err != nil {
-			return fmt.Errorf("write history: %w", err)
-		}
-		req = out.UnprocessedItems
-	}
-	return nil
+	return l.writeRequests(ctx, reqs)
 }
 
 func (it histItem) event(cidr string) Event {

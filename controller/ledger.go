@@ -44,6 +44,9 @@ type Ledger struct {
 
 	roleMu      sync.Mutex
 	roleChecked time.Time
+
+	invMu      sync.Mutex
+	invWritten invHead // the inventory head this process last wrote or found (inventory.go)
 }
 
 // agentRoleID returns the configured agent role id, or the one recorded in the ledger (read at

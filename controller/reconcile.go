@@ -93,27 +93,23 @@ type ledgerView struct {
 
 func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 	now := c.Now()
-	bans, err := c.Ledger.Bans(ctx, now)
-	if err != nil {
-		return nil, err
-	}
-	limits, err := c.Ledger.Limits(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rev, err := c.Ledger.CurrentRev(ctx)
-	if err != nil {
+	// The partitions are read at once: six reads one after the other were six round trips.
+	var bans []BanItem
+	var limits []LimitItem
+	var rev int64
+	var allows, holds []PolicyItem
+	var feeds []FeedItem
+	var g errgroup.Group
+	g.Go(func() (err error) { bans, err = c.Ledger.Bans(ctx, now); return err })
+	g.Go(func() (err error) { limits, err = c.Ledger.Limits(ctx); return err })
+	g.Go(func() (err error) { rev, err = c.Ledger.CurrentRev(ctx); return err })
+	g.Go(func() (err error) { allows, err = c.Ledger.Allows(ctx, now); return err })
+	g.Go(func() (err error) { holds, err = c.Ledger.Holds(ctx, now); return err })
+	g.Go(func() (err error) { feeds, err = c.Ledger.Feeds(ctx); return err })
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	v := &ledgerView{bans: bans, limits: limits, sels: map[string]*Selector{}, rev: rev}
-	allows, err := c.Ledger.Allows(ctx, now)
-	if err != nil {
-		return nil, err
-	}
-	holds, err := c.Ledger.Holds(ctx, now)
-	if err != nil {
-		return nil, err
-	}
 	for _, a := range allows {
 		if a.Active(now) {
 			v.allows = append(v.allows, a)
@@ -125,13 +121,10 @@ func (c *Controller) readLedger(ctx context.Context) (*ledgerView, error) {
 			v.holds = append(v.holds, h)
 		}
 	}
-	feeds, err := c.Ledger.Feeds(ctx)
-	if err != nil {
-		return nil, err
-	}
 	for _, f := range feeds {
 		fv := feedView{FeedItem: f}
 		if f.Active(now) {
+			var err error
 			if fv.entries, err = c.loadFeed(ctx, f); err != nil {
 				return nil, err
 			}
@@ -396,6 +389,19 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 		})
 	}
 	_ = g.Wait()
+	// What this pass found is the inventory fan-outs, status and why read (inventory.go). A
+	// failed write is not the pass's failure: the last inventory ages out and discovery is used.
+	urls := make(map[string]string, len(instances))
+	for _, in := range instances {
+		if u, ok := queues[in.ID]; ok {
+			urls[in.ID] = u
+		} else if u, ok := c.urls.Load(in.ID); ok {
+			urls[in.ID] = u.(string)
+		}
+	}
+	if err := c.Ledger.WriteInventory(ctx, instances, urls, now); err != nil {
+		c.Log.Warn("inventory not written; fan-outs discover instances until it is", "err", err)
+	}
 	// Queues of instances that are gone: mark, then delete after the grace period.
 	for id, url := range queues {
 		if running[id] {
@@ -863,17 +869,45 @@ type InstanceStatus struct {
 
 // Status reports, per managed instance, how far its agent has converged on the ledger.
 func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatus, int64, error) {
+	fs, err := c.FleetStatus(ctx, target, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	return fs.Instances, fs.Rev, nil
+}
+
+// FleetStatusReport is Status with where its instances came from.
+type FleetStatusReport struct {
+	Instances []InstanceStatus
+	Rev       int64 // the ledger's revision
+	// InventoryAt is when the reconciler found the instances (its inventory); zero when they
+	// were discovered for this call (live, or no fresh inventory).
+	InventoryAt time.Time
+}
+
+// FleetStatus is Status; live reads the instances from EC2 instead of the reconciler's
+// inventory. The instances, the ledger and (then) the agents' statuses are read at once where
+// they do not depend on each other.
+func (c *Controller) FleetStatus(ctx context.Context, target string, live bool) (*FleetStatusReport, error) {
 	sel, err := ParseSelector(target)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", ErrRefused, err)
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	instances, err := c.Discover(ctx, sel)
-	if err != nil {
-		return nil, 0, err
-	}
-	view, err := c.readLedger(ctx)
-	if err != nil {
-		return nil, 0, err
+	var instances []Instance
+	var inv *Inventory
+	var view *ledgerView
+	var g errgroup.Group
+	g.Go(func() (err error) {
+		if live {
+			instances, err = c.Discover(ctx, sel)
+		} else {
+			instances, inv, err = c.managedInstances(ctx, sel)
+		}
+		return err
+	})
+	g.Go(func() (err error) { view, err = c.readLedger(ctx); return err })
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	ids := make([]string, len(instances))
 	for i, in := range instances {
@@ -881,7 +915,7 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 	}
 	statuses, err := c.Ledger.Statuses(ctx, ids)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	now := c.Now()
 	out := make([]InstanceStatus, 0, len(instances))
@@ -894,7 +928,11 @@ func (c *Controller) Status(ctx context.Context, target string) ([]InstanceStatu
 		out = append(out, is)
 	}
 	markOldVersions(out)
-	return out, view.rev, nil
+	rep := &FleetStatusReport{Instances: out, Rev: view.rev}
+	if inv != nil {
+		rep.InventoryAt = inv.At
+	}
+	return rep, nil
 }
 
 // markOldVersions flags agents behind the fleet's newest release (vX.Y.Z, as make dist stamps

@@ -158,13 +158,14 @@ func (c *Controller) Why(ctx context.Context, addr string) (*WhyReport, error) {
 	g.Go(func() (err error) { allows, err = c.Ledger.Allows(ctx, now); return err })
 	g.Go(func() (err error) { holds, err = c.Ledger.Holds(ctx, now); return err })
 	g.Go(func() (err error) { rep.History, err = c.History(ctx, p, time.Time{}); return err })
-	// Discovery, and the statuses of each page's instances as the page arrives (not after the
-	// last page): at 10 000 instances, 10 pages and 100 status reads overlap.
+	// The instances (from the inventory, or discovery), and the statuses of each page's
+	// instances as the page arrives (not after the last page): when discovering 10 000
+	// instances, 10 pages and 100 status reads overlap.
 	var instances []Instance
 	statuses := map[string]proto.AgentStatus{}
 	g.Go(func() error {
 		var sg errgroup.Group
-		err := c.discoverPages(ctx, mustParse("*"), func(page []Instance) {
+		_, err := c.managedPages(ctx, mustParse("*"), func(page []Instance) {
 			mu.Lock()
 			instances = append(instances, page...)
 			mu.Unlock()

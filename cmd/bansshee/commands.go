@@ -349,21 +349,33 @@ func listCmd(g *globals) *cobra.Command {
 
 func statusCmd(g *globals) *cobra.Command {
 	var target string
-	var asJSON bool
+	var asJSON, live bool
 	c := &cobra.Command{Use: "status", Short: "per instance: applied revision, bans, last heartbeat, lag behind the ledger", Args: cobra.NoArgs,
+		Long: `Lists, per managed instance, the revision its agent applied against the one it should have, its
+bans, its last heartbeat and its version.
+
+The instances are the reconciler's inventory (what its last pass found, written to the ledger each
+pass) when it is under 3 minutes old, and EC2's answer otherwise; the last line says which. An
+instance launched since the last pass shows up after the next one. --live asks EC2 now (one
+DescribeInstances page per 1 000 instances).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			c, err := g.controller(ctx, false)
 			if err != nil {
 				return err
 			}
-			sts, rev, err := c.Status(ctx, target)
+			fs, err := c.FleetStatus(ctx, target, live)
 			if err != nil {
 				return err
 			}
+			sts, rev := fs.Instances, fs.Rev
 			out := cmd.OutOrStdout()
 			if asJSON {
-				return json.NewEncoder(out).Encode(map[string]any{"ledger_rev": rev, "instances": sts})
+				m := map[string]any{"ledger_rev": rev, "instances": sts}
+				if !fs.InventoryAt.IsZero() {
+					m["inventory_at"] = fs.InventoryAt
+				}
+				return json.NewEncoder(out).Encode(m)
 			}
 			converged := 0
 			w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
@@ -400,6 +412,11 @@ func statusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d/%d\t%s\t%s\t%s\n", s.ID, tagString(s.Tags), s.AppliedRev, s.WantRev, s.Bans, s.WantBans, hb, ver, state)
 			}
 			fmt.Fprintf(w, "\n%d of %d instances converged; ledger revision %d\n", converged, len(sts), rev)
+			if fs.InventoryAt.IsZero() {
+				fmt.Fprintln(w, "instances: from EC2 now")
+			} else {
+				fmt.Fprintf(w, "instances: the reconciler's inventory of %s ago (--live asks EC2)\n", time.Since(fs.InventoryAt).Round(time.Second))
+			}
 			if old > 0 {
 				fmt.Fprintf(w, "%d agents run an old version: upgrade them (docs/OPERATIONS.md, \"Upgrade the fleet\")\n", old)
 			}
@@ -407,6 +424,7 @@ func statusCmd(g *globals) *cobra.Command {
 		}}
 	c.Flags().StringVarP(&target, "target", "t", "*", "only these instances")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&live, "live", false, "read the instances from EC2, not from the reconciler's inventory")
 	return c
 }
 

@@ -1,0 +1,385 @@
+package controller
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/oklog/ulid/v2"
+	"golang.org/x/sync/errgroup"
+)
+
+// The inventory is the reconciler's last discovery, kept in the ledger: every managed running
+// instance with its tags, private address, security groups and queue URL. A ban, an unban, a
+// limit, a feed's fan-out, `status` and `why` take their instances from it when it is fresh
+// (DefaultInventoryMaxAge), instead of paging DescribeInstances (ten 1 000-instance pages for
+// 10 000 instances, each 0.3-1 s against a real region) and, in a new process (the CLI, a cold
+// Lambda), one GetQueueUrl per instance before its send. The reconciler itself always discovers
+// live: the inventory is what it found, and what it repairs.
+//
+// A stale inventory misses what changed since the last pass: an instance launched since gets
+// its first sync from the next pass (as before, a new instance starts with a full sync), one whose
+// tags changed gets its new state from the next pass's digest check, one that is gone keeps its
+// queue for QueueGrace, so a send to it still succeeds and is never read. Older than the maximum
+// age (the reconciler has stopped), unreadable or incomplete, it is not used: discovery is.
+//
+// Layout, under pk "inventory": a head (sk "head": generation, parts, count, digest, when) and
+// the generation's parts (sk "part#<generation>#<n>": gzipped JSON, up to inventoryPartBytes
+// each; 30 000 instances are about 1 MB). A new generation's parts are written before its head,
+// and the parts of other generations are deleted after it; a pass that found the same fleet only
+// moves the head's time. A reader takes the head and its parts from one Query and checks the
+// digest, so a read that races a write sees the old generation, the new one, or falls back.
+
+// DefaultInventoryMaxAge is how old an inventory may be and still give a fan-out its instances:
+// three passes of `serve` (every 30 s), or of the Lambda's schedule (every minute), plus slack.
+const DefaultInventoryMaxAge = 3 * time.Minute
+
+const (
+	inventoryPK        = "inventory"
+	inventoryPartBytes = 300 << 10 // under DynamoDB's 400 KB item limit
+)
+
+// invEntry is one instance in the inventory.
+type invEntry struct {
+	ID     string            `json:"i"`
+	Queue  string            `json:"q,omitempty"`
+	IP     string            `json:"p,omitempty"`
+	Tags   map[string]string `json:"t,omitempty"`
+	Groups []string          `json:"g,omitempty"`
+}
+
+// Inventory is a read inventory: the instances, sorted by id, and when the reconciler found them.
+type Inventory struct {
+	At        time.Time
+	Instances []Instance
+	queues    map[string]string
+}
+
+// encodeInventory is the inventory's parts and the digest of what they hold.
+func encodeInventory(instances []Instance, queues map[string]string) ([][]byte, string, error) {
+	list := make([]invEntry, len(instances))
+	for i, in := range instances {
+		list[i] = invEntry{ID: in.ID, Queue: queues[in.ID], IP: in.PrivateIP, Tags: in.Tags, Groups: in.Groups}
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	raw, err := json.Marshal(list) // map keys are sorted: the same fleet encodes the same
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(raw)
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if _, err := zw.Write(raw); err != nil {
+		return nil, "", err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, "", err
+	}
+	var parts [][]byte
+	for b := buf.Bytes(); len(b) > 0; {
+		k := min(len(b), inventoryPartBytes)
+		parts = append(parts, b[:k])
+		b = b[k:]
+	}
+	return parts, hex.EncodeToString(sum[:]), nil
+}
+
+// decodeInventory joins parts and checks them against digest.
+func decodeInventory(parts [][]byte, digest string) ([]invEntry, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(bytes.Join(parts, nil)))
+	if err != nil {
+		return nil, err
+	}
+	raw, err := io.ReadAll(io.LimitReader(zr, 1<<30))
+	if err != nil {
+		return nil, err
+	}
+	if sum := sha256.Sum256(raw); hex.EncodeToString(sum[:]) != digest {
+		return nil, errors.New("digest does not match its head")
+	}
+	var list []invEntry
+	return list, json.Unmarshal(raw, &list)
+}
+
+func partSK(gen string, i int) string { return fmt.Sprintf("part#%s#%04d", gen, i) }
+
+// WriteInventory records what a reconcile pass discovered (queues: instance id -> queue URL).
+// When the fleet is the one last written by this process, only the head's time moves.
+func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, now time.Time) error {
+	parts, digest, err := encodeInventory(instances, queues)
+	if err != nil {
+		return fmt.Errorf("inventory: %w", err)
+	}
+	at := s(now.UTC().Format(time.RFC3339Nano))
+	head := map[string]ddbtypes.AttributeValue{"pk": s(inventoryPK), "sk": s("head")}
+	l.invMu.Lock()
+	last := l.invWritten
+	l.invMu.Unlock()
+	if last.digest == "" {
+		// A new process: the head in the ledger may already hold this fleet.
+		out, err := l.DDB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(l.Table), Key: head, ConsistentRead: aws.Bool(true)})
+		if err != nil {
+			return fmt.Errorf("inventory: %w", err)
+		}
+		if g, ok := out.Item["gen"].(*ddbtypes.AttributeValueMemberS); ok {
+			if d, ok := out.Item["digest"].(*ddbtypes.AttributeValueMemberS); ok {
+				last = invHead{gen: g.Value, digest: d.Value}
+			}
+		}
+	}
+	if last.digest == digest {
+		_, err := l.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(l.Table), Key: head,
+			UpdateExpression: aws.String("SET #at = :at"), ConditionExpression: aws.String("gen = :gen AND digest = :d"),
+			ExpressionAttributeNames:  map[string]string{"#at": "at"},
+			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":at": at, ":gen": s(last.gen), ":d": s(digest)}})
+		if err == nil {
+			l.invMu.Lock()
+			l.invWritten = last
+			l.invMu.Unlock()
+			return nil
+		}
+		if !isConditionFailed(err) {
+			return fmt.Errorf("inventory: %w", err)
+		}
+		// Another writer moved the head: write this generation in full.
+	}
+	gen := ulid.Make().String()
+	var g errgroup.Group
+	g.SetLimit(8)
+	for i, p := range parts {
+		g.Go(func() error {
+			_, err := l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: map[string]ddbtypes.AttributeValue{
+				"pk": s(inventoryPK), "sk": s(partSK(gen, i)), "data": &ddbtypes.AttributeValueMemberB{Value: p}}})
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("inventory: %w", err)
+	}
+	item := map[string]ddbtypes.AttributeValue{"pk": s(inventoryPK), "sk": s("head"), "gen": s(gen), "parts": n(int64(len(parts))),
+		"count": n(int64(len(instances))), "digest": s(digest), "at": at}
+	if _, err := l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item}); err != nil {
+		return fmt.Errorf("inventory: %w", err)
+	}
+	l.invMu.Lock()
+	l.invWritten = invHead{gen: gen, digest: digest}
+	l.invMu.Unlock()
+	// Every other generation's parts go: the one this replaced, and any a writer that stopped
+	// half-way left.
+	keys, err := l.queryKeys(ctx, inventoryPK, "part#")
+	if err != nil {
+		return fmt.Errorf("inventory: old parts: %w", err)
+	}
+	var del []ddbtypes.WriteRequest
+	for _, sk := range keys {
+		if !strings.HasPrefix(sk, "part#"+gen+"#") {
+			del = append(del, ddbtypes.WriteRequest{DeleteRequest: &ddbtypes.DeleteRequest{Key: map[string]ddbtypes.AttributeValue{"pk": s(inventoryPK), "sk": s(sk)}}})
+		}
+	}
+	for len(del) > 0 {
+		k := min(len(del), 25)
+		if err := l.writeRequests(ctx, del[:k]); err != nil {
+			return fmt.Errorf("inventory: old parts: %w", err)
+		}
+		del = del[k:]
+	}
+	return nil
+}
+
+type invHead struct{ gen, digest string }
+
+// ReadInventory reads the inventory in one Query. It returns nil (and no error) when there is
+// none, or when what was read is incomplete or does not match its digest: a write was under way,
+// and the caller discovers instead.
+func (l *Ledger) ReadInventory(ctx context.Context) (*Inventory, error) {
+	in := &dynamodb.QueryInput{TableName: aws.String(l.Table), KeyConditionExpression: aws.String("pk = :pk"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(inventoryPK)}}
+	var head map[string]ddbtypes.AttributeValue
+	partsBySK := map[string][]byte{}
+	p := dynamodb.NewQueryPaginator(l.DDB, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("inventory: %w", err)
+		}
+		for _, it := range page.Items {
+			sk, _ := it["sk"].(*ddbtypes.AttributeValueMemberS)
+			if sk == nil {
+				continue
+			}
+			if sk.Value == "head" {
+				head = it
+			} else if d, ok := it["data"].(*ddbtypes.AttributeValueMemberB); ok {
+				partsBySK[sk.Value] = d.Value
+			}
+		}
+	}
+	if head == nil {
+		return nil, nil
+	}
+	str := func(k string) string {
+		if v, ok := head[k].(*ddbtypes.AttributeValueMemberS); ok {
+			return v.Value
+		}
+		return ""
+	}
+	num := func(k string) int {
+		if v, ok := head[k].(*ddbtypes.AttributeValueMemberN); ok {
+			i, _ := strconv.Atoi(v.Value)
+			return i
+		}
+		return -1
+	}
+	at, err := time.Parse(time.RFC3339Nano, str("at"))
+	if err != nil {
+		return nil, nil
+	}
+	nparts, gen := num("parts"), str("gen")
+	if nparts < 1 || nparts > 4096 || gen == "" {
+		return nil, nil
+	}
+	parts := make([][]byte, nparts)
+	for i := range parts {
+		if parts[i] = partsBySK[partSK(gen, i)]; parts[i] == nil {
+			return nil, nil // the generation is being written or was replaced while this read
+		}
+	}
+	list, err := decodeInventory(parts, str("digest"))
+	if err != nil {
+		return nil, nil
+	}
+	inv := &Inventory{At: at, Instances: make([]Instance, 0, len(list)), queues: make(map[string]string, len(list))}
+	for _, e := range list {
+		if e.ID == "" {
+			continue
+		}
+		inv.Instances = append(inv.Instances, Instance{ID: e.ID, Tags: e.Tags, PrivateIP: e.IP, Groups: e.Groups})
+		if e.Queue != "" {
+			inv.queues[e.ID] = e.Queue
+		}
+	}
+	return inv, nil
+}
+
+// queryKeys is the sort keys of a partition under a prefix, read without the items' data.
+func (l *Ledger) queryKeys(ctx context.Context, pk, skPrefix string) ([]string, error) {
+	in := &dynamodb.QueryInput{TableName: aws.String(l.Table), ConsistentRead: aws.Bool(true),
+		KeyConditionExpression:    aws.String("pk = :pk AND begins_with(sk, :sk)"),
+		ProjectionExpression:      aws.String("sk"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":pk": s(pk), ":sk": s(skPrefix)}}
+	var out []string
+	p := dynamodb.NewQueryPaginator(l.DDB, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, it := range page.Items {
+			if v, ok := it["sk"].(*ddbtypes.AttributeValueMemberS); ok {
+				out = append(out, v.Value)
+			}
+		}
+	}
+	return out, nil
+}
+
+// writeRequests writes up to 25 requests, retrying what DynamoDB leaves unprocessed (history,
+// the inventory's old parts).
+func (l *Ledger) writeRequests(ctx context.Context, reqs []ddbtypes.WriteRequest) error {
+	req := map[string][]ddbtypes.WriteRequest{l.Table: reqs}
+	for attempt := 0; len(req[l.Table]) > 0; attempt++ {
+		if attempt > 8 {
+			return fmt.Errorf("batch write: %d items still unprocessed after 8 retries", len(req[l.Table]))
+		}
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(attempt*attempt) * 20 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		out, err := l.DDB.BatchWriteItem(ctx, &dynamodb.BatchWriteItemInput{RequestItems: req})
+		if err != nil {
+			return fmt.Errorf("batch write: %w", err)
+		}
+		req = out.UnprocessedItems
+	}
+	return nil
+}
+
+// inventory is the ledger's inventory when it is fresh enough to stand in for discovery, or nil.
+// Its queue URLs seed the URL cache, so that a new process does not ask SQS for each.
+func (c *Controller) inventory(ctx context.Context) *Inventory {
+	maxAge := c.InventoryMaxAge
+	if maxAge < 0 {
+		return nil
+	}
+	if maxAge == 0 {
+		maxAge = DefaultInventoryMaxAge
+	}
+	inv, err := c.Ledger.ReadInventory(ctx)
+	if err != nil {
+		c.Log.Warn("inventory not read; discovering instances instead", "err", err)
+		return nil
+	}
+	if inv == nil {
+		return nil
+	}
+	if age := c.Now().Sub(inv.At); age > maxAge || age < -maxAge {
+		c.Log.Info("inventory too old; discovering instances instead", "age", age.Round(time.Second).String(), "max", maxAge.String())
+		return nil
+	}
+	for id, u := range inv.queues {
+		// A URL is used only for the queue its instance's name gives (a damaged entry cannot send
+		// one instance's message to another's queue; the message names its instance anyway).
+		if strings.HasSuffix(u, "/"+c.Queues.QueueName(id)) {
+			if _, ok := c.urls.Load(id); !ok {
+				c.urls.Store(id, u)
+			}
+		}
+	}
+	return inv
+}
+
+// managedPages calls each with the managed running instances matching sel, from a fresh
+// inventory or else from discovery; it returns the inventory used, or nil.
+func (c *Controller) managedPages(ctx context.Context, sel *Selector, each func([]Instance)) (*Inventory, error) {
+	if inv := c.inventory(ctx); inv != nil {
+		var page []Instance
+		for _, in := range inv.Instances {
+			if c.managed.Match(in.Tags) && sel.MatchInstance(in.ID, in.Tags) {
+				page = append(page, in)
+			}
+		}
+		if len(page) > 0 {
+			each(page)
+		}
+		return inv, nil
+	}
+	return nil, c.discoverPages(ctx, sel, each)
+}
+
+// managedInstances is managedPages gathered and sorted by id: Discover, from a fresh inventory
+// when there is one.
+func (c *Controller) managedInstances(ctx context.Context, sel *Selector) ([]Instance, *Inventory, error) {
+	var out []Instance
+	inv, err := c.managedPages(ctx, sel, func(page []Instance) { out = append(out, page...) })
+	if err != nil {
+		return nil, nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, inv, nil
+}
