@@ -37,8 +37,8 @@ import (
 // age (the reconciler has stopped), unreadable or incomplete, it is not used: discovery is.
 //
 // Layout, under pk "inventory": a head (sk "head": generation, parts, count, digest, when) and
-// the generation's parts (sk "part#<generation>#<n>": gzipped JSON, up to inventoryPartBytes
-// each; 30 000 instances are about 1 MB). A new generation's parts are written before its head,
+// the generation's parts (sk "part#<generation>#<n>": gzipped JSON, invDoc, cut into pieces of
+// up to inventoryPartBytes; 10 000 instances that share their tags are about 100 KB). A new generation's parts are written before its head,
 // and the parts of other generations are deleted after it; a pass that found the same fleet only
 // moves the head's time. A reader takes the head and its parts from one Query and checks the
 // digest, so a read that races a write sees the old generation, the new one, or falls back.
@@ -52,30 +52,91 @@ const (
 	inventoryPartBytes = 300 << 10 // under DynamoDB's 400 KB item limit
 )
 
-// invEntry is one instance in the inventory.
+// invDoc is the inventory's content: instances refer to tag and group sets by index (a fleet's
+// instances mostly share a few), and a queue URL that is the common prefix followed by the
+// instance's queue name (every one SQS returns, in practice) is not repeated.
+type invDoc struct {
+	V      int                 `json:"v"`
+	Prefix string              `json:"qp,omitempty"`
+	Tags   []map[string]string `json:"ts"`
+	Groups [][]string          `json:"gs,omitempty"`
+	List   []invEntry          `json:"l"`
+}
+
+// invEntry is one instance: Tags and Groups index the document's sets (Groups from 1; 0 is
+// none), Queue is given only when it is not Prefix followed by the queue's name.
 type invEntry struct {
-	ID     string            `json:"i"`
-	Queue  string            `json:"q,omitempty"`
-	IP     string            `json:"p,omitempty"`
-	Tags   map[string]string `json:"t,omitempty"`
-	Groups []string          `json:"g,omitempty"`
+	ID     string `json:"i"`
+	Queue  string `json:"q,omitempty"`
+	IP     string `json:"p,omitempty"`
+	Tags   int    `json:"t"`
+	Groups int    `json:"g,omitempty"`
 }
 
 // Inventory is a read inventory: the instances, sorted by id, and when the reconciler found them.
 type Inventory struct {
 	At        time.Time
 	Instances []Instance
-	queues    map[string]string
+	prefix    string            // the queue URLs' common prefix
+	queues    map[string]string // queue URLs that are not prefix + queue name
 }
 
-// encodeInventory is the inventory's parts and the digest of what they hold.
-func encodeInventory(instances []Instance, queues map[string]string) ([][]byte, string, error) {
-	list := make([]invEntry, len(instances))
-	for i, in := range instances {
-		list[i] = invEntry{ID: in.ID, Queue: queues[in.ID], IP: in.PrivateIP, Tags: in.Tags, Groups: in.Groups}
+// queueURL is an instance's queue URL as the inventory gives it ("" when it has none).
+func (inv *Inventory) queueURL(id, name string) string {
+	if u, ok := inv.queues[id]; ok {
+		return u
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	raw, err := json.Marshal(list) // map keys are sorted: the same fleet encodes the same
+	if inv.prefix == "" {
+		return ""
+	}
+	return inv.prefix + name
+}
+
+// encodeInventory is the inventory's parts and the digest of what they hold; name is the queue
+// name of an instance.
+func encodeInventory(instances []Instance, queues map[string]string, name func(string) string) ([][]byte, string, error) {
+	sorted := append([]Instance(nil), instances...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID })
+	// The most common prefix of the queue URLs.
+	prefixes := map[string]int{}
+	for id, u := range queues {
+		if p, ok := strings.CutSuffix(u, name(id)); ok {
+			prefixes[p]++
+		}
+	}
+	doc := invDoc{V: 1, Tags: []map[string]string{}, List: make([]invEntry, len(sorted))}
+	for p, k := range prefixes {
+		if k > prefixes[doc.Prefix] || k == prefixes[doc.Prefix] && p < doc.Prefix {
+			doc.Prefix = p
+		}
+	}
+	tagIdx, groupIdx := map[string]int{}, map[string]int{}
+	for i, in := range sorted {
+		e := invEntry{ID: in.ID, IP: in.PrivateIP}
+		if u, ok := queues[in.ID]; ok && (doc.Prefix == "" || u != doc.Prefix+name(in.ID)) {
+			e.Queue = u
+		}
+		tk := tagKey(in.Tags)
+		k, ok := tagIdx[tk]
+		if !ok {
+			k = len(doc.Tags)
+			tagIdx[tk] = k
+			doc.Tags = append(doc.Tags, in.Tags)
+		}
+		e.Tags = k
+		if len(in.Groups) > 0 {
+			gk := strings.Join(in.Groups, ",")
+			k, ok := groupIdx[gk]
+			if !ok {
+				doc.Groups = append(doc.Groups, in.Groups)
+				k = len(doc.Groups)
+				groupIdx[gk] = k
+			}
+			e.Groups = k
+		}
+		doc.List[i] = e
+	}
+	raw, err := json.Marshal(doc) // map keys are sorted: the same fleet encodes the same
 	if err != nil {
 		return nil, "", err
 	}
@@ -97,8 +158,8 @@ func encodeInventory(instances []Instance, queues map[string]string) ([][]byte, 
 	return parts, hex.EncodeToString(sum[:]), nil
 }
 
-// decodeInventory joins parts and checks them against digest.
-func decodeInventory(parts [][]byte, digest string) ([]invEntry, error) {
+// decodeInventory joins parts, checks them against digest and rebuilds the instances.
+func decodeInventory(parts [][]byte, digest string) (*Inventory, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(bytes.Join(parts, nil)))
 	if err != nil {
 		return nil, err
@@ -110,16 +171,39 @@ func decodeInventory(parts [][]byte, digest string) ([]invEntry, error) {
 	if sum := sha256.Sum256(raw); hex.EncodeToString(sum[:]) != digest {
 		return nil, errors.New("digest does not match its head")
 	}
-	var list []invEntry
-	return list, json.Unmarshal(raw, &list)
+	var doc invDoc
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	if doc.V != 1 {
+		return nil, fmt.Errorf("version %d", doc.V)
+	}
+	inv := &Inventory{Instances: make([]Instance, 0, len(doc.List)), prefix: doc.Prefix, queues: map[string]string{}}
+	for _, e := range doc.List {
+		if e.ID == "" || e.Tags < 0 || e.Tags >= len(doc.Tags) || e.Groups < 0 || e.Groups > len(doc.Groups) {
+			return nil, fmt.Errorf("entry %q refers to a set it does not have", e.ID)
+		}
+		in := Instance{ID: e.ID, Tags: doc.Tags[e.Tags], PrivateIP: e.IP}
+		if in.Tags == nil {
+			in.Tags = map[string]string{}
+		}
+		if e.Groups > 0 {
+			in.Groups = doc.Groups[e.Groups-1]
+		}
+		inv.Instances = append(inv.Instances, in)
+		if e.Queue != "" {
+			inv.queues[e.ID] = e.Queue
+		}
+	}
+	return inv, nil
 }
 
 func partSK(gen string, i int) string { return fmt.Sprintf("part#%s#%04d", gen, i) }
 
 // WriteInventory records what a reconcile pass discovered (queues: instance id -> queue URL).
 // When the fleet is the one last written by this process, only the head's time moves.
-func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, now time.Time) error {
-	parts, digest, err := encodeInventory(instances, queues)
+func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, name func(string) string, now time.Time) error {
+	parts, digest, err := encodeInventory(instances, queues, name)
 	if err != nil {
 		return fmt.Errorf("inventory: %w", err)
 	}
@@ -257,20 +341,11 @@ func (l *Ledger) ReadInventory(ctx context.Context) (*Inventory, error) {
 			return nil, nil // the generation is being written or was replaced while this read
 		}
 	}
-	list, err := decodeInventory(parts, str("digest"))
+	inv, err := decodeInventory(parts, str("digest"))
 	if err != nil {
 		return nil, nil
 	}
-	inv := &Inventory{At: at, Instances: make([]Instance, 0, len(list)), queues: make(map[string]string, len(list))}
-	for _, e := range list {
-		if e.ID == "" {
-			continue
-		}
-		inv.Instances = append(inv.Instances, Instance{ID: e.ID, Tags: e.Tags, PrivateIP: e.IP, Groups: e.Groups})
-		if e.Queue != "" {
-			inv.queues[e.ID] = e.Queue
-		}
-	}
+	inv.At = at
 	return inv, nil
 }
 
@@ -342,12 +417,13 @@ func (c *Controller) inventory(ctx context.Context) *Inventory {
 		c.Log.Info("inventory too old; discovering instances instead", "age", age.Round(time.Second).String(), "max", maxAge.String())
 		return nil
 	}
-	for id, u := range inv.queues {
+	for _, in := range inv.Instances {
 		// A URL is used only for the queue its instance's name gives (a damaged entry cannot send
 		// one instance's message to another's queue; the message names its instance anyway).
-		if strings.HasSuffix(u, "/"+c.Queues.QueueName(id)) {
-			if _, ok := c.urls.Load(id); !ok {
-				c.urls.Store(id, u)
+		name := c.Queues.QueueName(in.ID)
+		if u := inv.queueURL(in.ID, name); u != "" && strings.HasSuffix(u, "/"+name) {
+			if _, ok := c.urls.Load(in.ID); !ok {
+				c.urls.Store(in.ID, u)
 			}
 		}
 	}

@@ -198,7 +198,7 @@ func TestDamagedInventoryIsNotUsed(t *testing.T) {
 				_, err = e.clients.DynamoDB.DeleteItem(t.Context(), &dynamodb.DeleteItemInput{TableName: aws.String(e.c.Table), Key: key})
 			} else {
 				// A valid gzip of another fleet: only the digest can tell.
-				forged, _, ferr := encodeInventory([]Instance{{ID: "i-0forged", Tags: map[string]string{"Role": "mail", "bansshee:managed": "true"}}}, nil)
+				forged, _, ferr := encodeInventory([]Instance{{ID: "i-0forged", Tags: map[string]string{"Role": "mail", "bansshee:managed": "true"}}}, nil, e.c.Queues.QueueName)
 				if ferr != nil {
 					t.Fatal(ferr)
 				}
@@ -244,7 +244,7 @@ func TestInventoryQueueURLMustBeItsInstances(t *testing.T) {
 		urls[in.ID], _ = e.c.Queues.URL(t.Context(), in.ID)
 	}
 	urls[a] = ub // mail1's entry points at web1's queue
-	if err := e.c.Ledger.WriteInventory(t.Context(), ins, urls, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), ins, urls, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	e.drain(t, b)
@@ -300,14 +300,14 @@ func TestInventoryWrites(t *testing.T) {
 			Tags: map[string]string{"bansshee:managed": "true", "Role": "mail", "Name": fmt.Sprintf("n%x", uint64(i)*0x9e3779b97f4a7c15)}}
 		urls[id] = "https://sqs.example/123/" + e.c.Queues.QueueName(id)
 	}
-	if err := e.c.Ledger.WriteInventory(t.Context(), big, urls, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), big, urls, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(inventoryParts(t, e)); n < 2 {
 		t.Fatalf("20 000 instances in %d part(s); want the split exercised", n)
 	}
 	inv, err = e.c.Ledger.ReadInventory(t.Context())
-	if err != nil || inv == nil || len(inv.Instances) != len(big) || inv.queues[big[19999].ID] != urls[big[19999].ID] {
+	if err != nil || inv == nil || len(inv.Instances) != len(big) || inv.queueURL(big[19999].ID, e.c.Queues.QueueName(big[19999].ID)) != urls[big[19999].ID] {
 		t.Fatalf("big inventory read back: %v, %v", inv != nil, err)
 	}
 }

@@ -399,7 +399,7 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			urls[in.ID] = u.(string)
 		}
 	}
-	if err := c.Ledger.WriteInventory(ctx, instances, urls, now); err != nil {
+	if err := c.Ledger.WriteInventory(ctx, instances, urls, c.Queues.QueueName, now); err != nil {
 		c.Log.Warn("inventory not written; fan-outs discover instances until it is", "err", err)
 	}
 	// Queues of instances that are gone: mark, then delete after the grace period.
@@ -896,6 +896,8 @@ func (c *Controller) FleetStatus(ctx context.Context, target string, live bool) 
 	var instances []Instance
 	var inv *Inventory
 	var view *ledgerView
+	var statuses map[string]proto.AgentStatus
+	// The instances then their agents' statuses, while the ledger is read.
 	var g errgroup.Group
 	g.Go(func() (err error) {
 		if live {
@@ -903,27 +905,37 @@ func (c *Controller) FleetStatus(ctx context.Context, target string, live bool) 
 		} else {
 			instances, inv, err = c.managedInstances(ctx, sel)
 		}
+		if err != nil {
+			return err
+		}
+		ids := make([]string, len(instances))
+		for i, in := range instances {
+			ids[i] = in.ID
+		}
+		statuses, err = c.Ledger.Statuses(ctx, ids)
 		return err
 	})
 	g.Go(func() (err error) { view, err = c.readLedger(ctx); return err })
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	ids := make([]string, len(instances))
-	for i, in := range instances {
-		ids[i] = in.ID
-	}
-	statuses, err := c.Ledger.Statuses(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
 	now := c.Now()
 	out := make([]InstanceStatus, 0, len(instances))
+	// Instances with the same tags want the same state: computed, with its digest, once (as in
+	// a reconcile pass), not once an instance.
+	memo := map[string]*desiredDigest{}
 	for _, in := range instances {
-		d := view.forInstance(in.ID, in.Tags, now)
+		key := tagKey(in.Tags) + view.scopedKey(in.ID)
+		dd, ok := memo[key]
+		if !ok {
+			d := view.forInstance(in.ID, in.Tags, now)
+			dd = &desiredDigest{desired: d, digest: proto.DigestV2(d.bans, d.limits)}
+			memo[key] = dd
+		}
+		d := dd.desired
 		st := statuses[in.ID]
 		is := InstanceStatus{Instance: in, AppliedRev: st.AppliedRev, WantRev: d.maxRev, Bans: st.Bans, WantBans: len(d.bans), Heartbeat: st.Heartbeat, LastError: st.LastError, Version: st.Version}
-		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || proto.Matches(st.Digest, d.bans, d.limits))
+		is.Converged = st.InstanceID != "" && st.AppliedRev >= d.maxRev && (st.Digest == "" || dd.matches(st.Digest))
 		is.Silent = !st.Heartbeat.IsZero() && now.Sub(st.Heartbeat) > c.SilentAfter
 		out = append(out, is)
 	}

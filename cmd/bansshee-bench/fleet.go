@@ -454,9 +454,9 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	// status with n agents, each run followed by one of its floor.
 	floor := statusFloor(ctx, r)
 	secs, err = median3With("status_seconds", func() error {
-		sts, _, err := c.Status(ctx, "*")
-		if err == nil && (len(sts) != n || convergedOf(sts) != n) {
-			err = fmt.Errorf("status: %d instances, %d converged", len(sts), convergedOf(sts))
+		fs, err := c.FleetStatus(ctx, "*", false)
+		if err == nil && (len(fs.Instances) != n || convergedOf(fs.Instances) != n || fs.InventoryAt.IsZero()) {
+			err = fmt.Errorf("status: %d instances, %d converged, inventory at %v", len(fs.Instances), convergedOf(fs.Instances), fs.InventoryAt)
 		}
 		return err
 	}, floor)
@@ -467,6 +467,18 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	if err := floor.emit(emit, name, "status", secs); err != nil {
 		return err
 	}
+	// status --live: the instances from EC2 (DescribeInstances pages), not the inventory.
+	secs, err = median3("status_live_seconds", func() error {
+		fs, err := c.FleetStatus(ctx, "*", true)
+		if err == nil && (len(fs.Instances) != n || convergedOf(fs.Instances) != n || !fs.InventoryAt.IsZero()) {
+			err = fmt.Errorf("status --live: %d instances, %d converged", len(fs.Instances), convergedOf(fs.Instances))
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "status_live_seconds", secs, "s"})
 	if lat > 0 {
 		if err := servePeakRSS(ctx, emit, r, name); err != nil {
 			return err
@@ -519,6 +531,59 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	}
 	emit(Row{"fleet", name, "ban_fanout_warm_seconds", with[1], "s"})
 	emit(Row{"fleet", name, "ban_fanout_warm_no_history_seconds", without[1], "s"})
+
+	// A ban from a new process (`bansshee ban`, a cold Lambda): a controller with nothing cached
+	// but the allowlist's reads (as a warm Lambda has them). Its targets and queue URLs from the
+	// reconciler's inventory, or (InventoryMaxAge < 0, as before the inventory) from discovery
+	// and one GetQueueUrl per instance; alternately.
+	rounds := 3
+	if n > 10000 {
+		rounds = 1
+	}
+	var coldInv, coldDisc []float64
+	var coldOps [2]map[string]int
+	for i := range 2 * rounds {
+		cfg := c.Config
+		if i%2 == 1 {
+			cfg.InventoryMaxAge = -1
+		}
+		cc, err := controller.New(cfg)
+		if err == nil {
+			_, err = cc.Allowlist(ctx)
+		}
+		if err == nil {
+			_, err = cc.FleetAddresses(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		r.env.ResetOps()
+		secs, err := timed("ban_fanout_cold_seconds", func() error {
+			res, err := cc.Ban(ctx, controller.BanRequest{CIDRs: []string{fmt.Sprintf("198.51.100.%d", 40+i)}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
+			if err == nil && (len(res.Instances) != n || len(res.Failed()) > 0) {
+				err = fmt.Errorf("cold ban reached %d of %d (%d failed)", len(res.Instances)-len(res.Failed()), n, len(res.Failed()))
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		coldOps[i%2] = r.env.Ops()
+		if i%2 == 0 {
+			coldInv = append(coldInv, secs)
+		} else {
+			coldDisc = append(coldDisc, secs)
+		}
+	}
+	if verbose() {
+		fmt.Fprintf(os.Stderr, "     cold bans from the inventory %.3f, from discovery %.3f\n", coldInv, coldDisc)
+	}
+	if lat > 0 {
+		fmt.Fprintf(os.Stderr, "     a cold ban's requests, from the inventory: %s\n", opsString(coldOps[0]))
+		fmt.Fprintf(os.Stderr, "     a cold ban's requests, from discovery: %s\n", opsString(coldOps[1]))
+	}
+	emit(Row{"fleet", name, "ban_fanout_cold_seconds", median(coldInv), "s"})
+	emit(Row{"fleet", name, "ban_fanout_cold_discovery_seconds", median(coldDisc), "s"})
 	emit(Row{"fleet", name, "requests_per_ban_per_1000_instances", float64(sum(banOps)) * 1000 / float64(n), "requests"})
 	if lat > 0 {
 		fmt.Fprintf(os.Stderr, "     one ban's requests: %s\n", opsString(banOps))
