@@ -71,6 +71,7 @@ type invEntry struct {
 	IP     string `json:"p,omitempty"`
 	Tags   int    `json:"t"`
 	Groups int    `json:"g,omitempty"`
+	Key    uint8  `json:"k,omitempty"` // the key form its agent's status was found under
 }
 
 // Inventory is a read inventory: the instances, sorted by id, and when the reconciler found them.
@@ -79,6 +80,7 @@ type Inventory struct {
 	Instances []Instance
 	prefix    string            // the queue URLs' common prefix
 	queues    map[string]string // queue URLs that are not prefix + queue name
+	keyForms  map[string]uint8  // the key form each agent's status was found under
 }
 
 // queueURL is an instance's queue URL as the inventory gives it ("" when it has none).
@@ -94,9 +96,12 @@ func (inv *Inventory) queueURL(id, name string) string {
 
 // encodeInventory is the inventory's parts and the digest of what they hold; name is the queue
 // name of an instance.
-func encodeInventory(instances []Instance, queues map[string]string, name func(string) string) ([][]byte, string, error) {
-	sorted := append([]Instance(nil), instances...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID })
+func encodeInventory(instances []Instance, queues map[string]string, forms map[string]uint8, name func(string) string) ([][]byte, string, error) {
+	sorted := instances // Discover's order; a copy only when it is not sorted
+	if !sort.SliceIsSorted(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID }) {
+		sorted = append([]Instance(nil), instances...)
+		sort.Slice(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID })
+	}
 	// The most common prefix of the queue URLs.
 	prefixes := map[string]int{}
 	for id, u := range queues {
@@ -112,7 +117,7 @@ func encodeInventory(instances []Instance, queues map[string]string, name func(s
 	}
 	tagIdx, groupIdx := map[string]int{}, map[string]int{}
 	for i, in := range sorted {
-		e := invEntry{ID: in.ID, IP: in.PrivateIP}
+		e := invEntry{ID: in.ID, IP: in.PrivateIP, Key: forms[in.ID]}
 		if u, ok := queues[in.ID]; ok && (doc.Prefix == "" || u != doc.Prefix+name(in.ID)) {
 			e.Queue = u
 		}
@@ -136,19 +141,19 @@ func encodeInventory(instances []Instance, queues map[string]string, name func(s
 		}
 		doc.List[i] = e
 	}
-	raw, err := json.Marshal(doc) // map keys are sorted: the same fleet encodes the same
-	if err != nil {
-		return nil, "", err
-	}
-	sum := sha256.Sum256(raw)
+	// Encoded straight into the digest and the compressor (30 000 instances are megabytes of
+	// JSON a pass that serve would otherwise hold). Map keys are sorted: the same fleet encodes
+	// the same.
 	var buf bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	if _, err := zw.Write(raw); err != nil {
+	h := sha256.New()
+	if err := json.NewEncoder(io.MultiWriter(h, zw)).Encode(doc); err != nil {
 		return nil, "", err
 	}
 	if err := zw.Close(); err != nil {
 		return nil, "", err
 	}
+	sum := h.Sum(nil)
 	var parts [][]byte
 	for b := buf.Bytes(); len(b) > 0; {
 		k := min(len(b), inventoryPartBytes)
@@ -178,7 +183,7 @@ func decodeInventory(parts [][]byte, digest string) (*Inventory, error) {
 	if doc.V != 1 {
 		return nil, fmt.Errorf("version %d", doc.V)
 	}
-	inv := &Inventory{Instances: make([]Instance, 0, len(doc.List)), prefix: doc.Prefix, queues: map[string]string{}}
+	inv := &Inventory{Instances: make([]Instance, 0, len(doc.List)), prefix: doc.Prefix, queues: map[string]string{}, keyForms: map[string]uint8{}}
 	for _, e := range doc.List {
 		if e.ID == "" || e.Tags < 0 || e.Tags >= len(doc.Tags) || e.Groups < 0 || e.Groups > len(doc.Groups) {
 			return nil, fmt.Errorf("entry %q refers to a set it does not have", e.ID)
@@ -194,16 +199,20 @@ func decodeInventory(parts [][]byte, digest string) (*Inventory, error) {
 		if e.Queue != "" {
 			inv.queues[e.ID] = e.Queue
 		}
+		if e.Key == keyFormInstance || e.Key == keyFormRole {
+			inv.keyForms[e.ID] = e.Key
+		}
 	}
 	return inv, nil
 }
 
 func partSK(gen string, i int) string { return fmt.Sprintf("part#%s#%04d", gen, i) }
 
-// WriteInventory records what a reconcile pass discovered (queues: instance id -> queue URL).
-// When the fleet is the one last written by this process, only the head's time moves.
-func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, name func(string) string, now time.Time) error {
-	parts, digest, err := encodeInventory(instances, queues, name)
+// WriteInventory records what a reconcile pass discovered (queues: instance id -> queue URL;
+// forms: the key form each agent's status was found under). When the fleet is the one last
+// written, only the head's time moves.
+func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, forms map[string]uint8, name func(string) string, now time.Time) error {
+	parts, digest, err := encodeInventory(instances, queues, forms, name)
 	if err != nil {
 		return fmt.Errorf("inventory: %w", err)
 	}

@@ -198,7 +198,7 @@ func TestDamagedInventoryIsNotUsed(t *testing.T) {
 				_, err = e.clients.DynamoDB.DeleteItem(t.Context(), &dynamodb.DeleteItemInput{TableName: aws.String(e.c.Table), Key: key})
 			} else {
 				// A valid gzip of another fleet: only the digest can tell.
-				forged, _, ferr := encodeInventory([]Instance{{ID: "i-0forged", Tags: map[string]string{"Role": "mail", "bansshee:managed": "true"}}}, nil, e.c.Queues.QueueName)
+				forged, _, ferr := encodeInventory([]Instance{{ID: "i-0forged", Tags: map[string]string{"Role": "mail", "bansshee:managed": "true"}}}, nil, nil, e.c.Queues.QueueName)
 				if ferr != nil {
 					t.Fatal(ferr)
 				}
@@ -244,7 +244,7 @@ func TestInventoryQueueURLMustBeItsInstances(t *testing.T) {
 		urls[in.ID], _ = e.c.Queues.URL(t.Context(), in.ID)
 	}
 	urls[a] = ub // mail1's entry points at web1's queue
-	if err := e.c.Ledger.WriteInventory(t.Context(), ins, urls, e.c.Queues.QueueName, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), ins, urls, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	e.drain(t, b)
@@ -300,7 +300,7 @@ func TestInventoryWrites(t *testing.T) {
 			Tags: map[string]string{"bansshee:managed": "true", "Role": "mail", "Name": fmt.Sprintf("n%x", uint64(i)*0x9e3779b97f4a7c15)}}
 		urls[id] = "https://sqs.example/123/" + e.c.Queues.QueueName(id)
 	}
-	if err := e.c.Ledger.WriteInventory(t.Context(), big, urls, e.c.Queues.QueueName, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), big, urls, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(inventoryParts(t, e)); n < 2 {
@@ -309,5 +309,77 @@ func TestInventoryWrites(t *testing.T) {
 	inv, err = e.c.Ledger.ReadInventory(t.Context())
 	if err != nil || inv == nil || len(inv.Instances) != len(big) || inv.queueURL(big[19999].ID, e.c.Queues.QueueName(big[19999].ID)) != urls[big[19999].ID] {
 		t.Fatalf("big inventory read back: %v, %v", inv != nil, err)
+	}
+}
+
+// Status reads, for each agent, only the key it was last found under; an agent that changed
+// credentials (its status now under the other key, the old one stale or gone) is still seen.
+func TestStatusReadsTheKeyItsAgentUses(t *testing.T) {
+	keys := statusKeys([]string{"i-1", "i-2", "i-3"}, map[string]uint8{"i-1": keyFormRole, "i-2": keyFormInstance}, "AROA")
+	var got []string
+	for _, k := range keys {
+		got = append(got, k["pk"].(*ddbtypes.AttributeValueMemberS).Value)
+	}
+	if fmt.Sprint(got) != "[agent#AROA:i-1 agent#i-2 agent#i-3 agent#AROA:i-3]" {
+		t.Fatalf("keys %v", got)
+	}
+	if keys := statusKeys([]string{"i-1"}, map[string]uint8{"i-1": keyFormRole}, ""); len(keys) != 1 || keys[0]["pk"].(*ddbtypes.AttributeValueMemberS).Value != "agent#i-1" {
+		t.Fatalf("without a role id: %v", keys)
+	}
+
+	e := newEnv(t)
+	e.fleet6(t)
+	for _, id := range e.ids {
+		e.putStatus(t, TestAgentRoleID+":"+id, proto.AgentStatus{InstanceID: id, Version: "v1"})
+	}
+	e.reconcile(t)
+	inv, err := e.c.Ledger.ReadInventory(t.Context())
+	if err != nil || inv == nil {
+		t.Fatal(inv, err)
+	}
+	for name, id := range e.ids {
+		if inv.keyForms[id] != keyFormRole {
+			t.Fatalf("%s: key form %d recorded, want the role's", name, inv.keyForms[id])
+		}
+	}
+	// mail1's agent moves to its instance id key: its role-keyed status goes silent. mail2's
+	// role-keyed status is deleted outright.
+	e.advance(e.c.SilentAfter + time.Minute)
+	e.putStatus(t, e.ids["mail1"], proto.AgentStatus{Version: "v2"})
+	pk, sk := proto.StatusKey(TestAgentRoleID + ":" + e.ids["mail2"])
+	if _, err := e.clients.DynamoDB.DeleteItem(t.Context(), &dynamodb.DeleteItemInput{TableName: aws.String(e.c.Table),
+		Key: map[string]ddbtypes.AttributeValue{"pk": s(pk), "sk": s(sk)}}); err != nil {
+		t.Fatal(err)
+	}
+	e.putStatus(t, e.ids["mail2"], proto.AgentStatus{Version: "v2"})
+	// The inventory is older than its maximum now: write it again as of now, with the key forms
+	// the last pass found (all the role's), as a pass before the switch would have.
+	forms := map[string]uint8{}
+	for _, id := range e.ids {
+		forms[id] = keyFormRole
+	}
+	urls := map[string]string{}
+	for _, in := range inv.Instances {
+		urls[in.ID] = inv.queueURL(in.ID, e.c.Queues.QueueName(in.ID))
+	}
+	if err := e.c.Ledger.WriteInventory(t.Context(), inv.Instances, urls, forms, e.c.Queues.QueueName, e.c.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c := e.cold(t)
+	fs, err := c.FleetStatus(t.Context(), "*", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs.InventoryAt.IsZero() {
+		t.Fatal("status did not use the inventory")
+	}
+	for _, s := range fs.Instances {
+		want := "v1"
+		if s.ID == e.ids["mail1"] || s.ID == e.ids["mail2"] {
+			want = "v2"
+		}
+		if s.Version != want {
+			t.Fatalf("%s: version %q, want %q", s.ID, s.Version, want)
+		}
 	}
 }

@@ -441,18 +441,63 @@ const appliedOnly = "pk, sk, instance_id, applied_rev, heartbeat"
 
 // statuses is Statuses reading only the attributes of projection (all if empty).
 func (l *Ledger) statuses(ctx context.Context, ids []string, projection string) (map[string]proto.AgentStatus, error) {
-	var keys []map[string]ddbtypes.AttributeValue
-	role := l.agentRoleID(ctx)
+	return l.statusesOf(ctx, ids, nil, projection)
+}
+
+// Status key forms: which of an instance's two possible status keys its agent writes.
+const (
+	keyFormUnknown  uint8 = iota
+	keyFormInstance       // agent#<instance id>
+	keyFormRole           // agent#<role id>:<instance id>
+)
+
+// keyFormOf is the form of the key a status was read under.
+func keyFormOf(st proto.AgentStatus) uint8 {
+	if strings.Contains(st.PK, ":") {
+		return keyFormRole
+	}
+	return keyFormInstance
+}
+
+// StatusesHinted is Statuses reading, for an instance whose agent's key form is known (forms:
+// from the reconciler's last pass, through the inventory), only that key: half the reads of a
+// fleet on instance profiles. An instance whose hinted read finds nothing, or a heartbeat older
+// than stale, has its other key read too (its agent changed credentials), and the newer wins.
+func (l *Ledger) StatusesHinted(ctx context.Context, ids []string, forms map[string]uint8, stale time.Time) (map[string]proto.AgentStatus, error) {
+	out, err := l.statusesOf(ctx, ids, forms, "")
+	if err != nil || len(forms) == 0 || l.agentRoleID(ctx) == "" {
+		return out, err
+	}
+	var again []string
+	other := map[string]uint8{}
 	for _, id := range ids {
-		principals := []string{id}
-		if role != "" {
-			principals = append(principals, role+":"+id)
+		f := forms[id]
+		if f == keyFormUnknown {
+			continue
 		}
-		for _, p := range principals {
-			pk, sk := proto.StatusKey(p)
-			keys = append(keys, map[string]ddbtypes.AttributeValue{"pk": s(pk), "sk": s(sk)})
+		if st, ok := out[id]; !ok || st.Heartbeat.Before(stale) {
+			again = append(again, id)
+			other[id] = keyFormInstance + keyFormRole - f
 		}
 	}
+	if len(again) == 0 {
+		return out, nil
+	}
+	more, err := l.statusesOf(ctx, again, other, "")
+	if err != nil {
+		return nil, err
+	}
+	for id, st := range more {
+		if prev, ok := out[id]; !ok || st.Heartbeat.After(prev.Heartbeat) {
+			out[id] = st
+		}
+	}
+	return out, nil
+}
+
+// statusesOf reads the status keys of ids: both forms, or only the one forms gives.
+func (l *Ledger) statusesOf(ctx context.Context, ids []string, forms map[string]uint8, projection string) (map[string]proto.AgentStatus, error) {
+	keys := statusKeys(ids, forms, l.agentRoleID(ctx))
 	out := make(map[string]proto.AgentStatus, len(ids))
 	var mu sync.Mutex
 	var g errgroup.Group
@@ -486,6 +531,27 @@ func (l *Ledger) statuses(ctx context.Context, ids []string, projection string) 
 		return nil, fmt.Errorf("read agent statuses: %w", err)
 	}
 	return out, nil
+}
+
+// statusKeys is the keys of ids' statuses: both forms (the second only with a role id), or only
+// the one forms gives.
+func statusKeys(ids []string, forms map[string]uint8, role string) []map[string]ddbtypes.AttributeValue {
+	keys := make([]map[string]ddbtypes.AttributeValue, 0, 2*len(ids))
+	for _, id := range ids {
+		var principals []string
+		f := forms[id]
+		if f != keyFormRole || role == "" {
+			principals = append(principals, id)
+		}
+		if role != "" && f != keyFormInstance {
+			principals = append(principals, role+":"+id)
+		}
+		for _, p := range principals {
+			pk, sk := proto.StatusKey(p)
+			keys = append(keys, map[string]ddbtypes.AttributeValue{"pk": s(pk), "sk": s(sk)})
+		}
+	}
+	return keys
 }
 
 // batchGet reads up to 100 keys, retrying what DynamoDB leaves unprocessed.

@@ -399,7 +399,11 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 			urls[in.ID] = u.(string)
 		}
 	}
-	if err := c.Ledger.WriteInventory(ctx, instances, urls, c.Queues.QueueName, now); err != nil {
+	forms := make(map[string]uint8, len(statuses))
+	for id, st := range statuses {
+		forms[id] = keyFormOf(st)
+	}
+	if err := c.Ledger.WriteInventory(ctx, instances, urls, forms, c.Queues.QueueName, now); err != nil {
 		c.Log.Warn("inventory not written; fan-outs discover instances until it is", "err", err)
 	}
 	// Queues of instances that are gone: mark, then delete after the grace period.
@@ -912,7 +916,12 @@ func (c *Controller) FleetStatus(ctx context.Context, target string, live bool) 
 		for i, in := range instances {
 			ids[i] = in.ID
 		}
-		statuses, err = c.Ledger.Statuses(ctx, ids)
+		if inv != nil {
+			// Only the key each agent was last found under (half the reads on instance profiles).
+			statuses, err = c.Ledger.StatusesHinted(ctx, ids, inv.keyForms, c.Now().Add(-c.SilentAfter))
+		} else {
+			statuses, err = c.Ledger.Statuses(ctx, ids)
+		}
 		return err
 	})
 	g.Go(func() (err error) { view, err = c.readLedger(ctx); return err })
