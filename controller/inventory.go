@@ -5,10 +5,12 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"sort"
 	"strconv"
@@ -212,32 +214,32 @@ func partSK(gen string, i int) string { return fmt.Sprintf("part#%s#%04d", gen, 
 // forms: the key form each agent's status was found under). When the fleet is the one last
 // written, only the head's time moves.
 func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, forms map[string]uint8, name func(string) string, now time.Time) error {
-	parts, digest, err := encodeInventory(instances, queues, forms, name)
-	if err != nil {
-		return fmt.Errorf("inventory: %w", err)
-	}
+	// What the pass found is compared by a hash of it, without encoding it: a pass that found
+	// the same fleet (nearly every pass) allocates nothing much here, which keeps serve's heap,
+	// and so its peak memory, what it was.
+	fp := inventoryPrint(instances, queues, forms)
 	at := s(now.UTC().Format(time.RFC3339Nano))
 	head := map[string]ddbtypes.AttributeValue{"pk": s(inventoryPK), "sk": s("head")}
 	l.invMu.Lock()
 	last := l.invWritten
 	l.invMu.Unlock()
-	if last.digest == "" {
+	if last.fp == "" {
 		// A new process: the head in the ledger may already hold this fleet.
 		out, err := l.DDB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(l.Table), Key: head, ConsistentRead: aws.Bool(true)})
 		if err != nil {
 			return fmt.Errorf("inventory: %w", err)
 		}
 		if g, ok := out.Item["gen"].(*ddbtypes.AttributeValueMemberS); ok {
-			if d, ok := out.Item["digest"].(*ddbtypes.AttributeValueMemberS); ok {
-				last = invHead{gen: g.Value, digest: d.Value}
+			if f, ok := out.Item["fp"].(*ddbtypes.AttributeValueMemberS); ok {
+				last = invHead{gen: g.Value, fp: f.Value}
 			}
 		}
 	}
-	if last.digest == digest {
+	if last.fp == fp {
 		_, err := l.DDB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(l.Table), Key: head,
-			UpdateExpression: aws.String("SET #at = :at"), ConditionExpression: aws.String("gen = :gen AND digest = :d"),
+			UpdateExpression: aws.String("SET #at = :at"), ConditionExpression: aws.String("gen = :gen AND fp = :fp"),
 			ExpressionAttributeNames:  map[string]string{"#at": "at"},
-			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":at": at, ":gen": s(last.gen), ":d": s(digest)}})
+			ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":at": at, ":gen": s(last.gen), ":fp": s(fp)}})
 		if err == nil {
 			l.invMu.Lock()
 			l.invWritten = last
@@ -248,6 +250,10 @@ func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queue
 			return fmt.Errorf("inventory: %w", err)
 		}
 		// Another writer moved the head: write this generation in full.
+	}
+	parts, digest, err := encodeInventory(instances, queues, forms, name)
+	if err != nil {
+		return fmt.Errorf("inventory: %w", err)
 	}
 	gen := ulid.Make().String()
 	var g errgroup.Group
@@ -263,12 +269,12 @@ func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queue
 		return fmt.Errorf("inventory: %w", err)
 	}
 	item := map[string]ddbtypes.AttributeValue{"pk": s(inventoryPK), "sk": s("head"), "gen": s(gen), "parts": n(int64(len(parts))),
-		"count": n(int64(len(instances))), "digest": s(digest), "at": at}
+		"count": n(int64(len(instances))), "digest": s(digest), "fp": s(fp), "at": at}
 	if _, err := l.DDB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.Table), Item: item}); err != nil {
 		return fmt.Errorf("inventory: %w", err)
 	}
 	l.invMu.Lock()
-	l.invWritten = invHead{gen: gen, digest: digest}
+	l.invWritten = invHead{gen: gen, fp: fp}
 	l.invMu.Unlock()
 	// Every other generation's parts go: the one this replaced, and any a writer that stopped
 	// half-way left.
@@ -292,7 +298,43 @@ func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queue
 	return nil
 }
 
-type invHead struct{ gen, digest string }
+// invHead is a head as its writer knows it: its generation and the print of what it holds.
+type invHead struct{ gen, fp string }
+
+// inventoryPrint is a hash of what an inventory would hold (FNV-1a, 128 bits): equal prints, the
+// same inventory.
+func inventoryPrint(instances []Instance, queues map[string]string, forms map[string]uint8) string {
+	h := fnv.New128a()
+	var buf []byte
+	var keys []string
+	str := func(s string) { // length-prefixed: no two inventories print the same bytes
+		buf = binary.AppendUvarint(buf, uint64(len(s)))
+		buf = append(buf, s...)
+	}
+	for _, in := range instances {
+		buf = buf[:0]
+		str(in.ID)
+		str(in.PrivateIP)
+		str(queues[in.ID])
+		buf = append(buf, forms[in.ID])
+		buf = binary.AppendUvarint(buf, uint64(len(in.Groups)))
+		for _, g := range in.Groups {
+			str(g)
+		}
+		keys = keys[:0]
+		for k := range in.Tags {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		buf = binary.AppendUvarint(buf, uint64(len(keys)))
+		for _, k := range keys {
+			str(k)
+			str(in.Tags[k])
+		}
+		h.Write(buf)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
 
 // ReadInventory reads the inventory in one Query. It returns nil (and no error) when there is
 // none, or when what was read is incomplete or does not match its digest: a write was under way,

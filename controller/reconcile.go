@@ -391,19 +391,19 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	_ = g.Wait()
 	// What this pass found is the inventory fan-outs, status and why read (inventory.go). A
 	// failed write is not the pass's failure: the last inventory ages out and discovery is used.
-	urls := make(map[string]string, len(instances))
+	// (The queues created this pass join the listed ones: queues is not read for them again.)
 	for _, in := range instances {
-		if u, ok := queues[in.ID]; ok {
-			urls[in.ID] = u
-		} else if u, ok := c.urls.Load(in.ID); ok {
-			urls[in.ID] = u.(string)
+		if _, ok := queues[in.ID]; !ok {
+			if u, ok := c.urls.Load(in.ID); ok {
+				queues[in.ID] = u.(string)
+			}
 		}
 	}
 	forms := make(map[string]uint8, len(statuses))
 	for id, st := range statuses {
 		forms[id] = keyFormOf(st)
 	}
-	if err := c.Ledger.WriteInventory(ctx, instances, urls, forms, c.Queues.QueueName, now); err != nil {
+	if err := c.Ledger.WriteInventory(ctx, instances, queues, forms, c.Queues.QueueName, now); err != nil {
 		c.Log.Warn("inventory not written; fan-outs discover instances until it is", "err", err)
 	}
 	// Queues of instances that are gone: mark, then delete after the grace period.

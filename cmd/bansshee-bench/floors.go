@@ -120,7 +120,7 @@ func (f *fanoutFloor) run(ctx context.Context, r *fleetRig) error {
 }
 
 // fanoutRounds is how many bans the fleet suite times, each between two runs of the floor.
-const fanoutRounds = 3
+const fanoutRounds = 5
 
 // fanoutWithFloor times fanoutRounds bans to every queue (ban(i) is the i-th, a fresh address
 // each), interleaved with fanoutRounds+1 runs of the floor (F B F B F B F: the machine's speed
@@ -152,6 +152,16 @@ func fanoutWithFloor(ctx context.Context, emit func(Row), r *fleetRig, name stri
 	secs := median(bans)
 	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})
 	emitFloor(emit, name, "ban_fanout", secs, median(floors), median(cpus))
+	// Each ban over the floor runs just before and after it, then the median: the machine's
+	// speed drifts within a minute, and a ban is compared with the floor of its own moment.
+	var ratios []float64
+	for i, b := range bans {
+		ratios = append(ratios, b/((floors[i]+floors[i+1])/2))
+	}
+	emit(Row{"fleet", name, "ban_fanout_vs_adjacent_floors", median(ratios), "ratio"})
+	if verbose() {
+		fmt.Fprintf(os.Stderr, "     each ban over its adjacent floors: %.2f\n", ratios)
+	}
 	return secs, nil
 }
 
