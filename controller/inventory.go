@@ -484,6 +484,11 @@ func (c *Controller) inventory(ctx context.Context) *Inventory {
 // managedPages calls each with the managed running instances matching sel, from a fresh
 // inventory or else from discovery; it returns the inventory used, or nil.
 func (c *Controller) managedPages(ctx context.Context, sel *Selector, each func([]Instance)) (*Inventory, error) {
+	return c.managedPagesFrom(ctx, sel, func(page []Instance, _ *Inventory) { each(page) })
+}
+
+// managedPagesFrom is managedPages telling each the inventory its page came from (nil: discovery).
+func (c *Controller) managedPagesFrom(ctx context.Context, sel *Selector, each func([]Instance, *Inventory)) (*Inventory, error) {
 	if inv := c.inventory(ctx); inv != nil {
 		var page []Instance
 		for _, in := range inv.Instances {
@@ -492,11 +497,11 @@ func (c *Controller) managedPages(ctx context.Context, sel *Selector, each func(
 			}
 		}
 		if len(page) > 0 {
-			each(page)
+			each(page, inv)
 		}
 		return inv, nil
 	}
-	return nil, c.discoverPages(ctx, sel, each)
+	return nil, c.discoverPages(ctx, sel, func(page []Instance) { each(page, nil) })
 }
 
 // managedInstances is managedPages gathered and sorted by id: Discover, from a fresh inventory

@@ -464,7 +464,12 @@ func keyFormOf(st proto.AgentStatus) uint8 {
 // fleet on instance profiles. An instance whose hinted read finds nothing, or a heartbeat older
 // than stale, has its other key read too (its agent changed credentials), and the newer wins.
 func (l *Ledger) StatusesHinted(ctx context.Context, ids []string, forms map[string]uint8, stale time.Time) (map[string]proto.AgentStatus, error) {
-	out, err := l.statusesOf(ctx, ids, forms, "")
+	return l.statusesHinted(ctx, ids, forms, stale, "")
+}
+
+// statusesHinted is StatusesHinted reading only the attributes of projection (all if empty).
+func (l *Ledger) statusesHinted(ctx context.Context, ids []string, forms map[string]uint8, stale time.Time, projection string) (map[string]proto.AgentStatus, error) {
+	out, err := l.statusesOf(ctx, ids, forms, projection)
 	if err != nil || len(forms) == 0 || l.agentRoleID(ctx) == "" {
 		return out, err
 	}
@@ -483,7 +488,7 @@ func (l *Ledger) StatusesHinted(ctx context.Context, ids []string, forms map[str
 	if len(again) == 0 {
 		return out, nil
 	}
-	more, err := l.statusesOf(ctx, again, other, "")
+	more, err := l.statusesOf(ctx, again, other, projection)
 	if err != nil {
 		return nil, err
 	}

@@ -165,7 +165,7 @@ func (c *Controller) Why(ctx context.Context, addr string) (*WhyReport, error) {
 	statuses := map[string]proto.AgentStatus{}
 	g.Go(func() error {
 		var sg errgroup.Group
-		_, err := c.managedPages(ctx, mustParse("*"), func(page []Instance) {
+		_, err := c.managedPagesFrom(ctx, mustParse("*"), func(page []Instance, inv *Inventory) {
 			mu.Lock()
 			instances = append(instances, page...)
 			mu.Unlock()
@@ -174,7 +174,13 @@ func (c *Controller) Why(ctx context.Context, addr string) (*WhyReport, error) {
 				ids[i] = in.ID
 			}
 			sg.Go(func() error {
-				st, err := c.Ledger.statuses(ctx, ids, appliedOnly)
+				var st map[string]proto.AgentStatus
+				var err error
+				if inv != nil { // only the key each agent was last found under
+					st, err = c.Ledger.statusesHinted(ctx, ids, inv.keyForms, now.Add(-c.SilentAfter), appliedOnly)
+				} else {
+					st, err = c.Ledger.statuses(ctx, ids, appliedOnly)
+				}
 				mu.Lock()
 				defer mu.Unlock()
 				for id, s := range st {

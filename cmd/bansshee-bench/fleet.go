@@ -644,11 +644,50 @@ func fleetWhyDynalite(ctx context.Context, emit func(Row), lat time.Duration) er
 		return err
 	}
 	defer r.close()
+	if err := fleetStatusDynalite(ctx, emit, r, fmt.Sprintf("dynalite-10000-%dms", lat.Milliseconds()), lat); err != nil {
+		return err
+	}
 	res, err := r.c.Ban(ctx, controller.BanRequest{CIDRs: []string{"198.51.100.7"}, Target: "Role=mail", TTL: time.Hour, Reason: "bench"})
 	if err != nil {
 		return err
 	}
 	return fleetWhy(ctx, emit, r, fmt.Sprintf("dynalite-10000-%dms", lat.Milliseconds()), lat, res.Rev)
+}
+
+// fleetStatusDynalite is the status case on dynalite, whose Query reads its key range as
+// DynamoDB's does (kumo's walks the whole table for each of status's 22 queries): two passes set
+// up the queues, the inventory and the agents' key forms, at 0 ms; then status beside its floor.
+func fleetStatusDynalite(ctx context.Context, emit func(Row), r *fleetRig, name string, lat time.Duration) error {
+	r.env.SetLatency(0)
+	if _, err := r.c.ReconcileOnce(ctx); err != nil {
+		return err
+	}
+	rev, err := r.c.Ledger.CurrentRev(ctx)
+	if err != nil {
+		return err
+	}
+	if err := r.heartbeats(ctx, rev, proto.DigestV2(nil, nil)); err != nil {
+		return err
+	}
+	if _, err := r.c.ReconcileOnce(ctx); err != nil {
+		return err
+	}
+	r.env.SetLatency(lat)
+	defer r.env.SetLatency(0)
+	n := len(r.ids)
+	floor := statusFloor(ctx, r)
+	secs, err := median3With("status_seconds", func() error {
+		fs, err := r.c.FleetStatus(ctx, "*", false)
+		if err == nil && (len(fs.Instances) != n || convergedOf(fs.Instances) != n || fs.InventoryAt.IsZero()) {
+			err = fmt.Errorf("status on dynalite: %d instances, %d converged, inventory at %v", len(fs.Instances), convergedOf(fs.Instances), fs.InventoryAt)
+		}
+		return err
+	}, floor)
+	if err != nil {
+		return err
+	}
+	emit(Row{"fleet", name, "status_seconds", secs, "s"})
+	return floor.emit(emit, name, "status", secs)
 }
 
 // fleetWhy writes 100 000 bans into r's ledger and times the real `bansshee why ADDR --json` for
