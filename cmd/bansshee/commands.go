@@ -573,6 +573,7 @@ func serveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			cli.TuneServeGC() // resident: less heap headroom than a one-shot command's
 			log := cli.Logger(g.logLevel)
 			m := controller.NewMetrics()
 			if metrics != "" {
