@@ -110,6 +110,8 @@ type Controller struct {
 	fleetPub   fleetAddrs // FleetAddresses' cache
 	fleetAt    time.Time
 	recordRole sync.Once
+	formsMu    sync.Mutex
+	lastForms  map[string]uint8 // the status key form of each agent at the last pass (ledger.go)
 	policy     policyCache
 	simulated  atomic.Int64 // simulate-mode bans recorded
 	pacer      wafPacer     // edge.go

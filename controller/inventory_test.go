@@ -383,3 +383,45 @@ func TestStatusReadsTheKeyItsAgentUses(t *testing.T) {
 		}
 	}
 }
+
+// The reconciler reads each agent's status under the key it found last pass; an agent that moved
+// to its other key is found once its old heartbeat is older than its keep-alive allows.
+func TestReconcilerFollowsAnAgentThatChangedKeys(t *testing.T) {
+	e := newEnv(t)
+	e.fleet6(t)
+	for _, id := range e.ids {
+		e.putStatus(t, TestAgentRoleID+":"+id, proto.AgentStatus{InstanceID: id, Version: "v1"})
+	}
+	e.reconcile(t)
+	e.reconcile(t) // hinted from here on
+	e.advance(hintStale + time.Minute)
+	for name, id := range e.ids {
+		if name == "mail1" {
+			e.putStatus(t, id, proto.AgentStatus{Version: "v2"}) // its role-keyed status is now stale
+		} else {
+			e.putStatus(t, TestAgentRoleID+":"+id, proto.AgentStatus{InstanceID: id, Version: "v1"})
+		}
+	}
+	e.reconcile(t)
+	e.c.formsMu.Lock()
+	forms := e.c.lastForms
+	e.c.formsMu.Unlock()
+	for name, id := range e.ids {
+		want := keyFormRole
+		if name == "mail1" {
+			want = keyFormInstance
+		}
+		if forms[id] != want {
+			t.Fatalf("%s: key form %d after the pass, want %d", name, forms[id], want)
+		}
+	}
+	fs, err := e.c.FleetStatus(t.Context(), "*", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range fs.Instances {
+		if s.ID == e.ids["mail1"] && s.Version != "v2" {
+			t.Fatalf("mail1: version %q, want v2", s.Version)
+		}
+	}
+}

@@ -451,6 +451,11 @@ const (
 	keyFormRole           // agent#<role id>:<instance id>
 )
 
+// hintStale is how old a heartbeat read under an agent's known key may be before its other key is
+// read too: agents write one at least every 4 minutes (a keep-alive), so an older one means the
+// agent writes elsewhere now, or is down.
+const hintStale = 5 * time.Minute
+
 // keyFormOf is the form of the key a status was read under.
 func keyFormOf(st proto.AgentStatus) uint8 {
 	if strings.Contains(st.PK, ":") {

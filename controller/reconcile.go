@@ -338,7 +338,14 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	for i, in := range instances {
 		ids[i] = in.ID
 	}
-	statuses, err := c.Ledger.Statuses(ctx, ids)
+	// Each agent's status under the key it was found under last pass (half the reads, and the
+	// read units, of a fleet on instance profiles); both keys on a process's first pass, and for
+	// an agent whose hinted heartbeat is missing or older than its keep-alive allows (it changed
+	// credentials, or it is down).
+	c.formsMu.Lock()
+	lastForms := c.lastForms
+	c.formsMu.Unlock()
+	statuses, err := c.Ledger.StatusesHinted(ctx, ids, lastForms, now.Add(-min(hintStale, c.SilentAfter)))
 	if err != nil {
 		return rep, err
 	}
@@ -403,6 +410,9 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	for id, st := range statuses {
 		forms[id] = keyFormOf(st)
 	}
+	c.formsMu.Lock()
+	c.lastForms = forms
+	c.formsMu.Unlock()
 	if err := c.Ledger.WriteInventory(ctx, instances, queues, forms, c.Queues.QueueName, now); err != nil {
 		c.Log.Warn("inventory not written; fan-outs discover instances until it is", "err", err)
 	}
