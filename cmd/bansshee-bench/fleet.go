@@ -165,8 +165,12 @@ func (r *fleetRig) bans(ctx context.Context, n int) error {
 // profileMetric and profileFile: --profile-metric profiles one timed section into --cpuprofile.
 var profileMetric, profileFile string
 
+// profiled: the profiled metric's first run has been profiled (--profile-metric).
+var profiled bool
+
 func timed(metric string, fn func() error) (float64, error) {
-	if metric == profileMetric && profileFile != "" {
+	if metric == profileMetric && profileFile != "" && !profiled { // the first run of the metric
+		profiled = true
 		if f, err := os.Create(profileFile); err == nil && pprof.StartCPUProfile(f) == nil {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime/metrics"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -56,6 +58,16 @@ func emitFloor(emit func(Row), name, figure string, secs, floor, floorCPU float6
 	if verbose() {
 		fmt.Fprintf(os.Stderr, "     %s %.3f s, floor %.3f s (CPU %.3f s: %.2f cores), %.2fx\n", figure, secs, floor, floorCPU, floorCPU/floor, secs/floor)
 	}
+}
+
+// gcCPU is the CPU seconds the collector has used in this process (runtime/metrics).
+func gcCPU() float64 {
+	s := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64 {
+		return 0
+	}
+	return s[0].Value.Float64()
 }
 
 func verbose() bool { return os.Getenv("BANSSHEE_BENCH_VERBOSE") != "" }
@@ -131,23 +143,31 @@ func fanoutWithFloor(ctx context.Context, emit func(Row), r *fleetRig, name stri
 		return 0, err
 	}
 	var bans, floors, cpus []float64
+	// The process's CPU and its collector's CPU in each run (verbose): the emulator's storage is
+	// in this heap, so each collection marks it, and a run that allocates more pays for more of them.
+	var runsCPU, runsGC []string
 	for i := 0; i <= fanoutRounds; i++ {
+		g0 := gcCPU()
 		secs, cpu, err := floorRun("ban_fanout_floor_seconds", func() error { return f.run(ctx, r) })
 		if err != nil {
 			return 0, fmt.Errorf("fan-out floor: %w", err)
 		}
 		floors, cpus = append(floors, secs), append(cpus, cpu)
+		runsCPU, runsGC = append(runsCPU, fmt.Sprintf("F %.2f", cpu)), append(runsGC, fmt.Sprintf("F %.2f", gcCPU()-g0))
 		if i == fanoutRounds {
 			break
 		}
+		g0, c0 := gcCPU(), cpuTime()
 		secs, err = timed("ban_fanout_seconds", func() error { return ban(i) })
 		if err != nil {
 			return 0, err
 		}
 		bans = append(bans, secs)
+		runsCPU, runsGC = append(runsCPU, fmt.Sprintf("B %.2f", (cpuTime()-c0).Seconds())), append(runsGC, fmt.Sprintf("B %.2f", gcCPU()-g0))
 	}
 	if verbose() {
 		fmt.Fprintf(os.Stderr, "     fan-out runs %.3f, floor runs %.3f\n", bans, floors)
+		fmt.Fprintf(os.Stderr, "     CPU seconds of each run, in order: %s; of it the collector's: %s\n", strings.Join(runsCPU, ", "), strings.Join(runsGC, ", "))
 	}
 	secs := median(bans)
 	emit(Row{"fleet", name, "ban_fanout_seconds", secs, "s"})

@@ -54,7 +54,7 @@ func main() {
 	fs := flag.NewFlagSet("bansshee-bench", flag.ExitOnError)
 	jsonOut := fs.Bool("json", false, "print one JSON object per line instead of a table")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE` (go tool pprof FILE)")
-	fs.StringVar(&profileMetric, "profile-metric", "", "with --cpuprofile: profile only the timed section of `METRIC` (fleet suite, e.g. list_100000_bans_seconds)")
+	fs.StringVar(&profileMetric, "profile-metric", "", "with --cpuprofile: profile only the first timed run of `METRIC` (fleet suite, e.g. list_100000_bans_seconds)")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: bansshee-bench [--json] SUITE...|all\n\nsuites:\n")
 		for _, s := range suites {
