@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -30,11 +29,34 @@ func (s fleetAddrs) covered(p netip.Prefix) (netip.Addr, bool) {
 
 // FleetAddresses returns the account's public addresses in the region: every instance's public
 // IPv4 address (managed or not), the Elastic IPs and the NAT gateways' addresses. Cached like
-// the VPC CIDRs.
+// the VPC CIDRs; when the cache is cold (a new process), taken from the reconciler's inventory if
+// it is fresh and holds them (read from EC2 at most a minute before its pass), else read from EC2:
+// every instance in every state, a page per 1 000, before a ban is written.
 func (c *Controller) FleetAddresses(ctx context.Context) (fleetAddrs, error) {
 	c.fleetMu.Lock()
+	if c.fleetPub != nil && c.Now().Sub(c.fleetAt) < vpcCacheTTL {
+		defer c.fleetMu.Unlock()
+		return c.fleetPub, nil
+	}
+	c.fleetMu.Unlock()
+	if inv := c.inventory(ctx); inv != nil && inv.public != nil {
+		// Cached as of the pass that wrote them: they expire a minute after it, not after now.
+		c.fleetMu.Lock()
+		if c.fleetPub == nil || inv.At.After(c.fleetAt) {
+			c.fleetPub, c.fleetAt = inv.public, inv.At
+		}
+		c.fleetMu.Unlock()
+		return inv.public, nil
+	}
+	return c.fleetAddressesLive(ctx)
+}
+
+// fleetAddressesLive is FleetAddresses from its cache or EC2, never from the inventory (the
+// reconciler, which writes them there).
+func (c *Controller) fleetAddressesLive(ctx context.Context) (fleetAddrs, error) {
+	c.fleetMu.Lock()
 	defer c.fleetMu.Unlock()
-	if c.fleetPub != nil && time.Since(c.fleetAt) < vpcCacheTTL {
+	if c.fleetPub != nil && c.Now().Sub(c.fleetAt) < vpcCacheTTL {
 		return c.fleetPub, nil
 	}
 	out := fleetAddrs{}
@@ -77,6 +99,6 @@ func (c *Controller) FleetAddresses(ctx context.Context) (fleetAddrs, error) {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	out = slices.Compact(out)
-	c.fleetPub, c.fleetAt = out, time.Now()
+	c.fleetPub, c.fleetAt = out, c.Now()
 	return out, nil
 }

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -63,6 +65,10 @@ type invDoc struct {
 	Tags   []map[string]string `json:"ts"`
 	Groups [][]string          `json:"gs,omitempty"`
 	List   []invEntry          `json:"l"`
+	// Public is the fleet's public addresses (FleetAddresses: every instance's, managed or not,
+	// the Elastic IPs, the NAT gateways'), as the pass read them (at most a minute old then); nil
+	// when the pass could not read them.
+	Public []string `json:"pub,omitempty"`
 }
 
 // invEntry is one instance: Tags and Groups index the document's sets (Groups from 1; 0 is
@@ -83,6 +89,7 @@ type Inventory struct {
 	prefix    string            // the queue URLs' common prefix
 	queues    map[string]string // queue URLs that are not prefix + queue name
 	keyForms  map[string]uint8  // the key form each agent's status was found under
+	public    fleetAddrs        // the fleet's public addresses; nil when the pass had none
 }
 
 // queueURL is an instance's queue URL as the inventory gives it ("" when it has none).
@@ -98,7 +105,7 @@ func (inv *Inventory) queueURL(id, name string) string {
 
 // encodeInventory is the inventory's parts and the digest of what they hold; name is the queue
 // name of an instance.
-func encodeInventory(instances []Instance, queues map[string]string, forms map[string]uint8, name func(string) string) ([][]byte, string, error) {
+func encodeInventory(instances []Instance, queues map[string]string, forms map[string]uint8, public fleetAddrs, name func(string) string) ([][]byte, string, error) {
 	sorted := instances // Discover's order; a copy only when it is not sorted
 	if !sort.SliceIsSorted(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID }) {
 		sorted = append([]Instance(nil), instances...)
@@ -112,6 +119,12 @@ func encodeInventory(instances []Instance, queues map[string]string, forms map[s
 		}
 	}
 	doc := invDoc{V: 1, Tags: []map[string]string{}, List: make([]invEntry, len(sorted))}
+	if public != nil {
+		doc.Public = make([]string, len(public))
+		for i, a := range public {
+			doc.Public[i] = a.String()
+		}
+	}
 	for p, k := range prefixes {
 		if k > prefixes[doc.Prefix] || k == prefixes[doc.Prefix] && p < doc.Prefix {
 			doc.Prefix = p
@@ -186,6 +199,17 @@ func decodeInventory(parts [][]byte, digest string) (*Inventory, error) {
 		return nil, fmt.Errorf("version %d", doc.V)
 	}
 	inv := &Inventory{Instances: make([]Instance, 0, len(doc.List)), prefix: doc.Prefix, queues: map[string]string{}, keyForms: map[string]uint8{}}
+	if doc.Public != nil {
+		inv.public = make(fleetAddrs, 0, len(doc.Public))
+		for _, s := range doc.Public {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("public address %q: %w", s, err)
+			}
+			inv.public = append(inv.public, a.Unmap())
+		}
+		slices.SortFunc(inv.public, netip.Addr.Compare)
+	}
 	for _, e := range doc.List {
 		if e.ID == "" || e.Tags < 0 || e.Tags >= len(doc.Tags) || e.Groups < 0 || e.Groups > len(doc.Groups) {
 			return nil, fmt.Errorf("entry %q refers to a set it does not have", e.ID)
@@ -213,11 +237,11 @@ func partSK(gen string, i int) string { return fmt.Sprintf("part#%s#%04d", gen, 
 // WriteInventory records what a reconcile pass discovered (queues: instance id -> queue URL;
 // forms: the key form each agent's status was found under). When the fleet is the one last
 // written, only the head's time moves.
-func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, forms map[string]uint8, name func(string) string, now time.Time) error {
+func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queues map[string]string, forms map[string]uint8, public fleetAddrs, name func(string) string, now time.Time) error {
 	// What the pass found is compared by a hash of it, without encoding it: a pass that found
 	// the same fleet (nearly every pass) allocates nothing much here, which keeps serve's heap,
 	// and so its peak memory, what it was.
-	fp := inventoryPrint(instances, queues, forms)
+	fp := inventoryPrint(instances, queues, forms, public)
 	at := s(now.UTC().Format(time.RFC3339Nano))
 	head := map[string]ddbtypes.AttributeValue{"pk": s(inventoryPK), "sk": s("head")}
 	l.invMu.Lock()
@@ -251,7 +275,7 @@ func (l *Ledger) WriteInventory(ctx context.Context, instances []Instance, queue
 		}
 		// Another writer moved the head: write this generation in full.
 	}
-	parts, digest, err := encodeInventory(instances, queues, forms, name)
+	parts, digest, err := encodeInventory(instances, queues, forms, public, name)
 	if err != nil {
 		return fmt.Errorf("inventory: %w", err)
 	}
@@ -303,7 +327,7 @@ type invHead struct{ gen, fp string }
 
 // inventoryPrint is a hash of what an inventory would hold (FNV-1a, 128 bits): equal prints, the
 // same inventory.
-func inventoryPrint(instances []Instance, queues map[string]string, forms map[string]uint8) string {
+func inventoryPrint(instances []Instance, queues map[string]string, forms map[string]uint8, public fleetAddrs) string {
 	h := fnv.New128a()
 	var buf []byte
 	var keys []string
@@ -333,6 +357,18 @@ func inventoryPrint(instances []Instance, queues map[string]string, forms map[st
 		}
 		h.Write(buf)
 	}
+	buf = buf[:0]
+	if public == nil {
+		buf = append(buf, 0)
+	} else {
+		buf = binary.AppendUvarint(append(buf, 1), uint64(len(public)))
+		for _, a := range public {
+			b, _ := a.MarshalBinary()
+			buf = binary.AppendUvarint(buf, uint64(len(b)))
+			buf = append(buf, b...)
+		}
+	}
+	h.Write(buf)
 	return hex.EncodeToString(h.Sum(nil))
 }
 

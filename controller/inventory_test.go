@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -198,7 +199,7 @@ func TestDamagedInventoryIsNotUsed(t *testing.T) {
 				_, err = e.clients.DynamoDB.DeleteItem(t.Context(), &dynamodb.DeleteItemInput{TableName: aws.String(e.c.Table), Key: key})
 			} else {
 				// A valid gzip of another fleet: only the digest can tell.
-				forged, _, ferr := encodeInventory([]Instance{{ID: "i-0forged", Tags: map[string]string{"Role": "mail", "bansshee:managed": "true"}}}, nil, nil, e.c.Queues.QueueName)
+				forged, _, ferr := encodeInventory([]Instance{{ID: "i-0forged", Tags: map[string]string{"Role": "mail", "bansshee:managed": "true"}}}, nil, nil, nil, e.c.Queues.QueueName)
 				if ferr != nil {
 					t.Fatal(ferr)
 				}
@@ -244,7 +245,7 @@ func TestInventoryQueueURLMustBeItsInstances(t *testing.T) {
 		urls[in.ID], _ = e.c.Queues.URL(t.Context(), in.ID)
 	}
 	urls[a] = ub // mail1's entry points at web1's queue
-	if err := e.c.Ledger.WriteInventory(t.Context(), ins, urls, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), ins, urls, nil, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	e.drain(t, b)
@@ -300,7 +301,7 @@ func TestInventoryWrites(t *testing.T) {
 			Tags: map[string]string{"bansshee:managed": "true", "Role": "mail", "Name": fmt.Sprintf("n%x", uint64(i)*0x9e3779b97f4a7c15)}}
 		urls[id] = "https://sqs.example/123/" + e.c.Queues.QueueName(id)
 	}
-	if err := e.c.Ledger.WriteInventory(t.Context(), big, urls, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), big, urls, nil, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(inventoryParts(t, e)); n < 2 {
@@ -362,7 +363,7 @@ func TestStatusReadsTheKeyItsAgentUses(t *testing.T) {
 	for _, in := range inv.Instances {
 		urls[in.ID] = inv.queueURL(in.ID, e.c.Queues.QueueName(in.ID))
 	}
-	if err := e.c.Ledger.WriteInventory(t.Context(), inv.Instances, urls, forms, e.c.Queues.QueueName, e.c.Now()); err != nil {
+	if err := e.c.Ledger.WriteInventory(t.Context(), inv.Instances, urls, forms, inv.public, e.c.Queues.QueueName, e.c.Now()); err != nil {
 		t.Fatal(err)
 	}
 	c := e.cold(t)
@@ -423,5 +424,46 @@ func TestReconcilerFollowsAnAgentThatChangedKeys(t *testing.T) {
 		if s.ID == e.ids["mail1"] && s.Version != "v2" {
 			t.Fatalf("mail1: version %q, want v2", s.Version)
 		}
+	}
+}
+
+// A ban from a new process checks the fleet's own public addresses from the inventory, without
+// paging every instance, and is still refused for one of them; an inventory without them means
+// EC2 is asked.
+func TestBanFromNewProcessChecksOwnAddressesFromInventory(t *testing.T) {
+	e := newEnv(t)
+	e.fleet6(t)
+	e.reconcile(t)
+	pub, err := e.c.FleetAddresses(t.Context())
+	if err != nil || len(pub) == 0 {
+		t.Fatalf("the fleet's public addresses: %v, %v (the emulator gives instances public addresses)", pub, err)
+	}
+	inv, err := e.c.Ledger.ReadInventory(t.Context())
+	if err != nil || inv == nil || fmt.Sprint(inv.public) != fmt.Sprint(pub) {
+		t.Fatalf("inventory's public addresses %v, want %v (%v)", inv, pub, err)
+	}
+	c := e.cold(t)
+	if _, err := c.Allowlist(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.aws.ResetOps()
+	_, err = c.Ban(t.Context(), BanRequest{CIDRs: []string{pub[0].String()}, Target: "Role=mail", TTL: time.Hour})
+	if err == nil || !errors.Is(err, ErrRefused) {
+		t.Fatalf("a ban of the fleet's own address %s: %v, want refused", pub[0], err)
+	}
+	if n := e.aws.Ops()["ec2:DescribeInstances"]; n != 0 {
+		t.Fatalf("the check paged EC2 %d times with a fresh inventory", n)
+	}
+	// Without the addresses in the inventory, EC2 is asked, and the ban is still refused.
+	if err := e.c.Ledger.WriteInventory(t.Context(), inv.Instances, nil, nil, nil, e.c.Queues.QueueName, e.c.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c = e.cold(t)
+	e.aws.ResetOps()
+	if _, err := c.Ban(t.Context(), BanRequest{CIDRs: []string{pub[0].String()}, Target: "Role=mail", TTL: time.Hour}); !errors.Is(err, ErrRefused) {
+		t.Fatalf("without the inventory's addresses: %v, want refused", err)
+	}
+	if e.aws.Ops()["ec2:DescribeInstances"] == 0 {
+		t.Fatal("no public addresses in the inventory, and EC2 was not asked")
 	}
 }

@@ -413,7 +413,14 @@ func (c *Controller) ReconcileOnce(ctx context.Context) (*Report, error) {
 	c.formsMu.Lock()
 	c.lastForms = forms
 	c.formsMu.Unlock()
-	if err := c.Ledger.WriteInventory(ctx, instances, queues, forms, c.Queues.QueueName, now); err != nil {
+	// The fleet's public addresses too, read from EC2 (at most once a minute), never from an
+	// inventory: a new process's ban then checks against them without paging every instance.
+	public, err := c.fleetAddressesLive(ctx)
+	if err != nil {
+		c.Log.Warn("the fleet's public addresses not read; the inventory goes without them", "err", err)
+		public = nil
+	}
+	if err := c.Ledger.WriteInventory(ctx, instances, queues, forms, public, c.Queues.QueueName, now); err != nil {
 		c.Log.Warn("inventory not written; fan-outs discover instances until it is", "err", err)
 	}
 	// Queues of instances that are gone: mark, then delete after the grace period.

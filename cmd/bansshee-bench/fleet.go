@@ -541,9 +541,10 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 	emit(Row{"fleet", name, "ban_fanout_warm_seconds", with[1], "s"})
 	emit(Row{"fleet", name, "ban_fanout_warm_no_history_seconds", without[1], "s"})
 
-	// A ban from a new process (`bansshee ban`, a cold Lambda): a controller with nothing cached
-	// but the allowlist's reads (as a warm Lambda has them). Its targets and queue URLs from the
-	// reconciler's inventory, or (InventoryMaxAge < 0, as before the inventory) from discovery
+	// A ban from a new process (`bansshee ban`, a cold Lambda): a controller with nothing cached.
+	// Its targets, their queue URLs and the fleet's public addresses (the allowlist's own
+	// addresses) from the reconciler's inventory, or (InventoryMaxAge < 0, as before the
+	// inventory) from EC2 (every instance's page, twice: the public addresses, then discovery)
 	// and one GetQueueUrl per instance; alternately.
 	rounds := 3
 	if n > 10000 {
@@ -557,12 +558,6 @@ func fleetCase(ctx context.Context, emit func(Row), n int, lat time.Duration) er
 			cfg.InventoryMaxAge = -1
 		}
 		cc, err := controller.New(cfg)
-		if err == nil {
-			_, err = cc.Allowlist(ctx)
-		}
-		if err == nil {
-			_, err = cc.FleetAddresses(ctx)
-		}
 		if err != nil {
 			return err
 		}
